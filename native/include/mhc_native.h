@@ -1,0 +1,135 @@
+/*
+ * mhc_native.h -- the C ABI of mhc_array's native backend.
+ *
+ * Conventions
+ *  - Every function returns an mhc_status; it never aborts and never prints.
+ *  - Sizes and strides are int64_t, strides counted in ELEMENTS (not bytes).
+ *    The last axis of every array is contiguous (element stride 1).
+ *  - `isa` is the requested instruction-set level (mhc_isa); the library clamps
+ *    it to the best level this CPU and OS support, so an unsupported level is
+ *    never executed.
+ *  - `n_threads` <= 1 runs on the calling thread; larger values may split the
+ *    batch over that many threads when the work is large enough to pay for it.
+ *  - `err_index` (may be NULL) receives the flat index of the first offending
+ *    element when MHC_ERR_DOMAIN is returned, else -1.
+ *  - No global mutable state except the CPU feature table, filled once.
+ */
+#ifndef MHC_NATIVE_H
+#define MHC_NATIVE_H
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    MHC_OK = 0,
+    MHC_ERR_OUT_OF_MEMORY = 1,
+    MHC_ERR_INVALID_DIMENSION = 2,
+    MHC_ERR_NULL_POINTER = 3,
+    MHC_ERR_COMPUTATION = 4,
+    MHC_ERR_DOMAIN = 5
+} mhc_status;
+
+typedef enum {
+    MHC_ISA_PORTABLE = 0,
+    MHC_ISA_SSE = 1,     /* SSE4.1 (SSE2 baseline on x86-64) */
+    MHC_ISA_AVX2 = 2,    /* AVX2 + FMA */
+    MHC_ISA_AVX512 = 3   /* AVX-512 F/DQ/BW/VL */
+} mhc_isa;
+
+/* CPU feature bits reported by mhc_cpu_feature_bits(). */
+#define MHC_CPU_SSE2      (1u << 0)
+#define MHC_CPU_SSE41     (1u << 1)
+#define MHC_CPU_AVX       (1u << 2)
+#define MHC_CPU_AVX2      (1u << 3)
+#define MHC_CPU_FMA       (1u << 4)
+#define MHC_CPU_AVX512F   (1u << 5)
+#define MHC_CPU_AVX512DQ  (1u << 6)
+#define MHC_CPU_AVX512BW  (1u << 7)
+#define MHC_CPU_AVX512VL  (1u << 8)
+#define MHC_CPU_OS_AVX    (1u << 9)   /* XGETBV: OS saves YMM state */
+#define MHC_CPU_OS_AVX512 (1u << 10)  /* XGETBV: OS saves ZMM/opmask state */
+
+uint32_t mhc_cpu_feature_bits(void);  /* detected once, then constant */
+int mhc_best_isa(void);               /* best mhc_isa usable here */
+int mhc_resolve_isa(int requested);   /* min(requested, best); <0 -> best */
+const char *mhc_build_info(void);     /* compiler and flags, static string */
+const char *mhc_version(void);        /* package version compiled in */
+
+/* ---- Sinkhorn-Knopp ------------------------------------------------------
+ * For b in [0, batch): the matrix M_b (n x m) is read from
+ *   x + b*x_bstride + i*x_rstride + j          (i < n, j < m)
+ * and the result written to out + b*out_bstride + i*out_rstride + j.
+ * out may alias x exactly (in place); other overlaps are undefined.
+ * flags: MHC_SK_LOGITS -> start from exp(x - max over the matrix);
+ *        else the start is x and a negative entry is MHC_ERR_DOMAIN (err_index
+ *        = b*n*m + i*m + j of the first one, nothing is written).
+ *        MHC_SK_COLS_FIRST -> each iteration normalises columns, then rows.
+ * One iteration (rows-first): row i *= r_i / (rowsum_i + tau), then column j
+ * *= c_j / (colsum_j + tau). A sum + tau == 0 leaves that row/column at 0.
+ * row_sums: NULL -> every target 1, else r_i = row_sums[b*rs_bstride + i].
+ * col_sums: NULL -> every target n/m, else c_j = col_sums[b*cs_bstride + j].
+ * (bstride 0 broadcasts one target vector over the batch.)
+ */
+#define MHC_SK_LOGITS     1
+#define MHC_SK_COLS_FIRST 2
+
+int mhc_sinkhorn_f32(const float *x, int64_t x_bstride, int64_t x_rstride,
+                     float *out, int64_t out_bstride, int64_t out_rstride,
+                     int64_t batch, int64_t n, int64_t m,
+                     const float *row_sums, int64_t rs_bstride,
+                     const float *col_sums, int64_t cs_bstride,
+                     int64_t iterations, double tau, int flags,
+                     int isa, int n_threads, int64_t *err_index);
+int mhc_sinkhorn_f64(const double *x, int64_t x_bstride, int64_t x_rstride,
+                     double *out, int64_t out_bstride, int64_t out_rstride,
+                     int64_t batch, int64_t n, int64_t m,
+                     const double *row_sums, int64_t rs_bstride,
+                     const double *col_sums, int64_t cs_bstride,
+                     int64_t iterations, double tau, int flags,
+                     int isa, int n_threads, int64_t *err_index);
+
+/* ---- Distances ----------------------------------------------------------
+ * out[r] = dist(x + r*x_rstride, c + r*c_rstride) for r < rows, vectors of
+ * length d (a stride of 0 repeats one vector). out is contiguous.
+ * manifold: MHC_EUCLIDEAN | MHC_POINCARE (ball of curvature -K) | MHC_SPHERICAL.
+ * on_domain_error: MHC_DOM_RAISE (MHC_ERR_DOMAIN, err_index = r of the first
+ * bad row; out contents then unspecified), MHC_DOM_NAN (NaN at that row),
+ * MHC_DOM_CLIP (Poincare: points with K|p|^2 >= 1 - 1e-5 scaled to radius
+ * (1-1e-5)/sqrt(K); spherical: zero vectors give NaN).
+ * Poincare domain error: K|x|^2 >= 1 or K|c|^2 >= 1. Spherical: |x| == 0 or
+ * |c| == 0. Non-finite input is not a domain error: it gives NaN.
+ */
+#define MHC_EUCLIDEAN 0
+#define MHC_POINCARE  1
+#define MHC_SPHERICAL 2
+#define MHC_DOM_RAISE 0
+#define MHC_DOM_NAN   1
+#define MHC_DOM_CLIP  2
+
+int mhc_distance_f32(int manifold, const float *x, int64_t x_rstride,
+                     const float *c, int64_t c_rstride, float *out,
+                     int64_t rows, int64_t d, double curvature,
+                     int on_domain_error, int isa, int n_threads,
+                     int64_t *err_index);
+int mhc_distance_f64(int manifold, const double *x, int64_t x_rstride,
+                     const double *c, int64_t c_rstride, double *out,
+                     int64_t rows, int64_t d, double curvature,
+                     int on_domain_error, int isa, int n_threads,
+                     int64_t *err_index);
+
+/* out[i*ny + j] = dist(x_i, y_j); err_index = i*ny + j of the first bad pair. */
+int mhc_pairwise_f32(int manifold, const float *x, int64_t nx, int64_t x_rstride,
+                     const float *y, int64_t ny, int64_t y_rstride, int64_t d,
+                     float *out, double curvature, int on_domain_error,
+                     int isa, int n_threads, int64_t *err_index);
+int mhc_pairwise_f64(int manifold, const double *x, int64_t nx, int64_t x_rstride,
+                     const double *y, int64_t ny, int64_t y_rstride, int64_t d,
+                     double *out, double curvature, int on_domain_error,
+                     int isa, int n_threads, int64_t *err_index);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MHC_NATIVE_H */
