@@ -1,0 +1,197 @@
+"""The pure array-API backend: the math of SPEC 2.1-2.2 written with array-API
+functions only, so it runs in the caller's namespace on any device (NumPy,
+PyTorch with autograd, CuPy, JAX, array_api_strict, Dask).
+
+It is the fallback of ``auto`` and the semantic model the fast backends match.
+Distances are evaluated in float64 where the namespace has it, so that float32
+inputs meet SPEC 2.2's 1e-5 relative accuracy near the ball's boundary and for
+tiny angles.
+"""
+
+import math
+
+from .._dispatch import domain_error
+
+NAME = "array_api"
+
+CLIP_MARGIN = 1e-5  # "clip": points projected to radius (1 - 1e-5) / sqrt(K)
+
+
+def cannot_serve(x, library, kernel):
+    return None
+
+
+def silent_reason(why):
+    return True
+
+
+# ---------------------------------------------------------------- helpers
+
+def _first_true(xp, mask):
+    """Flat C-order index of the first True of a boolean array (or None)."""
+    if not bool(xp.any(mask)):
+        return None
+    flat = xp.reshape(xp.astype(mask, xp.int32), (-1,))
+    return int(xp.argmax(flat))
+
+
+def _wide(xp, a):
+    """``a`` in float64 when the namespace offers it (more accurate formulas)."""
+    try:
+        return xp.astype(a, xp.float64)
+    except (TypeError, ValueError, RuntimeError):  # a namespace/device without float64
+        return a
+
+
+def _safe_div(xp, num, den):
+    """num / den, and 0 where den == 0 (no division by zero, no NaN from it)."""
+    zero = den == 0
+    return xp.where(zero, xp.zeros_like(den), num / xp.where(zero, xp.ones_like(den), den))
+
+
+# ---------------------------------------------------------------- Sinkhorn
+
+def sinkhorn(xp, x, *, iterations, tau, logits, cols_first, row_sums, col_sums, out, call):
+    """Sinkhorn-Knopp on ``x (..., n, m)``; ``row_sums (..., n)`` / ``col_sums
+    (..., m)``: broadcastable targets, None for SPEC's defaults (1 and n/m)."""
+    if logits:
+        top = xp.max(x, axis=(-2, -1), keepdims=True)
+        M = xp.exp(x - top)
+    else:
+        bad = _first_true(xp, x < 0)
+        if bad is not None:
+            raise domain_error("x", x.shape, bad, "is negative; sinkhorn_knopp needs x >= 0 "
+                                                  "(or logits=True)")
+        M = xp.asarray(x, copy=True)
+    n, m = x.shape[-2], x.shape[-1]
+    r = 1.0 if row_sums is None else xp.expand_dims(row_sums, axis=-1)
+    c = n / m if col_sums is None else xp.expand_dims(col_sums, axis=-2)
+    for _ in range(iterations):
+        if cols_first:
+            M = M * _safe_div(xp, c, xp.sum(M, axis=-2, keepdims=True) + tau)
+            M = M * _safe_div(xp, r, xp.sum(M, axis=-1, keepdims=True) + tau)
+        else:
+            M = M * _safe_div(xp, r, xp.sum(M, axis=-1, keepdims=True) + tau)
+            M = M * _safe_div(xp, c, xp.sum(M, axis=-2, keepdims=True) + tau)
+    if out is None:
+        return xp.astype(M, x.dtype)
+    out[...] = M
+    return out
+
+
+# ---------------------------------------------------------------- distances
+
+def _sq_norm(xp, a):
+    return xp.sum(a * a, axis=-1)
+
+
+_WHAT = {
+    "poincare": "lies outside the Poincare ball of curvature -K (needs K*|p|^2 < 1)",
+    "spherical": "is a zero vector, which has no direction on the sphere",
+}
+
+
+def raise_on_domain(xp, manifold, p, name, curvature):
+    """DomainError naming ``name[index]`` of the first point of ``p (..., d)`` outside
+    the manifold's domain (no-op for Euclidean)."""
+    if manifold == "euclidean":
+        return
+    n2 = _sq_norm(xp, _wide(xp, p))
+    bad = curvature * n2 >= 1 if manifold == "poincare" else n2 == 0
+    i = _first_true(xp, bad)
+    if i is not None:
+        raise domain_error(name, p.shape[:-1], i, _WHAT[manifold])
+
+
+def distance(xp, manifold, x, c, *, curvature, on_domain_error, call, names=("x", "c")):
+    """Distance between the rows of ``x (..., d)`` and ``c`` (broadcastable)."""
+    if on_domain_error == "raise":
+        raise_on_domain(xp, manifold, x, names[0], curvature)
+        raise_on_domain(xp, manifold, c, names[1], curvature)
+    dtype = x.dtype
+    X, C = _wide(xp, x), _wide(xp, c)
+    if manifold == "euclidean":
+        D = xp.sqrt(_sq_norm(xp, X - C))
+    elif manifold == "poincare":
+        D = _poincare(xp, X, C, curvature, clip=on_domain_error == "clip")
+    else:
+        D = _spherical(xp, X, C)
+    return xp.astype(D, dtype)
+
+
+def _poincare(xp, X, C, K, clip):
+    nx, nc = _sq_norm(xp, X), _sq_norm(xp, C)
+    if clip:
+        X, nx = _clip_ball(xp, X, nx, K)
+        C, nc = _clip_ball(xp, C, nc, K)
+    diff = _sq_norm(xp, X - C)
+    den = (1 - K * nx) * (1 - K * nc)
+    bad = xp.logical_or(K * nx >= 1, K * nc >= 1)
+    z = 2 * K * diff / xp.where(bad, xp.ones_like(den), den)
+    D = xp.log1p(z + xp.sqrt(z * (z + 2))) / math.sqrt(K)
+    return xp.where(bad, xp.full_like(D, math.nan), D)
+
+
+def _clip_ball(xp, P, n2, K):
+    """Points beyond radius (1-1e-5)/sqrt(K) scaled back to it (the input is not touched)."""
+    rmax = (1 - CLIP_MARGIN) / math.sqrt(K)
+    norm = xp.sqrt(n2)
+    far = norm > rmax
+    scale = xp.where(far, rmax / xp.where(far, norm, xp.ones_like(norm)), xp.ones_like(norm))
+    P = P * xp.expand_dims(scale, axis=-1)
+    return P, _sq_norm(xp, P)
+
+
+def _spherical(xp, X, C):
+    nx, nc = xp.sqrt(_sq_norm(xp, X)), xp.sqrt(_sq_norm(xp, C))
+    zx, zc = nx == 0, nc == 0
+    U = X / xp.expand_dims(xp.where(zx, xp.ones_like(nx), nx), axis=-1)
+    V = C / xp.expand_dims(xp.where(zc, xp.ones_like(nc), nc), axis=-1)
+    D = 2 * xp.atan2(xp.sqrt(_sq_norm(xp, U - V)), xp.sqrt(_sq_norm(xp, U + V)))
+    return xp.where(xp.logical_or(zx, zc), xp.full_like(D, math.nan), D)
+
+
+def pairwise(xp, manifold, x, y, *, curvature, on_domain_error, call):
+    """``(N, M)`` distances between the rows of ``x (N, d)`` and ``y (M, d)``, in
+    blocks of rows so that the broadcast temporary stays small."""
+    if on_domain_error == "raise":
+        raise_on_domain(xp, manifold, x, "x", curvature)
+        raise_on_domain(xp, manifold, y, "y", curvature)
+        on_domain_error = "nan"  # checked: nothing left to raise for
+    N, M, d = x.shape[0], y.shape[0], x.shape[1]
+    if N == 0:
+        return xp.zeros((0, M), dtype=x.dtype)
+    step = max(1, (1 << 22) // max(1, M * d))
+    yb = xp.expand_dims(y, axis=0)
+    blocks = [distance(xp, manifold, xp.expand_dims(x[i:i + step, :], axis=1), yb,
+                       curvature=curvature, on_domain_error=on_domain_error, call=call)
+              for i in range(0, N, step)]
+    return xp.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+
+
+# ---------------------------------------------------------------- manifold checks
+
+def check_manifold(xp, x, *, manifold, curvature, atol):
+    X = _wide(xp, x)
+    if manifold == "euclidean":
+        return xp.all(xp.isfinite(X), axis=-1)
+    n2 = _sq_norm(xp, X)
+    if manifold == "spherical":
+        return xp.abs(xp.sqrt(n2) - 1) <= atol
+    return curvature * n2 < 1 - atol
+
+
+def project_to_manifold(xp, x, *, manifold, curvature):
+    X = _wide(xp, x)
+    if manifold == "euclidean":
+        return xp.asarray(x, copy=True)
+    n2 = _sq_norm(xp, X)
+    if manifold == "spherical":
+        bad = _first_true(xp, n2 == 0)
+        if bad is not None:
+            raise domain_error("x", x.shape[:-1], bad,
+                               "is a zero vector, which cannot be projected onto the sphere")
+        P = X / xp.expand_dims(xp.sqrt(n2), axis=-1)
+    else:
+        P, _ = _clip_ball(xp, X, n2, curvature)
+    return xp.astype(P, x.dtype)

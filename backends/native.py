@@ -1,0 +1,272 @@
+"""The native backend: C kernels compiled by cffi (``mhc_array._native``), one
+variant per ISA level, for arrays on the CPU.
+
+Arrays arrive from the caller's library zero-copy through DLPack
+(``np.from_dlpack``); C-contiguous and row-strided layouts are passed to C as
+they are (pointer + strides in elements), other layouts are copied once and
+counted in ``stats()``. The result is allocated once with NumPy and handed back
+with ``xp.from_dlpack`` (no copy). cffi releases the GIL during every call.
+"""
+
+import os
+import threading
+import warnings
+
+import numpy as np
+
+from .. import _config
+from .._dispatch import domain_error
+from ..errors import NativeError, ShapeError
+from . import array_api as _reference_checks
+
+NAME = "native"
+
+ISA_CODES = {"portable": 0, "sse": 1, "avx2": 2, "avx512": 3}
+ISA_NAMES = {v: k for k, v in ISA_CODES.items()}
+_MANIFOLD = {"euclidean": 0, "poincare": 1, "spherical": 2}
+_DOMAIN_MODE = {"raise": 0, "nan": 1, "clip": 2}
+_STATUS = {1: "out of memory", 2: "invalid dimension", 3: "null pointer",
+           4: "computation error", 5: "domain error"}
+
+
+def _load():
+    """(ffi, lib, None) or (None, None, why the native module cannot be used)."""
+    if os.environ.get("MHC_ARRAY_DISABLE_NATIVE", "") not in ("", "0"):
+        return None, None, "disabled by the environment variable MHC_ARRAY_DISABLE_NATIVE"
+    try:
+        from .._native import ffi, lib
+    except ImportError as exc:
+        return None, None, f"the compiled module mhc_array._native cannot be loaded ({exc})"
+    from .. import __version__
+    built = ffi.string(lib.mhc_version()).decode()
+    if built != __version__:
+        return None, None, (f"mhc_array._native was built for version {built}, not "
+                            f"{__version__}; reinstall the package")
+    return ffi, lib, None
+
+
+ffi, lib, UNAVAILABLE = _load()
+
+if lib is not None:
+    BEST_ISA = ISA_NAMES[lib.mhc_best_isa()]
+    _KERNELS = {
+        np.dtype(np.float32): ("float *", lib.mhc_sinkhorn_f32, lib.mhc_distance_f32,
+                               lib.mhc_pairwise_f32),
+        np.dtype(np.float64): ("double *", lib.mhc_sinkhorn_f64, lib.mhc_distance_f64,
+                               lib.mhc_pairwise_f64),
+    }
+else:
+    BEST_ISA = None
+
+_warned_isa = set()
+_warn_lock = threading.Lock()
+
+
+def cannot_serve(x, library, kernel):
+    """None if this backend can compute ``kernel`` on ``x``, else the reason."""
+    if UNAVAILABLE is not None:
+        return UNAVAILABLE
+    if getattr(x, "requires_grad", False):
+        return ("the tensor requires grad: the native kernels have no autograd here "
+                "(use mhc_array.torch, or detach())")
+    dev = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else None
+    if dev != 1:
+        return f"it computes on the CPU, and this {library} array is not on the CPU"
+    return None
+
+
+def silent_reason(why):
+    """Reasons that are a choice of the caller, not a missing fast backend."""
+    return why.startswith("the tensor requires grad")
+
+
+def resolve_isa(level):
+    """The ISA code to run for the requested level name (a level this CPU lacks falls
+    back to the best one it has, with one warning per level)."""
+    best = ISA_CODES[BEST_ISA]
+    if level == "auto":
+        return best
+    code = ISA_CODES[level]
+    if code > best:
+        with _warn_lock:
+            first = level not in _warned_isa
+            _warned_isa.add(level)
+        if first:
+            warnings.warn(f"mhc_array: this CPU (or OS) does not support {level}; "
+                          f"using {BEST_ISA}", RuntimeWarning, stacklevel=5)
+        return best
+    return code
+
+
+# ---------------------------------------------------------------- layout
+
+def _to_numpy(a):
+    return a if type(a) is np.ndarray else np.from_dlpack(a)
+
+
+def _back(xp, like, res):
+    return res if type(like) is np.ndarray else xp.from_dlpack(res)
+
+
+def _flat_stride(shape, strides, itemsize):
+    """The single element stride that walks the batch axes ``shape``/``strides`` in C
+    order, or None if there is none."""
+    kept = [(s, t) for s, t in zip(shape, strides) if s != 1]
+    if not kept:
+        return 0
+    if all(t == 0 for _, t in kept):
+        return 0
+    for (s0, t0), (s1, t1) in zip(kept, kept[1:]):
+        if t0 != t1 * s1:
+            return None
+    t = kept[-1][1]
+    if t < 0 or t % itemsize:
+        return None
+    return t // itemsize
+
+
+def _layout(a, inner, call):
+    """(array, batch stride, row stride) for ``a`` whose last ``inner`` axes (1 or 2)
+    are a vector or a matrix: the same memory when the last axis is contiguous and
+    the rest walks with fixed non-negative strides, else a counted C-contiguous copy."""
+    item = a.itemsize
+    shape, strides = a.shape, a.strides
+    ok = shape[-1] <= 1 or strides[-1] == item
+    row = 0
+    if ok and inner == 2:
+        row = strides[-2] // item if shape[-2] > 1 else shape[-1]
+        ok = strides[-2] >= 0 and strides[-2] % item == 0
+    bstride = _flat_stride(shape[:-inner], strides[:-inner], item) if ok else None
+    if bstride is None:
+        a = np.ascontiguousarray(a)
+        call.copied(a.nbytes)
+        row = shape[-1] if inner == 2 else 0
+        bstride = _flat_stride(a.shape[:-inner], a.strides[:-inner], item)
+    return a, bstride, row
+
+
+def _ptr(a, ctype):
+    return ffi.cast(ctype, a.__array_interface__["data"][0])
+
+
+def _check(status, err):
+    if status == 0:
+        return
+    if status == 2:
+        raise ShapeError("native kernel refused the sizes (invalid dimension)")
+    raise NativeError(f"native kernel failed: {_STATUS.get(status, status)} (status {status})")
+
+
+def _threads():
+    return _config.get_num_threads()
+
+
+# ---------------------------------------------------------------- kernels
+
+def sinkhorn(xp, x, *, iterations, tau, logits, cols_first, row_sums, col_sums, out, call):
+    a = _to_numpy(x)
+    shape = a.shape
+    n, m = shape[-2], shape[-1]
+    batch = shape[:-2]
+    count = int(np.prod(batch, dtype=np.int64)) if batch else 1
+    ctype, fn = _KERNELS[a.dtype][0], _KERNELS[a.dtype][1]
+    if count == 0 or n == 0 or m == 0:
+        res = np.empty(shape, a.dtype)
+        return _finish(xp, x, out, res, call)
+    src, xb, xr = _layout(a, 2, call)
+    dst = _writable_out(out, a)
+    if dst is None:
+        dst = np.empty(shape, a.dtype)
+    _, ob, orow = _layout(dst, 2, call)
+    targets, keep = [], []  # keep: arrays whose addresses are passed, alive until the call
+    for t, k in ((row_sums, n), (col_sums, m)):
+        if t is None:
+            targets += [ffi.NULL, 0]
+            continue
+        tb, tstride, _ = _layout(np.broadcast_to(_to_numpy(t), batch + (k,)), 1, call)
+        targets += [_ptr(tb, ctype), tstride]
+        keep.append(tb)
+    err = ffi.new("int64_t *", -1)
+    flags = (1 if logits else 0) | (2 if cols_first else 0)
+    status = fn(_ptr(src, ctype), xb, xr, _ptr(dst, ctype), ob, orow, count, n, m,
+                *targets, iterations, tau, flags,
+                resolve_isa(_config.get_isa()), _threads(), err)
+    if status == 5:
+        raise domain_error("x", shape, err[0], "is negative; sinkhorn_knopp needs x >= 0 "
+                                               "(or logits=True)")
+    _check(status, err)
+    return _finish(xp, x, out, dst, call)
+
+
+def _writable_out(out, a):
+    """``out`` as a NumPy array the kernel may write directly, or None."""
+    if out is None:
+        return None
+    o = _to_numpy(out)
+    if not o.flags.writeable:
+        return None
+    if o.ctypes.data != a.ctypes.data and np.may_share_memory(o, a):
+        return None  # a partial overlap: compute into a temporary
+    if o.ctypes.data == a.ctypes.data and o.strides != a.strides:
+        return None
+    return o
+
+
+def _finish(xp, like, out, res, call):
+    if out is None:
+        return _back(xp, like, res)
+    o = _to_numpy(out)
+    if o.ctypes.data != res.ctypes.data:
+        out[...] = _back(xp, like, res)
+    return out
+
+
+def distance(xp, manifold, x, c, *, curvature, on_domain_error, call):
+    a, b = _to_numpy(x), _to_numpy(c)
+    d = a.shape[-1]
+    batch = np.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    rows = int(np.prod(batch, dtype=np.int64)) if batch else 1
+    if rows == 0 or d == 0:
+        return _reference_checks.distance(xp, manifold, x, c, curvature=curvature,
+                                          on_domain_error=on_domain_error, call=call)
+    ctype, fn = _KERNELS[a.dtype][0], _KERNELS[a.dtype][2]
+    pa, ar, _ = _layout(np.broadcast_to(a, batch + (d,)), 1, call)
+    pb, br, _ = _layout(np.broadcast_to(b, batch + (d,)), 1, call)
+    res = np.empty(batch, a.dtype)
+    err = ffi.new("int64_t *", -1)
+    status = fn(_MANIFOLD[manifold], _ptr(pa, ctype), ar, _ptr(pb, ctype), br, _ptr(res, ctype),
+                rows, d, curvature, _DOMAIN_MODE[on_domain_error],
+                resolve_isa(_config.get_isa()), _threads(), err)
+    if status == 5:
+        _raise_domain(manifold, (("x", a), ("c", b)), curvature)
+    _check(status, err)
+    return _back(xp, x, res)
+
+
+def pairwise(xp, manifold, x, y, *, curvature, on_domain_error, call):
+    a, b = _to_numpy(x), _to_numpy(y)
+    (N, d), M = a.shape, b.shape[0]
+    if N == 0 or M == 0 or d == 0:
+        return _reference_checks.pairwise(xp, manifold, x, y, curvature=curvature,
+                                          on_domain_error=on_domain_error, call=call)
+    ctype, fn = _KERNELS[a.dtype][0], _KERNELS[a.dtype][3]
+    pa, ar, _ = _layout(a, 1, call)
+    pb, br, _ = _layout(b, 1, call)
+    res = np.empty((N, M), a.dtype)
+    err = ffi.new("int64_t *", -1)
+    status = fn(_MANIFOLD[manifold], _ptr(pa, ctype), N, ar, _ptr(pb, ctype), M, br, d,
+                _ptr(res, ctype), curvature, _DOMAIN_MODE[on_domain_error],
+                resolve_isa(_config.get_isa()), _threads(), err)
+    if status == 5:
+        _raise_domain(manifold, (("x", a), ("y", b)), curvature)
+    _check(status, err)
+    return _back(xp, x, res)
+
+
+def _raise_domain(manifold, named, curvature):
+    """The C kernel found a point outside the domain: name the argument and index with
+    the same message as the array_api backend."""
+    import array_api_compat.numpy as npx
+    for name, arr in named:
+        _reference_checks.raise_on_domain(npx, manifold, arr, name, curvature)
+    raise NativeError("native kernel reported a domain error that the check cannot find")

@@ -1,0 +1,55 @@
+"""mhc_array: the kernels of mHC (Manifold-Constrained Hyper-Connections) and
+manifold geometry, fast, from any array library.
+
+Pass a NumPy, PyTorch, CuPy, JAX, Dask or array_api_strict array; the result
+comes back in the same library, on the same device. See ``show_config()`` for
+the backends in use.
+"""
+
+__version__ = "0.1.0"
+
+from ._api import (  # noqa: E402
+    check_manifold,
+    euclidean_distance,
+    geometric_distance,
+    pairwise_distance,
+    poincare_distance,
+    project_to_manifold,
+    sinkhorn_knopp,
+    spherical_distance,
+)
+from ._config import (  # noqa: E402
+    get_backend,
+    get_isa,
+    get_num_threads,
+    set_backend,
+    set_isa,
+    set_num_threads,
+    use_backend,
+    use_isa,
+    use_num_threads,
+)
+from ._info import config, cpu_features, empty_aligned, show_config  # noqa: E402
+from ._stats import reset_stats, stats  # noqa: E402
+from .errors import (  # noqa: E402
+    BackendUnavailableError,
+    DomainError,
+    MHCArrayError,
+    NativeError,
+    ShapeError,
+    UnsupportedDTypeError,
+)
+
+__all__ = [
+    "__version__",
+    "sinkhorn_knopp",
+    "euclidean_distance", "poincare_distance", "spherical_distance",
+    "geometric_distance", "pairwise_distance", "check_manifold", "project_to_manifold",
+    "set_backend", "get_backend", "use_backend",
+    "set_isa", "get_isa", "use_isa",
+    "set_num_threads", "get_num_threads", "use_num_threads",
+    "cpu_features", "config", "show_config", "empty_aligned",
+    "stats", "reset_stats",
+    "MHCArrayError", "ShapeError", "DomainError", "UnsupportedDTypeError",
+    "BackendUnavailableError", "NativeError",
+]

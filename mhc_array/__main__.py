@@ -1,0 +1,28 @@
+"""``python -m mhc_array info`` and ``python -m mhc_array bench [--quick]``."""
+
+import argparse
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mhc_array",
+                                     description="mhc_array command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="print the configuration (backends, ISA, threads)")
+    bench = sub.add_parser("bench", help="run the benchmark workloads of the design notes")
+    bench.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.add_argument("--plot", metavar="FILE.png", help="also plot the results (matplotlib)")
+    bench.add_argument("--only", metavar="SUBSTRING", action="append",
+                       help="run only the workloads whose name contains SUBSTRING")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        from . import show_config
+        show_config()
+        return 0
+    from ._bench import run
+    return run(quick=args.quick, json_path=args.json, plot_path=args.plot, only=args.only)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Configuration: backend, instruction-set level and thread count.
+
+``set_*`` change the process-wide default (what every thread sees unless it
+overrides it); ``use_*`` override it for a ``with`` block, in the current
+context only (a ``contextvars.ContextVar``: another thread or asyncio task
+never sees it). Defaults are seeded from the environment variables
+``MHC_ARRAY_BACKEND``, ``MHC_ARRAY_ISA`` and ``MHC_ARRAY_NUM_THREADS``.
+Values are validated when they are set, not when they are used.
+"""
+
+import contextlib
+import contextvars
+import os
+
+BACKENDS = ("auto", "native", "cupy", "array_api")
+ISA_LEVELS = ("auto", "avx512", "avx2", "sse", "portable")
+
+__all__ = [
+    "set_backend", "get_backend", "use_backend",
+    "set_isa", "get_isa", "use_isa",
+    "set_num_threads", "get_num_threads", "use_num_threads",
+]
+
+
+def _check_choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+    return value
+
+
+def _check_threads(value, name="n"):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int; got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
+def _available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _from_env(var, check, default):
+    raw = os.environ.get(var)
+    if raw is None or raw == "":
+        return default
+    try:
+        return check(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"environment variable {var}: {exc}") from None
+
+
+_defaults = {
+    "backend": _from_env("MHC_ARRAY_BACKEND",
+                         lambda v: _check_choice("MHC_ARRAY_BACKEND", v.strip().lower(), BACKENDS),
+                         "auto"),
+    "isa": _from_env("MHC_ARRAY_ISA",
+                     lambda v: _check_choice("MHC_ARRAY_ISA", v.strip().lower(), ISA_LEVELS),
+                     "auto"),
+    "num_threads": _from_env("MHC_ARRAY_NUM_THREADS",
+                             lambda v: _check_threads(int(v), "MHC_ARRAY_NUM_THREADS"),
+                             _available_cores()),
+}
+
+# None means "no override in this context: use the process default".
+_overrides = {key: contextvars.ContextVar(f"mhc_array_{key}", default=None) for key in _defaults}
+
+
+def _get(key):
+    value = _overrides[key].get()
+    return _defaults[key] if value is None else value
+
+
+@contextlib.contextmanager
+def _use(key, value):
+    token = _overrides[key].set(value)
+    try:
+        yield value
+    finally:
+        _overrides[key].reset(token)
+
+
+def set_backend(name):
+    """Set the default backend: "auto", "native", "cupy" or "array_api"."""
+    _defaults["backend"] = _check_choice("backend", name, BACKENDS)
+
+
+def get_backend():
+    """The backend in force in this context."""
+    return _get("backend")
+
+
+def use_backend(name):
+    """``with use_backend("native"):`` -- override the backend in this context only."""
+    return _use("backend", _check_choice("backend", name, BACKENDS))
+
+
+def set_isa(level):
+    """Set the default instruction-set level: "auto", "avx512", "avx2", "sse", "portable".
+
+    A level the CPU lacks falls back to the best one it has, with a warning.
+    """
+    _defaults["isa"] = _check_choice("isa", level, ISA_LEVELS)
+
+
+def get_isa():
+    """The instruction-set level requested in this context (see ``config()`` for the one used)."""
+    return _get("isa")
+
+
+def use_isa(level):
+    """``with use_isa("avx2"):`` -- override the ISA level in this context only."""
+    return _use("isa", _check_choice("isa", level, ISA_LEVELS))
+
+
+def set_num_threads(n):
+    """Set how many threads a native call may use (default: the cores this process may use)."""
+    _defaults["num_threads"] = _check_threads(n)
+
+
+def get_num_threads():
+    """The thread count in force in this context."""
+    return _get("num_threads")
+
+
+def use_num_threads(n):
+    """``with use_num_threads(1):`` -- override the thread count in this context only."""
+    return _use("num_threads", _check_threads(n))

@@ -1,0 +1,245 @@
+"""From the caller's arrays to a backend, and back.
+
+One place decides, for every call:
+
+- the array namespace of the arguments (array-api-compat, cached per array
+  type, importing no framework the caller has not imported) and that they all
+  come from one library and one device (else ``TypeError`` naming both);
+- the compute dtype (SPEC 2.6): float32/float64 as they are, float16/bfloat16
+  in float32 and returned in their own dtype, integers and bools in float64,
+  complex refused;
+- the backend (SPEC 2.5): the configured one, or for "auto" the fastest that
+  can serve the device, falling back to ``array_api`` with one warning per cause.
+
+Backends are modules with the same functions (``backends/``); this module
+only chooses among them.
+"""
+
+import threading
+import time
+import warnings
+
+import array_api_compat
+
+from . import _config, _stats
+from .errors import BackendUnavailableError, DomainError, ShapeError, UnsupportedDTypeError
+
+# DLPack device types (dlpack.h): the CPU and CUDA families.
+_DL_CPU = 1
+_DL_CUDA = (2, 3, 13)  # CUDA, CUDA host (pinned), CUDA managed
+
+_ns_cache = {}  # array type -> (namespace, library name)
+
+
+def namespace_of(x, name):
+    """(namespace, library) of array ``x``, cached per type; TypeError if not an array."""
+    cls = type(x)
+    hit = _ns_cache.get(cls)
+    if hit is not None:
+        return hit
+    try:
+        xp = array_api_compat.array_namespace(x)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an array (NumPy, PyTorch, CuPy, JAX, Dask or any array-API "
+            f"array); got {cls.__module__}.{cls.__qualname__}") from None
+    lib = cls.__module__.split(".")[0]
+    lib = {"jaxlib": "jax"}.get(lib, lib)
+    _ns_cache[cls] = (xp, lib)
+    return xp, lib
+
+
+def device_type(x):
+    """The DLPack device type of ``x`` (1 = CPU), or None if it does not speak DLPack."""
+    try:
+        return x.__dlpack_device__()[0]
+    except (AttributeError, TypeError, RuntimeError, ValueError):
+        return None
+
+
+def common_namespace(args):
+    """Check that every (name, array) in ``args`` (None skipped) shares one library and
+    device; return (xp, library) of the first."""
+    first = None
+    for name, arr in args:
+        if arr is None:
+            continue
+        xp, lib = namespace_of(arr, name)
+        if first is None:
+            first = (name, arr, xp, lib)
+            continue
+        fname, farr, fxp, flib = first
+        if lib != flib:
+            raise TypeError(f"{fname} is a {flib} array but {name} is a {lib} array; "
+                            "pass arrays of one library")
+        if device_type(arr) != device_type(farr) or _device(arr) != _device(farr):
+            raise TypeError(f"{fname} is on device {_device(farr)!r} but {name} is on "
+                            f"device {_device(arr)!r}; pass arrays on one device")
+    return first[2], first[3]
+
+
+def _device(x):
+    try:
+        return str(array_api_compat.device(x))
+    except Exception:  # noqa: BLE001 - a library without a device notion
+        return "cpu"
+
+
+# ---------------------------------------------------------------- dtypes
+
+def compute_dtype(xp, x, name):
+    """(compute dtype, result dtype) for argument ``x`` (SPEC 2.6)."""
+    dt = x.dtype
+    if dt == xp.float32 or dt == xp.float64:
+        return dt, dt
+    if xp.isdtype(dt, "real floating"):  # float16, bfloat16
+        return xp.float32, dt
+    if xp.isdtype(dt, ("integral", "bool")):
+        return xp.float64, xp.float64
+    if xp.isdtype(dt, "complex floating"):
+        raise UnsupportedDTypeError(
+            f"{name} must be a real floating, integer or bool array; got complex dtype {dt}")
+    raise UnsupportedDTypeError(f"{name} must be a real floating array; got dtype {dt}")
+
+
+class Call:
+    """Book-keeping of one public call: copies made on the way and the time spent."""
+
+    __slots__ = ("function", "copies", "bytes_copied", "backend", "t0")
+
+    def __init__(self, function):
+        self.function = function
+        self.copies = 0
+        self.bytes_copied = 0
+        self.backend = None
+        self.t0 = time.perf_counter()
+
+    def copied(self, nbytes):
+        self.copies += 1
+        self.bytes_copied += int(nbytes)
+
+    def cast(self, xp, x, dtype):
+        """``x`` in ``dtype`` (a counted copy when it changes)."""
+        if x.dtype == dtype:
+            return x
+        y = xp.astype(x, dtype)
+        self.copied(_nbytes(y))
+        return y
+
+    def done(self):
+        _stats.record(self.function, self.backend, copies=self.copies,
+                      bytes_copied=self.bytes_copied,
+                      seconds=time.perf_counter() - self.t0)
+
+
+def _nbytes(x):
+    try:
+        return x.nbytes
+    except AttributeError:
+        size = 1
+        for s in x.shape:
+            size *= s
+        return size * getattr(x.dtype, "itemsize", 8)
+
+
+# ---------------------------------------------------------------- backends
+
+_backends = {}
+_warned = set()
+_warn_lock = threading.Lock()
+
+
+def _backend_module(name):
+    mod = _backends.get(name)
+    if mod is None:
+        if name == "native":
+            from .backends import native as mod
+        elif name == "array_api":
+            from .backends import array_api as mod
+        else:
+            from .backends import cupy as mod
+        _backends[name] = mod
+    return mod
+
+
+def warn_once(cause, message):
+    with _warn_lock:
+        if cause in _warned:
+            return
+        _warned.add(cause)
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def select_backend(x, lib, *, kernel):
+    """The backend module that serves array ``x`` for ``kernel``, per configuration."""
+    requested = _config.get_backend()
+    dev = device_type(x)
+    if requested == "array_api":
+        return _backend_module("array_api")
+    if requested == "auto":
+        if dev == _DL_CPU:
+            native = _backend_module("native")
+            why = native.cannot_serve(x, lib, kernel)
+            if why is None:
+                return native
+            if not native.silent_reason(why):
+                warn_once(("native", why), f"mhc_array: native backend unavailable ({why}); "
+                                           "using the array_api backend")
+        elif dev in _DL_CUDA:
+            cupy_backend = _backend_module("cupy")
+            why = cupy_backend.cannot_serve(x, lib, kernel)
+            if why is None:
+                return cupy_backend
+            warn_once(("cupy", why), f"mhc_array: cupy backend unavailable ({why}); "
+                                     "using the array_api backend")
+        return _backend_module("array_api")
+    mod = _backend_module(requested)
+    why = mod.cannot_serve(x, lib, kernel)
+    if why is not None:
+        raise BackendUnavailableError(f"backend {requested!r} cannot serve this call: {why}")
+    return mod
+
+
+def isa_level():
+    """The ISA level name requested in this context (resolved by the native backend)."""
+    return _config.get_isa()
+
+
+# ---------------------------------------------------------------- shapes
+
+MAX_ELEMENTS = 2**62
+
+
+def checked_size(shape, name):
+    """Element count of ``shape``; ShapeError if it overflows a 63-bit count."""
+    size = 1
+    for s in shape:
+        size *= int(s)
+        if size > MAX_ELEMENTS:
+            raise ShapeError(f"{name}: the element count of shape {tuple(shape)} overflows")
+    return size
+
+
+def broadcast_batch(shape_a, shape_b, name_a, name_b):
+    """np.broadcast_shapes for batch shapes, with a ShapeError naming both arguments."""
+    out = []
+    la, lb = len(shape_a), len(shape_b)
+    for k in range(max(la, lb)):
+        a = shape_a[la - 1 - k] if k < la else 1
+        b = shape_b[lb - 1 - k] if k < lb else 1
+        if a != b and a != 1 and b != 1:
+            raise ShapeError(f"{name_a} with batch shape {tuple(shape_a)} and {name_b} with "
+                             f"batch shape {tuple(shape_b)} cannot be broadcast together")
+        out.append(a if b == 1 else b)
+    return tuple(reversed(out))
+
+
+def domain_error(argument, shape, flat_index, what):
+    """DomainError naming ``argument[index]`` for the flat (C-order) ``flat_index``."""
+    index = []
+    for s in reversed(shape):
+        index.append(flat_index % s if s else 0)
+        flat_index //= s if s else 1
+    index = tuple(reversed(index))
+    where = f"{argument}[{', '.join(map(str, index))}]" if index else argument
+    return DomainError(f"{where} {what}", argument=argument, index=index)
