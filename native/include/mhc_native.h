@@ -96,8 +96,9 @@ int mhc_sinkhorn_f64(const double *x, int64_t x_bstride, int64_t x_rstride,
  * manifold: MHC_EUCLIDEAN | MHC_POINCARE (ball of curvature -K) | MHC_SPHERICAL.
  * on_domain_error: MHC_DOM_RAISE (MHC_ERR_DOMAIN, err_index = r of the first
  * bad row; out contents then unspecified), MHC_DOM_NAN (NaN at that row),
- * MHC_DOM_CLIP (Poincare: points with K|p|^2 >= 1 - 1e-5 scaled to radius
- * (1-1e-5)/sqrt(K); spherical: zero vectors give NaN).
+ * MHC_DOM_CLIP (Poincare: points at or beyond radius (1-1e-5)/sqrt(K), i.e.
+ * K|p|^2 >= (1-1e-5)^2, scaled to that radius; spherical: zero vectors give
+ * NaN).
  * Poincare domain error: K|x|^2 >= 1 or K|c|^2 >= 1. Spherical: |x| == 0 or
  * |c| == 0. Non-finite input is not a domain error: it gives NaN.
  */

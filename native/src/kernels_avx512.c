@@ -1,0 +1,19 @@
+/* kernels_avx512.c -- kernels.inc compiled for the avx512 level (x86 only). */
+#include "mhc_internal.h"
+
+#if MHC_X86
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
+#endif
+#define MHC_ISA avx512
+#define MHC_NF 16
+#define MHC_ND 8
+#include "kernels.inc"
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+#else
+typedef int mhc_avx512_unused; /* not x86: this level is not built */
+#endif
