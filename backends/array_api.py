@@ -163,7 +163,7 @@ def pairwise(xp, manifold, x, y, *, curvature, on_domain_error, call):
         return xp.zeros((0, M), dtype=x.dtype)
     step = max(1, (1 << 22) // max(1, M * d))
     yb = xp.expand_dims(y, axis=0)
-    blocks = [distance(xp, manifold, xp.expand_dims(x[i:i + step, :], axis=1), yb,
+    blocks = [distance(xp, manifold, xp.expand_dims(x[i:min(i + step, N), :], axis=1), yb,
                        curvature=curvature, on_domain_error=on_domain_error, call=call)
               for i in range(0, N, step)]
     return xp.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]

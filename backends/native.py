@@ -8,13 +8,15 @@ counted in ``stats()``. The result is allocated once with NumPy and handed back
 with ``xp.from_dlpack`` (no copy). cffi releases the GIL during every call.
 """
 
+import math
 import os
 import threading
+import time
 import warnings
 
 import numpy as np
 
-from .. import _config
+from .. import _config, _stats
 from .._dispatch import domain_error
 from ..errors import NativeError, ShapeError
 from . import array_api as _reference_checks
@@ -50,9 +52,9 @@ ffi, lib, UNAVAILABLE = _load()
 if lib is not None:
     BEST_ISA = ISA_NAMES[lib.mhc_best_isa()]
     _KERNELS = {
-        np.dtype(np.float32): ("float *", lib.mhc_sinkhorn_f32, lib.mhc_distance_f32,
+        "f": ((ffi.typeof("float[]"), ffi.typeof("float *")), lib.mhc_sinkhorn_f32, lib.mhc_distance_f32,
                                lib.mhc_pairwise_f32),
-        np.dtype(np.float64): ("double *", lib.mhc_sinkhorn_f64, lib.mhc_distance_f64,
+        "d": ((ffi.typeof("double[]"), ffi.typeof("double *")), lib.mhc_sinkhorn_f64, lib.mhc_distance_f64,
                                lib.mhc_pairwise_f64),
     }
 else:
@@ -112,9 +114,7 @@ def _flat_stride(shape, strides, itemsize):
     """The single element stride that walks the batch axes ``shape``/``strides`` in C
     order, or None if there is none."""
     kept = [(s, t) for s, t in zip(shape, strides) if s != 1]
-    if not kept:
-        return 0
-    if all(t == 0 for _, t in kept):
+    if not kept or all(t == 0 for _, t in kept):
         return 0
     for (s0, t0), (s1, t1) in zip(kept, kept[1:]):
         if t0 != t1 * s1:
@@ -125,18 +125,30 @@ def _flat_stride(shape, strides, itemsize):
     return t // itemsize
 
 
-def _layout(a, inner, call):
+def _layout(a, inner, call, batch=None):
     """(array, batch stride, row stride) for ``a`` whose last ``inner`` axes (1 or 2)
-    are a vector or a matrix: the same memory when the last axis is contiguous and
-    the rest walks with fixed non-negative strides, else a counted C-contiguous copy."""
+    are a vector or a matrix, walked over ``batch`` (default: a's own batch shape;
+    a's batch axes broadcast to it). The same memory when the last axis is
+    contiguous and the batch walks with one non-negative stride, else a counted
+    C-contiguous copy."""
     item = a.itemsize
     shape, strides = a.shape, a.strides
+    own = shape[:-inner]
+    if batch is not None and own != batch:
+        if all(s == 1 for s in own):
+            own, bstrides = (), ()  # one vector/matrix repeated: batch stride 0
+        else:
+            a = np.broadcast_to(a, batch + shape[-inner:])
+            shape, strides, own = a.shape, a.strides, batch
+            bstrides = strides[:-inner]
+    else:
+        bstrides = strides[:-inner]
     ok = shape[-1] <= 1 or strides[-1] == item
     row = 0
     if ok and inner == 2:
         row = strides[-2] // item if shape[-2] > 1 else shape[-1]
         ok = strides[-2] >= 0 and strides[-2] % item == 0
-    bstride = _flat_stride(shape[:-inner], strides[:-inner], item) if ok else None
+    bstride = _flat_stride(own, bstrides, item) if ok else None
     if bstride is None:
         a = np.ascontiguousarray(a)
         call.copied(a.nbytes)
@@ -146,7 +158,11 @@ def _layout(a, inner, call):
 
 
 def _ptr(a, ctype):
-    return ffi.cast(ctype, a.__array_interface__["data"][0])
+    """A C pointer to the first element of ``a`` (no copy); ``ctype`` is a pair of
+    cffi types (array, pointer), parsed once."""
+    if a.flags.c_contiguous:
+        return ffi.from_buffer(ctype[0], a)
+    return ffi.cast(ctype[1], a.ctypes.data)
 
 
 def _check(status, err):
@@ -157,10 +173,6 @@ def _check(status, err):
     raise NativeError(f"native kernel failed: {_STATUS.get(status, status)} (status {status})")
 
 
-def _threads():
-    return _config.get_num_threads()
-
-
 # ---------------------------------------------------------------- kernels
 
 def sinkhorn(xp, x, *, iterations, tau, logits, cols_first, row_sums, col_sums, out, call):
@@ -168,8 +180,8 @@ def sinkhorn(xp, x, *, iterations, tau, logits, cols_first, row_sums, col_sums, 
     shape = a.shape
     n, m = shape[-2], shape[-1]
     batch = shape[:-2]
-    count = int(np.prod(batch, dtype=np.int64)) if batch else 1
-    ctype, fn = _KERNELS[a.dtype][0], _KERNELS[a.dtype][1]
+    count = math.prod(batch)
+    ctype, fn = _KERNELS[a.dtype.char][0], _KERNELS[a.dtype.char][1]
     if count == 0 or n == 0 or m == 0:
         res = np.empty(shape, a.dtype)
         return _finish(xp, x, out, res, call)
@@ -183,14 +195,14 @@ def sinkhorn(xp, x, *, iterations, tau, logits, cols_first, row_sums, col_sums, 
         if t is None:
             targets += [ffi.NULL, 0]
             continue
-        tb, tstride, _ = _layout(np.broadcast_to(_to_numpy(t), batch + (k,)), 1, call)
+        tb, tstride, _ = _layout(_to_numpy(t), 1, call, batch)
         targets += [_ptr(tb, ctype), tstride]
         keep.append(tb)
     err = ffi.new("int64_t *", -1)
     flags = (1 if logits else 0) | (2 if cols_first else 0)
     status = fn(_ptr(src, ctype), xb, xr, _ptr(dst, ctype), ob, orow, count, n, m,
                 *targets, iterations, tau, flags,
-                resolve_isa(_config.get_isa()), _threads(), err)
+                resolve_isa(_config.get_isa()), _config.get_num_threads(), err)
     if status == 5:
         raise domain_error("x", shape, err[0], "is negative; sinkhorn_knopp needs x >= 0 "
                                                "(or logits=True)")
@@ -224,22 +236,24 @@ def _finish(xp, like, out, res, call):
 def distance(xp, manifold, x, c, *, curvature, on_domain_error, call):
     a, b = _to_numpy(x), _to_numpy(c)
     d = a.shape[-1]
-    batch = np.broadcast_shapes(a.shape[:-1], b.shape[:-1])
-    rows = int(np.prod(batch, dtype=np.int64)) if batch else 1
+    sa, sb = a.shape[:-1], b.shape[:-1]
+    batch = sa if (sa == sb or not sb) else np.broadcast_shapes(sa, sb)
+    rows = math.prod(batch)
     if rows == 0 or d == 0:
         return _reference_checks.distance(xp, manifold, x, c, curvature=curvature,
                                           on_domain_error=on_domain_error, call=call)
-    ctype, fn = _KERNELS[a.dtype][0], _KERNELS[a.dtype][2]
-    pa, ar, _ = _layout(np.broadcast_to(a, batch + (d,)), 1, call)
-    pb, br, _ = _layout(np.broadcast_to(b, batch + (d,)), 1, call)
+    ctype, fn = _KERNELS[a.dtype.char][0], _KERNELS[a.dtype.char][2]
+    pa, ar, _ = _layout(a, 1, call, batch)
+    pb, br, _ = _layout(b, 1, call, batch)
     res = np.empty(batch, a.dtype)
     err = ffi.new("int64_t *", -1)
     status = fn(_MANIFOLD[manifold], _ptr(pa, ctype), ar, _ptr(pb, ctype), br, _ptr(res, ctype),
                 rows, d, curvature, _DOMAIN_MODE[on_domain_error],
-                resolve_isa(_config.get_isa()), _threads(), err)
-    if status == 5:
-        _raise_domain(manifold, (("x", a), ("c", b)), curvature)
-    _check(status, err)
+                resolve_isa(_config.get_isa()), _config.get_num_threads(), err)
+    if status:
+        if status == 5:
+            _raise_domain(manifold, (("x", a), ("c", b)), curvature)
+        _check(status, err)
     return _back(xp, x, res)
 
 
@@ -249,18 +263,47 @@ def pairwise(xp, manifold, x, y, *, curvature, on_domain_error, call):
     if N == 0 or M == 0 or d == 0:
         return _reference_checks.pairwise(xp, manifold, x, y, curvature=curvature,
                                           on_domain_error=on_domain_error, call=call)
-    ctype, fn = _KERNELS[a.dtype][0], _KERNELS[a.dtype][3]
+    ctype, fn = _KERNELS[a.dtype.char][0], _KERNELS[a.dtype.char][3]
     pa, ar, _ = _layout(a, 1, call)
     pb, br, _ = _layout(b, 1, call)
     res = np.empty((N, M), a.dtype)
     err = ffi.new("int64_t *", -1)
     status = fn(_MANIFOLD[manifold], _ptr(pa, ctype), N, ar, _ptr(pb, ctype), M, br, d,
                 _ptr(res, ctype), curvature, _DOMAIN_MODE[on_domain_error],
-                resolve_isa(_config.get_isa()), _threads(), err)
+                resolve_isa(_config.get_isa()), _config.get_num_threads(), err)
     if status == 5:
         _raise_domain(manifold, (("x", a), ("y", b)), curvature)
     _check(status, err)
     return _back(xp, x, res)
+
+
+def fast_distance(function, manifold, x, c, curvature, on_domain_error):
+    """The whole call for the common case -- NumPy float32/float64 ``x (N, d)`` or
+    ``(d,)`` and ``c (d,)``, C-contiguous, native backend in force -- or None to take
+    the general path (which also raises every error). Keeps the frontend's cost per
+    call near that of the bare cffi call (W2 latency)."""
+    dt = x.dtype.char
+    if (UNAVAILABLE is not None or dt != c.dtype.char or dt not in "fd" or c.ndim != 1
+            or not 1 <= x.ndim <= 2 or x.shape[-1] != c.shape[0] or not c.shape[0]
+            or not (x.flags.c_contiguous and c.flags.c_contiguous)
+            or type(curvature) is not float or not 0 < curvature < math.inf):
+        return None
+    mode = _DOMAIN_MODE.get(on_domain_error)
+    backend = _config.get_backend()
+    if mode is None or (backend != "auto" and backend != "native"):
+        return None
+    t0 = time.perf_counter()
+    d = c.shape[0]
+    rows = x.shape[0] if x.ndim == 2 else 1
+    ctype, _, fn, _ = _KERNELS[dt]
+    res = np.empty(x.shape[:-1], x.dtype)
+    status = fn(_MANIFOLD[manifold], ffi.from_buffer(ctype[0], x), d, ffi.from_buffer(ctype[0], c),
+                0, ffi.from_buffer(ctype[0], res), rows, d, curvature, mode,
+                resolve_isa(_config.get_isa()), _config.get_num_threads(), ffi.NULL)
+    if status:
+        return None  # the general path reports it with names and indices
+    _stats.record(function, NAME, 0, 0, time.perf_counter() - t0)
+    return res
 
 
 def _raise_domain(manifold, named, curvature):

@@ -9,6 +9,8 @@ import math
 import numbers
 import operator
 
+import numpy as np
+
 from . import _dispatch
 from ._dispatch import Call, common_namespace, compute_dtype, select_backend
 from .errors import DomainError, ShapeError
@@ -19,6 +21,10 @@ __all__ = [
     "geometric_distance", "pairwise_distance",
     "check_manifold", "project_to_manifold",
 ]
+
+def _native_fast_distance(*args):
+    return _dispatch._backend_module("native").fast_distance(*args)
+
 
 MANIFOLDS = ("euclidean", "poincare", "spherical")
 ON_DOMAIN_ERROR = ("raise", "nan", "clip")
@@ -36,6 +42,8 @@ def _choice(name, value, choices):
 
 def _real(name, value, *, positive=False):
     """A finite real Python/NumPy number (not a bool), >= 0 (or > 0)."""
+    if type(value) is float and value > 0 and value != math.inf:  # the common case
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}")
     value = float(value)
@@ -220,6 +228,10 @@ def _manifold_options(manifold, curvature, on_domain_error):
 
 
 def _distance(fname, manifold, x, c, curvature, on_domain_error):
+    if type(x) is np.ndarray and type(c) is np.ndarray:
+        res = _native_fast_distance(fname, manifold, x, c, curvature, on_domain_error)
+        if res is not None:
+            return res
     curvature = _manifold_options(manifold, curvature, on_domain_error)
     call = Call(fname)
     xp, lib = common_namespace((("x", x), ("c", c)))

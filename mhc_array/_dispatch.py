@@ -15,6 +15,7 @@ Backends are modules with the same functions (``backends/``); this module
 only chooses among them.
 """
 
+import math
 import threading
 import time
 import warnings
@@ -72,7 +73,7 @@ def common_namespace(args):
         if lib != flib:
             raise TypeError(f"{fname} is a {flib} array but {name} is a {lib} array; "
                             "pass arrays of one library")
-        if device_type(arr) != device_type(farr) or _device(arr) != _device(farr):
+        if lib != "numpy" and _device(arr) != _device(farr):
             raise TypeError(f"{fname} is on device {_device(farr)!r} but {name} is on "
                             f"device {_device(arr)!r}; pass arrays on one device")
     return first[2], first[3]
@@ -127,9 +128,8 @@ class Call:
         return y
 
     def done(self):
-        _stats.record(self.function, self.backend, copies=self.copies,
-                      bytes_copied=self.bytes_copied,
-                      seconds=time.perf_counter() - self.t0)
+        _stats.record(self.function, self.backend, self.copies, self.bytes_copied,
+                      time.perf_counter() - self.t0)
 
 
 def _nbytes(x):
@@ -212,6 +212,9 @@ MAX_ELEMENTS = 2**62
 
 def checked_size(shape, name):
     """Element count of ``shape``; ShapeError if it overflows a 63-bit count."""
+    size = math.prod(shape)  # Python ints: exact, no overflow
+    if size <= MAX_ELEMENTS:
+        return size
     size = 1
     for s in shape:
         size *= int(s)
@@ -222,6 +225,10 @@ def checked_size(shape, name):
 
 def broadcast_batch(shape_a, shape_b, name_a, name_b):
     """np.broadcast_shapes for batch shapes, with a ShapeError naming both arguments."""
+    if shape_a == shape_b or not shape_b:
+        return shape_a
+    if not shape_a:
+        return shape_b
     out = []
     la, lb = len(shape_a), len(shape_b)
     for k in range(max(la, lb)):

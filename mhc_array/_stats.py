@@ -1,37 +1,41 @@
 """Per-function, per-backend call statistics (SPEC 2.5 ``stats()``).
 
 The design notes promise zero-copy for 99%+ of calls; this is where it is
-measured. Counters are updated under a lock (calls from many threads).
+measured. Counters are updated under a lock (calls from many threads); the
+table is flat, keyed by (function, backend), to keep the per-call cost low.
 """
 
 import threading
 
 __all__ = ["stats", "reset_stats", "record"]
 
+_FIELDS = ("calls", "zero_copy_calls", "copies", "bytes_copied", "seconds")
 _lock = threading.Lock()
-_table = {}
+_table = {}  # (function, backend) -> [calls, zero_copy_calls, copies, bytes_copied, seconds]
 
 
-def record(function, backend, *, copies, bytes_copied, seconds):
+def record(function, backend, copies, bytes_copied, seconds):
     """Count one call of ``function`` on ``backend``."""
+    key = (function, backend)
     with _lock:
-        entry = _table.setdefault(function, {}).get(backend)
-        if entry is None:
-            entry = _table[function][backend] = {
-                "calls": 0, "zero_copy_calls": 0, "copies": 0,
-                "bytes_copied": 0, "seconds": 0.0}
-        entry["calls"] += 1
-        entry["zero_copy_calls"] += copies == 0
-        entry["copies"] += copies
-        entry["bytes_copied"] += bytes_copied
-        entry["seconds"] += seconds
+        e = _table.get(key)
+        if e is None:
+            e = _table[key] = [0, 0, 0, 0, 0.0]
+        e[0] += 1
+        e[1] += copies == 0
+        e[2] += copies
+        e[3] += bytes_copied
+        e[4] += seconds
 
 
 def stats():
     """A snapshot: ``stats()[function][backend]`` -> dict of calls, zero_copy_calls,
-    copies, bytes_copied and seconds (time spent in the backend)."""
+    copies, bytes_copied and seconds (time spent from the call to its result)."""
+    out = {}
     with _lock:
-        return {f: {b: dict(e) for b, e in per.items()} for f, per in _table.items()}
+        for (function, backend), e in _table.items():
+            out.setdefault(function, {})[backend] = dict(zip(_FIELDS, e))
+    return out
 
 
 def reset_stats():
