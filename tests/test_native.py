@@ -1,0 +1,160 @@
+"""The native backend specifically: CPU detection, layouts read in place, huge
+values, threads, and concurrent calls from many Python threads. Every result
+is compared with the float64 references of tests/reference.py."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import mhc_array as mx
+import reference as ref
+from conftest import cpu_supports, native_available
+
+pytestmark = pytest.mark.skipif(not native_available(), reason="native backend not built")
+
+ISAS = [isa for isa in ("avx512", "avx2", "sse", "portable") if cpu_supports(isa)]
+
+
+def _unaligned(a, offset_bytes=4):
+    """A copy of ``a`` whose data starts ``offset_bytes`` past a 64-byte boundary."""
+    raw = np.empty(a.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset_bytes
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def test_cpu_features_match_proc_cpuinfo():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split(":")[1].split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo")
+    feats = mx.cpu_features()
+    for ours, linux in (("sse4_1", "sse4_1"), ("avx2", "avx2"), ("fma", "fma"),
+                        ("avx512f", "avx512f"), ("avx512bw", "avx512bw")):
+        # the kernel lists a feature only when the OS enables its register state,
+        # which is what CPUID+XGETBV report together
+        usable = feats[ours] and (feats["os_avx512"] if ours.startswith("avx512")
+                                  else feats["os_avx"] or ours == "sse4_1")
+        assert usable == (linux in flags), (ours, feats)
+    best = mx.config()["isa_best"]
+    expected = ("avx512" if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= set(flags)
+                else "avx2" if {"avx2", "fma"} <= set(flags)
+                else "sse" if "sse4_1" in flags else "portable")
+    assert best == expected
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_unaligned_and_row_strided_inputs_are_read_in_place(isa, dtype):
+    rng = np.random.default_rng(1)
+    x = _unaligned((rng.standard_normal((37, 19)) * 0.05).astype(dtype))
+    wide = (rng.standard_normal((37, 29)) * 0.05).astype(dtype)
+    rows = wide[:, 3:22]  # row stride 29, last axis contiguous
+    c = _unaligned((rng.standard_normal(19) * 0.05).astype(dtype))
+    tol = dict(rtol=1e-5) if dtype == "float32" else dict(rtol=1e-12)
+    mx.reset_stats()
+    with mx.use_backend("native"), mx.use_isa(isa):
+        for arr in (x, rows):
+            for manifold in ("euclidean", "poincare", "spherical"):
+                got = mx.geometric_distance(arr, c, manifold=manifold)
+                want = ref.distance(manifold, arr.astype(np.float64), c.astype(np.float64))
+                np.testing.assert_allclose(got, want, **tol)
+        m = _unaligned(rng.random((64, 5, 7)).astype(dtype))
+        got = mx.sinkhorn_knopp(m, iterations=7)
+        np.testing.assert_allclose(got, ref.sinkhorn(m.astype(np.float64), iterations=7),
+                                   rtol=2e-5 if dtype == "float32" else 1e-10)
+        strided = rng.random((9, 6, 11)).astype(dtype)[:, :, 2:9]  # rows of 7 in 11
+        got = mx.sinkhorn_knopp(strided, iterations=5, logits=True)
+        np.testing.assert_allclose(
+            got, ref.sinkhorn(strided.astype(np.float64), iterations=5, logits=True),
+            rtol=2e-5 if dtype == "float32" else 1e-10, atol=1e-7)
+    copies = sum(e["copies"] for per in mx.stats().values() for e in per.values())
+    assert copies == 0
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_huge_values(isa):
+    """Squares of these float32 values overflow float32; distances must not."""
+    x = np.full((3, 16), 1e30, np.float32)
+    x[1] *= -1
+    c = np.zeros(16, np.float32)
+    with mx.use_backend("native"), mx.use_isa(isa):
+        got = mx.euclidean_distance(x, c)
+        np.testing.assert_allclose(got, np.full(3, 4e30), rtol=1e-6)
+        ang = mx.spherical_distance(x, np.full(16, 1e30, np.float32))
+        np.testing.assert_allclose(ang, [0, np.pi, 0], rtol=1e-6, atol=1e-6)
+        logits = np.array([[[1e30, 0], [0, -1e30]]], np.float32)
+        got = mx.sinkhorn_knopp(logits, logits=True, iterations=3)
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, ref.sinkhorn(logits.astype(np.float64), iterations=3,
+                                                     logits=True), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_threads_give_the_same_results(dtype):
+    """A call large enough to be split over threads agrees with the reference."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((65536, 4, 4)).astype(dtype)
+    pts = (rng.standard_normal((4000, 1024)) * 0.02).astype(dtype)
+    c = pts[7]
+    want_s = ref.sinkhorn(x.astype(np.float64), iterations=20, logits=True)
+    want_d = ref.distance("spherical", pts.astype(np.float64), c.astype(np.float64))
+    for n in (1, 2, 3):
+        with mx.use_backend("native"), mx.use_num_threads(n):
+            got = mx.sinkhorn_knopp(x, logits=True)
+            np.testing.assert_allclose(got, want_s, rtol=2e-5 if dtype == "float32" else 1e-10,
+                                       atol=1e-7)
+            got = mx.spherical_distance(pts, c)
+            np.testing.assert_allclose(got, want_d, rtol=1e-5 if dtype == "float32" else 1e-12,
+                                       atol=1e-6 if dtype == "float32" else 1e-13)
+
+
+def test_domain_error_index_from_a_later_thread_chunk():
+    pts = np.zeros((4000, 1024), np.float32)
+    pts[3999, 0] = 1.5  # outside the unit ball, in the last chunk
+    pts[2500, 0] = 2.0  # the first offending row
+    with mx.use_backend("native"), mx.use_num_threads(2):
+        with pytest.raises(mx.DomainError, match=r"x\[2500\]") as info:
+            mx.poincare_distance(pts, np.zeros(1024, np.float32))
+    assert info.value.index == (2500,)
+
+
+def test_concurrent_calls_from_eight_threads():
+    """8 Python threads, each with its own inputs, ISA level and thread count,
+    calling the native kernels at once (the GIL is released in C)."""
+    rng = np.random.default_rng(3)
+    jobs = []
+    for k in range(8):
+        dtype = ("float32", "float64")[k % 2]
+        x = rng.standard_normal((512 + k, 4, 4)).astype(dtype)
+        p = (rng.standard_normal((300 + k, 96)) * 0.05).astype(dtype)
+        jobs.append((ISAS[k % len(ISAS)], 1 + k % 2, x, p, p[k]))
+    wants = [(ref.sinkhorn(x.astype(np.float64), iterations=20, logits=True),
+              ref.distance("poincare", p.astype(np.float64), c.astype(np.float64)))
+             for _, _, x, p, c in jobs]
+    errors, barrier = [], threading.Barrier(len(jobs))
+
+    def worker(k):
+        isa, nth, x, p, c = jobs[k]
+        try:
+            barrier.wait()
+            with mx.use_backend("native"), mx.use_isa(isa), mx.use_num_threads(nth):
+                for _ in range(20):
+                    s = mx.sinkhorn_knopp(x, logits=True)
+                    d = mx.poincare_distance(p, c)
+                    f32 = x.dtype == np.float32
+                    np.testing.assert_allclose(s, wants[k][0], rtol=2e-5 if f32 else 1e-10,
+                                               atol=1e-7)
+                    np.testing.assert_allclose(d, wants[k][1], rtol=1e-5 if f32 else 1e-12)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append((k, exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
