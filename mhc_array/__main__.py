@@ -15,13 +15,20 @@ def main(argv=None):
     bench.add_argument("--plot", metavar="FILE.png", help="also plot the results (matplotlib)")
     bench.add_argument("--only", metavar="SUBSTRING", action="append",
                        help="run only the workloads whose name contains SUBSTRING")
+    bench.add_argument("--threads", type=int, default=1,
+                       help="threads for every candidate (default 1; the best native "
+                            "level also runs at 2, labelled x2)")
+    bench.add_argument("--compile", dest="compile_peers", action="store_true", default=None,
+                       help="include torch.compile peers (default: only in the full run)")
+    bench.add_argument("--no-compile", dest="compile_peers", action="store_false")
     args = parser.parse_args(argv)
     if args.command == "info":
         from . import show_config
         show_config()
         return 0
     from ._bench import run
-    return run(quick=args.quick, json_path=args.json, plot_path=args.plot, only=args.only)
+    return run(quick=args.quick, json_path=args.json, plot_path=args.plot, only=args.only,
+               threads=args.threads, compile_peers=args.compile_peers)
 
 
 if __name__ == "__main__":

@@ -83,54 +83,78 @@ def _torch_distance(torch, manifold):
     return {"euclidean": euclidean, "poincare": poincare, "spherical": spherical}[manifold]
 
 
-def _simsimd_distance(simsimd, manifold):
+def _simsimd_distance(simsimd, manifold, threads):
     if manifold == "euclidean":
-        return lambda x, c: np.asarray(simsimd.cdist(x, c[None, :], metric="euclidean"))
+        return lambda x, c: np.asarray(simsimd.cdist(x, c[None, :], metric="euclidean",
+                                                     threads=threads))
     if manifold == "spherical":
-        return lambda x, c: np.arccos(np.clip(
-            1 - np.asarray(simsimd.cdist(x, c[None, :], metric="cosine")), -1, 1))
+        return lambda x, c: np.arccos(np.clip(1 - np.asarray(
+            simsimd.cdist(x, c[None, :], metric="cosine", threads=threads)), -1, 1))
     return None
 
 
-def _mhc_candidates():
-    """(label, context factory) for every mhc_array backend / ISA level available."""
+def _mhc_candidates(threads):
+    """(label, context factory) for every mhc_array backend / ISA level available, at
+    ``threads`` threads, plus the best native level at 2 threads."""
     from .backends import native
-    out = [("mhc array_api", lambda: _config.use_backend("array_api"))]
+    out = [("mhc array_api", _ctx("array_api", None, threads))]
     if native.lib is not None:
         best = native.ISA_CODES[native.BEST_ISA]
         for name, code in sorted(native.ISA_CODES.items(), key=lambda kv: -kv[1]):
             if code <= best:
-                out.append((f"mhc native {name}", _native_ctx(name)))
+                out.append((f"mhc native {name}", _ctx("native", name, threads)))
+        if threads != 2:
+            out.insert(2, (f"mhc native {native.BEST_ISA} x2", _ctx("native", native.BEST_ISA, 2)))
     return out
 
 
-def _native_ctx(isa):
+def _ctx(backend, isa, threads):
     import contextlib
 
     @contextlib.contextmanager
     def ctx():
-        with _config.use_backend("native"), _config.use_isa(isa):
-            yield
+        with _config.use_backend(backend), _config.use_num_threads(threads):
+            if isa is None:
+                yield
+            else:
+                with _config.use_isa(isa):
+                    yield
     return ctx
 
 
-def _workloads(quick, rng):
-    """(name, {label: (fn, args)}, note) for each workload."""
+def _workloads(quick, rng, threads, compile_peers):
+    """(name, {label: (fn, args)}, floor) for each workload; floor() -> (seconds, what)
+    measured in the same run, or None."""
     torch = _maybe("torch")
     simsimd = _maybe("simsimd")
+    if torch is not None:
+        torch.set_num_threads(threads)
     work = []
+    mhc = _mhc_candidates(threads)
+
+    def compiled(fn):
+        try:
+            return torch.compile(fn, dynamic=False)
+        except Exception:  # noqa: BLE001 - no compiler on this machine: leave it out
+            return None
 
     def sinkhorn(name, batch, n, m, iterations, logits):
         x = _logits(rng, (batch, n, m)) if logits else rng.random((batch, n, m), np.float32)
         cands = {"numpy": (_numpy_sinkhorn if logits else _numpy_sinkhorn_plain,
                            (x, iterations))}
         if torch is not None:
-            cands["torch eager"] = (_torch_sinkhorn(torch, logits),
-                                    (torch.from_numpy(x), iterations))
-        for label, ctx in _mhc_candidates():
-            cands[label] = (_in(ctx, lambda a: _api.sinkhorn_knopp(
-                a, iterations=iterations, logits=logits)), (x,))
-        work.append((name, cands))
+            tx = torch.from_numpy(x)
+            cands["torch eager"] = (_torch_sinkhorn(torch, logits), (tx, iterations))
+            if compile_peers and (fn := compiled(_torch_sinkhorn(torch, logits))) is not None:
+                cands["torch.compile"] = (fn, (tx, iterations))
+        for label, ctx in mhc:
+            cands[label] = (lambda a: _api.sinkhorn_knopp(a, iterations=iterations,
+                                                         logits=logits), (x,), ctx)
+        if n * m <= 64:
+            floor = _arith_floor(batch, n, m, iterations, logits)
+        else:
+            floor = _read_floor(x, iterations + 2, f"{iterations} reads + 1 write of the matrices")
+        work.append((name, cands, floor))
 
     def distance(name, rows, d, manifold):
         scale = 0.9 / math.sqrt(d) if manifold == "poincare" else 1.0
@@ -138,14 +162,23 @@ def _workloads(quick, rng):
         c = (rng.standard_normal(d) * scale * 0.5).astype(np.float32)
         cands = {"numpy": (_numpy_distance(manifold), (x, c))}
         if torch is not None:
-            cands["torch eager"] = (_torch_distance(torch, manifold),
-                                    (torch.from_numpy(x), torch.from_numpy(c)))
-        if simsimd is not None and _simsimd_distance(simsimd, manifold) is not None:
-            cands["simsimd"] = (_simsimd_distance(simsimd, manifold), (x, c))
-        for label, ctx in _mhc_candidates():
-            cands[label] = (_in(ctx, lambda a, b: _api.geometric_distance(
-                a, b, manifold=manifold)), (x, c))
-        work.append((name, cands))
+            tx, tc = torch.from_numpy(x), torch.from_numpy(c)
+            cands["torch eager"] = (_torch_distance(torch, manifold), (tx, tc))
+            if compile_peers and (fn := compiled(_torch_distance(torch, manifold))) is not None:
+                cands["torch.compile"] = (fn, (tx, tc))
+        if simsimd is not None and _simsimd_distance(simsimd, manifold, threads) is not None:
+            cands["simsimd"] = (_simsimd_distance(simsimd, manifold, threads), (x, c))
+        fn = {"euclidean": _api.euclidean_distance, "poincare": _api.poincare_distance,
+              "spherical": _api.spherical_distance}[manifold]
+        for label, ctx in mhc:
+            cands[label] = (fn, (x, c), ctx)
+        if rows == 1:  # latency: the reference is the bare cffi call, not a bandwidth
+            bare = _bare_distance(manifold, x, c)
+            if bare is not None:
+                cands["bare cffi call"] = bare
+            work.append((name, cands, None))
+        else:
+            work.append((name, cands, _read_floor(x, 1, "one read of the points")))
 
     sinkhorn("W1 sinkhorn 4096 x 4x4, 20 it, logits", 4096, 4, 4, 20, True)
     sinkhorn("W1 sinkhorn 4096 x 4x4, 10 it, logits", 4096, 4, 4, 10, True)
@@ -156,6 +189,7 @@ def _workloads(quick, rng):
     distance("W2 latency poincare 1 x 1024", 1, 1024, "poincare")
     if not quick:
         distance("W2 bandwidth euclidean 100000 x 1024", 100000, 1024, "euclidean")
+        sinkhorn("W1 sinkhorn 65536 x 4x4, 20 it, logits", 65536, 4, 4, 20, True)
         for b in (1, 8, 32, 128):
             sinkhorn(f"scaling sinkhorn {b}x512 x 4x4, 10 it", b * 512, 4, 4, 10, True)
         for d in (512, 1024, 2048, 4096):
@@ -163,11 +197,61 @@ def _workloads(quick, rng):
     return work
 
 
-def _in(ctx, fn):
-    def run(*args):
-        with ctx():
-            return fn(*args)
-    return run
+# ---------------------------------------------------------------- floors
+
+def _probe():
+    from .backends import native
+    return native.lib if native.lib is not None else None
+
+
+def _read_floor(x, reads, what):
+    """Time of ``reads`` reads of ``x`` at the read bandwidth measured now (one core)."""
+    lib = _probe()
+    if lib is None:
+        return None
+    from .backends import native
+    ptr, n = native.ffi.from_buffer("float[]", x), x.size
+
+    def floor():
+        lib.mhc_probe_read_f32(ptr, n)
+        best = min(_time_once(lambda: lib.mhc_probe_read_f32(ptr, n), (), 3) for _ in range(5))
+        return reads * best, f"{what} at {x.nbytes / best / 1e9:.1f} GB/s"
+    return floor
+
+
+def _arith_floor(batch, n, m, iterations, logits):
+    """Lane-operations of the Sinkhorn arithmetic over the vector FMA peak measured now:
+    per iteration n(m-1) + m(n-1) adds, n + m reciprocals, 2nm multiplies per matrix,
+    plus ~12 per entry for exp; divisions counted as one operation (a lower bound)."""
+    lib = _probe()
+    if lib is None or lib.mhc_probe_fma_lanes() == 0:
+        return None
+    lanes = lib.mhc_probe_fma_lanes()
+    ops = batch * (iterations * (n * (m - 1) + m * (n - 1) + n + m + 2 * n * m)
+                   + (12 * n * m if logits else 0))
+
+    def floor():
+        it = 200_000
+        best = min(_time_once(lib.mhc_probe_fma, (it,), 1) for _ in range(5))
+        rate = it * lanes / best
+        return ops / rate, f"{ops / 1e6:.2f} M lane-ops at {rate / 1e9:.1f} G/s (1 core)"
+    return floor
+
+
+def _bare_distance(manifold, x, c):
+    """The native kernel called directly through cffi with prepared pointers: what
+    the frontend's cost per call is measured against."""
+    from .backends import native
+    if native.lib is None:
+        return None
+    out = np.empty(x.shape[0], np.float32)
+    ffi = native.ffi
+    p = [ffi.from_buffer("float[]", a) for a in (x, c, out)]
+    code = {"euclidean": 0, "poincare": 1, "spherical": 2}[manifold]
+    isa = native.ISA_CODES[native.BEST_ISA]
+    return (lambda: native.lib.mhc_distance_f32(code, p[0], x.shape[1], p[1], 0, p[2],
+                                                x.shape[0], x.shape[1], 1.0, 0, isa, 1,
+                                                ffi.NULL), ())
 
 
 def _maybe(name):
@@ -181,7 +265,10 @@ def _maybe(name):
 
 # ---------------------------------------------------------------- timing
 
-def _time_once(fn, args, reps):
+def _time_once(fn, args, reps, ctx=None):
+    if ctx is not None:
+        with ctx():
+            return _time_once(fn, args, reps)
     t0 = time.perf_counter()
     for _ in range(reps):
         fn(*args)
@@ -189,16 +276,18 @@ def _time_once(fn, args, reps):
 
 
 def _measure(cands, rounds, budget):
-    """Median seconds per call of each candidate, interleaved round by round."""
+    """Median seconds per call of each candidate, interleaved round by round.
+    A candidate is (fn, args) or (fn, args, context factory entered around its reps)."""
+    cands = {label: c if len(c) == 3 else (*c, None) for label, c in cands.items()}
     reps = {}
-    for label, (fn, args) in cands.items():
-        fn(*args)  # warm-up (first-call costs, caches)
-        t = _time_once(fn, args, 1)
-        reps[label] = max(1, min(1000, int(budget / max(t, 1e-7))))
+    for label, (fn, args, ctx) in cands.items():
+        _time_once(fn, args, 1, ctx)  # warm-up (first-call costs, compilation, caches)
+        t = _time_once(fn, args, 1, ctx)
+        reps[label] = max(1, min(2000, int(budget / max(t, 1e-7))))
     samples = {label: [] for label in cands}
     for _ in range(rounds):
-        for label, (fn, args) in cands.items():
-            samples[label].append(_time_once(fn, args, reps[label]))
+        for label, (fn, args, ctx) in cands.items():
+            samples[label].append(_time_once(fn, args, reps[label], ctx))
     return {label: statistics.median(s) for label, s in samples.items()}
 
 
@@ -208,39 +297,73 @@ def _fmt_time(s):
     return f"{s * 1e3:9.2f} ms"
 
 
-def run(*, quick=False, json_path=None, plot_path=None, only=None):
+def run(*, quick=False, json_path=None, plot_path=None, only=None, threads=1,
+        compile_peers=None):
     rng = np.random.default_rng(0)
-    work = _workloads(quick, rng)
+    if compile_peers is None:
+        compile_peers = not quick
+    work = _workloads(quick, rng, threads, compile_peers)
     if only:
         work = [w for w in work if any(s in w[0] for s in only)]
     rounds, budget = (5, 0.004) if quick else (11, 0.02)
-    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
-    print(f"mhc_array bench ({'quick' if quick else 'full'}): {machine}, "
-          f"{_config.get_num_threads()} thread(s), float32, median of {rounds} interleaved rounds")
+    machine = _machine()
+    print(f"mhc_array bench ({'quick' if quick else 'full'}): {machine}")
+    print(f"float32, {threads} thread(s) unless the label says x2, median of {rounds} "
+          "interleaved rounds; 'of floor' = floor time / candidate time")
     native = _dispatch._backend_module("native")
-    print(f"native: {'ISA best ' + native.BEST_ISA if native.lib else native.UNAVAILABLE}")
+    print(f"native: {'best ISA ' + native.BEST_ISA if native.lib else native.UNAVAILABLE}")
     results = []
     bar = _progress(len(work))
-    for name, cands in work:
+    for name, cands, floor in work:
         med = _measure(cands, rounds, budget)
-        results.append({"workload": name, "median_s": med})
+        entry = {"workload": name, "median_s": med}
+        if floor is not None:
+            entry["floor_s"], entry["floor"] = floor()
+        results.append(entry)
         bar(name)
     bar(None)
     for r in results:
-        med = r["median_s"]
-        base, peer = med.get("numpy"), med.get("torch eager")
-        print(f"\n{r['workload']}")
-        print(f"  {'candidate':<22}{'median':>12}{'vs numpy':>11}{'vs torch':>11}")
-        for label, s in med.items():
-            vs_np = f"{base / s:9.1f}x" if base else ""
-            vs_t = f"{peer / s:9.1f}x" if peer else ""
-            print(f"  {label:<22}{_fmt_time(s):>12}{vs_np:>11}{vs_t:>11}")
+        _print_workload(r)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"machine": machine, "quick": quick, "results": results}, f, indent=2)
+            json.dump({"machine": machine, "quick": quick, "threads": threads,
+                       "results": results}, f, indent=2)
     if plot_path:
         _plot(results, plot_path)
     return 0
+
+
+def _print_workload(r):
+    med = r["median_s"]
+    base, peer = med.get("numpy"), med.get("torch eager")
+    comp, floor = med.get("torch.compile"), r.get("floor_s")
+    print(f"\n{r['workload']}")
+    if floor is not None:
+        print(f"  floor {_fmt_time(floor).strip()}: {r['floor']}")
+    print(f"  {'candidate':<24}{'median':>12}{'vs numpy':>10}{'vs torch':>10}"
+          f"{'vs compile':>11}{'of floor':>10}")
+    for label, s in med.items():
+        cols = [f"{base / s:8.1f}x" if base else "",
+                f"{peer / s:8.1f}x" if peer else "",
+                f"{comp / s:9.1f}x" if comp else "",
+                f"{floor / s:9.0%}" if floor is not None and label.startswith("mhc") else ""]
+        print(f"  {label:<24}{_fmt_time(s):>12}{cols[0]:>10}{cols[1]:>10}{cols[2]:>11}"
+              f"{cols[3]:>10}")
+
+
+def _machine():
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    native = _dispatch._backend_module("native")
+    return (f"{model}, {cores} cores usable, ISA {native.BEST_ISA}, Python "
+            f"{platform.python_version()}, NumPy {np.__version__}")
 
 
 def _progress(total):

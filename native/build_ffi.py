@@ -28,7 +28,7 @@ def _rel(*parts):
 
 SOURCES = [_rel("src", f) for f in (
     "cpu_features.c", "dispatch.c", "kernels_portable.c", "kernels_sse.c",
-    "kernels_avx2.c", "kernels_avx512.c")]
+    "kernels_avx2.c", "kernels_avx512.c", "probe.c")]
 
 CDEF = """
 typedef int mhc_status;
@@ -100,6 +100,10 @@ int mhc_pairwise_f64(int manifold, const double *x, int64_t nx, int64_t x_rstrid
                      const double *y, int64_t ny, int64_t y_rstride, int64_t d,
                      double *out, double curvature, int on_domain_error,
                      int isa, int n_threads, int64_t *err_index);
+
+double mhc_probe_read_f32(const float *x, int64_t n);
+double mhc_probe_fma(int64_t iters);
+int mhc_probe_fma_lanes(void);
 """
 
 VERSION = os.environ.get("MHC_ARRAY_VERSION", "0.1.0")

@@ -130,6 +130,15 @@ int mhc_pairwise_f64(int manifold, const double *x, int64_t nx, int64_t x_rstrid
                      double *out, double curvature, int on_domain_error,
                      int isa, int n_threads, int64_t *err_index);
 
+/* ---- Benchmark probes (not kernels) -------------------------------------
+ * mhc_probe_read_f32: read x[0..n) once (sum): times a read-bandwidth floor.
+ * mhc_probe_fma: iters rounds of mhc_probe_fma_lanes() independent lane-FMAs
+ * (0 lanes: no probe on this CPU): times the core's vector FMA peak.
+ */
+double mhc_probe_read_f32(const float *x, int64_t n);
+double mhc_probe_fma(int64_t iters);
+int mhc_probe_fma_lanes(void);
+
 #ifdef __cplusplus
 }
 #endif
