@@ -1,0 +1,26 @@
+"""Native kernels exercised for valgrind memcheck (run by native/tests/memcheck.sh)."""
+import numpy as np, mhc_array as mx
+rng = np.random.default_rng(0)
+with mx.use_backend("native"):
+    for isa in ("avx2", "sse", "portable"):
+        with mx.use_isa(isa):
+            for dt in (np.float32, np.float64):
+                for shape in ((17, 4, 4), (3, 5, 7), (2, 70, 90), (1, 1, 1)):
+                    x = rng.standard_normal(shape).astype(dt)
+                    mx.sinkhorn_knopp(x, logits=True)
+                    mx.sinkhorn_knopp(x, logits=True, order="cols-first", tau=0.1)
+                    mx.sinkhorn_knopp(np.abs(x), iterations=3)
+                    mx.sinkhorn_knopp(np.abs(x)[..., ::1, 1:], iterations=3)
+                for rows, d in ((1, 1), (33, 17), (5, 1031)):
+                    p = (rng.standard_normal((rows, d)) * 0.01).astype(dt)
+                    for m in ("euclidean", "poincare", "spherical"):
+                        mx.geometric_distance(p, p[0], manifold=m)
+                        mx.pairwise_distance(p, p[:3], manifold=m)
+                        mx.geometric_distance(p * 1000, p[0], manifold=m, on_domain_error="nan")
+                    try:
+                        mx.poincare_distance(p * 1000, p[0])
+                    except mx.DomainError:
+                        pass
+            with mx.use_num_threads(2):
+                mx.sinkhorn_knopp(rng.standard_normal((70000, 4, 4)).astype(np.float32), logits=True)
+print("done")
