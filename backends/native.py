@@ -128,9 +128,9 @@ def _flat_stride(shape, strides, itemsize):
 def _layout(a, inner, call, batch=None):
     """(array, batch stride, row stride) for ``a`` whose last ``inner`` axes (1 or 2)
     are a vector or a matrix, walked over ``batch`` (default: a's own batch shape;
-    a's batch axes broadcast to it). The same memory when the last axis is
-    contiguous and the batch walks with one non-negative stride, else a counted
-    C-contiguous copy."""
+    a's batch axes broadcast to it). The same memory when the elements are aligned
+    to their size, the last axis is contiguous and the batch walks with one
+    non-negative stride, else a counted C-contiguous copy."""
     item = a.itemsize
     shape, strides = a.shape, a.strides
     own = shape[:-inner]
@@ -143,14 +143,14 @@ def _layout(a, inner, call, batch=None):
             bstrides = strides[:-inner]
     else:
         bstrides = strides[:-inner]
-    ok = shape[-1] <= 1 or strides[-1] == item
+    ok = a.flags.aligned and (shape[-1] <= 1 or strides[-1] == item)  # C needs aligned T*
     row = 0
     if ok and inner == 2:
         row = strides[-2] // item if shape[-2] > 1 else shape[-1]
         ok = strides[-2] >= 0 and strides[-2] % item == 0
     bstride = _flat_stride(own, bstrides, item) if ok else None
     if bstride is None:
-        a = np.ascontiguousarray(a)
+        a = np.array(a, order="C", copy=True)  # contiguous and aligned
         call.copied(a.nbytes)
         row = shape[-1] if inner == 2 else 0
         bstride = _flat_stride(a.shape[:-inner], a.strides[:-inner], item)
@@ -286,6 +286,7 @@ def fast_distance(function, manifold, x, c, curvature, on_domain_error):
     if (UNAVAILABLE is not None or dt != c.dtype.char or dt not in "fd" or c.ndim != 1
             or not 1 <= x.ndim <= 2 or x.shape[-1] != c.shape[0] or not c.shape[0]
             or not (x.flags.c_contiguous and c.flags.c_contiguous)
+            or not (x.flags.aligned and c.flags.aligned)
             or type(curvature) is not float or not 0 < curvature < math.inf):
         return None
     mode = _DOMAIN_MODE.get(on_domain_error)

@@ -5,6 +5,8 @@
  *  - Every function returns an mhc_status; it never aborts and never prints.
  *  - Sizes and strides are int64_t, strides counted in ELEMENTS (not bytes).
  *    The last axis of every array is contiguous (element stride 1).
+ *  - Pointers are aligned to their element type (4 bytes for float, 8 for
+ *    double), as C requires; no larger (vector) alignment is needed.
  *  - `isa` is the requested instruction-set level (mhc_isa); the library clamps
  *    it to the best level this CPU and OS support, so an unsupported level is
  *    never executed.
