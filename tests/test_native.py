@@ -178,3 +178,36 @@ def test_concurrent_calls_from_eight_threads():
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_without_native_everything_runs_on_array_api(tmp_path):
+    """The native module unavailable (as when it cannot be built or loaded): import
+    works, config() says why, auto falls back with one warning, results agree."""
+    import subprocess
+    import sys
+    code = """
+import warnings, numpy as np, mhc_array as mx
+cfg = mx.config()["backends"]["native"]
+assert not cfg["available"] and "MHC_ARRAY_DISABLE_NATIVE" in cfg["reason"], cfg
+x = np.random.default_rng(0).random((6, 4, 4))
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    a = mx.sinkhorn_knopp(x)
+    b = mx.sinkhorn_knopp(x)
+assert sum("native backend unavailable" in str(m.message) for m in w) == 1, [str(m.message) for m in w]
+assert list(mx.stats()["sinkhorn_knopp"]) == ["array_api"]
+np.save(r"%s", a)
+try:
+    with mx.use_backend("native"):
+        mx.sinkhorn_knopp(x)
+except mx.BackendUnavailableError as e:
+    assert "MHC_ARRAY_DISABLE_NATIVE" in str(e)
+else:
+    raise AssertionError("forcing native must fail")
+""" % (tmp_path / "a.npy")
+    env = dict(__import__("os").environ, MHC_ARRAY_DISABLE_NATIVE="1")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    x = np.random.default_rng(0).random((6, 4, 4))
+    np.testing.assert_allclose(np.load(tmp_path / "a.npy"), ref.sinkhorn(x), rtol=1e-10)
