@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include "mhc_internal.h"
 
-#define MHC_MAX_THREADS 256
+#define MHC_MAX_THREADS 256  /* cap on threads of one call */
 /* Thread only above ~200 us of single-thread work: Sinkhorn in element
  * iterations (~0.3 ns each), distances in element visits weighted by
  * manifold_cost (~0.1 ns per unit). */
@@ -39,56 +39,117 @@ static const mhc_kernel_table *table_for(int isa) { return &g_tables[mhc_resolve
 
 /* A chunk [lo, hi) of a call; fn returns a status and sets *err (or -1). */
 typedef int (*mhc_chunk_fn)(const void *ctx, int64_t lo, int64_t hi, int64_t *err);
+
+/*
+ * One threaded call. The range is cut into several chunks per thread; the
+ * caller and the workers claim them from an atomic counter. The caller waits
+ * only for chunks a worker has claimed, never for a worker that has not been
+ * scheduled yet (on a shared machine that wait could be a whole time slice):
+ * a late worker finds nothing left and exits. Workers are detached and the
+ * job lives on the heap with a reference count, so a late worker never
+ * touches the caller's stack; fn and ctx are used only for claimed chunks,
+ * all of which finish before the caller returns.
+ */
 typedef struct {
     mhc_chunk_fn fn;
     const void *ctx;
-    int64_t lo, hi, err;
+    int64_t count, chunk, nchunks;
+    int64_t next;        /* atomic: next chunk to claim */
+    int refs;            /* atomic: caller + workers still holding the job */
+    pthread_mutex_t lock;
+    pthread_cond_t all_done;
+    int64_t finished;    /* chunks done (under lock) */
+    int64_t bad_chunk;   /* lowest failing chunk, nchunks if none (under lock) */
     int status;
-} mhc_chunk;
+    int64_t err;
+} mhc_job;
 
-static void *chunk_main(void *p)
+static void job_work(mhc_job *j)
 {
-    mhc_chunk *ch = p;
-    ch->err = -1;
-    ch->status = ch->fn(ch->ctx, ch->lo, ch->hi, &ch->err);
+    for (;;) {
+        const int64_t k = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+        if (k >= j->nchunks)
+            return;
+        const int64_t lo = k * j->chunk;
+        const int64_t hi = lo + j->chunk < j->count ? lo + j->chunk : j->count;
+        int64_t err = -1;
+        const int status = j->fn(j->ctx, lo, hi, &err);
+        pthread_mutex_lock(&j->lock);
+        if (status != MHC_OK && k < j->bad_chunk) {  /* chunks are in index order */
+            j->bad_chunk = k;
+            j->status = status;
+            j->err = err;
+        }
+        if (++j->finished == j->nchunks)
+            pthread_cond_signal(&j->all_done);
+        pthread_mutex_unlock(&j->lock);
+    }
+}
+
+static void job_release(mhc_job *j)
+{
+    if (__atomic_sub_fetch(&j->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        pthread_cond_destroy(&j->all_done);
+        pthread_mutex_destroy(&j->lock);
+        free(j);
+    }
+}
+
+static void *job_worker(void *p)
+{
+    job_work(p);
+    job_release(p);
     return NULL;
 }
 
-/* Run fn over [0, count) in nth chunks (boundaries multiples of align); the
- * first failing chunk in index order gives the status and err_index, so a
- * domain error reports the globally first offending index. */
+/* Run fn over [0, count) on up to nth threads (chunk boundaries multiples of
+ * align). The first failing chunk in index order gives the status and
+ * err_index, so a domain error reports the globally first offending index. */
 static int run_chunks(mhc_chunk_fn fn, const void *ctx, int64_t count, int64_t align, int nth,
                       int64_t *err_index)
 {
-    mhc_chunk ch[MHC_MAX_THREADS];
-    pthread_t tid[MHC_MAX_THREADS];
-    int started[MHC_MAX_THREADS];
     const int64_t units = (count + align - 1) / align;
-    if (nth > units)
-        nth = (int)units;
-    if (nth < 1)
-        nth = 1;
-    for (int t = 0; t < nth; t++) {
-        int64_t lo = units * t / nth * align, hi = units * (t + 1) / nth * align;
-        ch[t] = (mhc_chunk){fn, ctx, lo, hi < count ? hi : count, -1, MHC_OK};
+    mhc_job *j = nth > 1 && units > 1 ? malloc(sizeof *j) : NULL;
+    if (!j) {                                /* one thread (or no memory to share) */
+        int64_t err = -1;
+        const int status = count ? fn(ctx, 0, count, &err) : MHC_OK;
+        if (status != MHC_OK && err_index)
+            *err_index = err;
+        return status;
     }
-    for (int t = 1; t < nth; t++)
-        started[t] = pthread_create(&tid[t], NULL, chunk_main, &ch[t]) == 0;
-    chunk_main(&ch[0]);
-    for (int t = 1; t < nth; t++) {
-        if (started[t])
-            pthread_join(tid[t], NULL);
-        else
-            chunk_main(&ch[t]);             /* could not spawn: run it here */
+    const int64_t pieces = units < (int64_t)nth * 16 ? units : (int64_t)nth * 16;
+    const int64_t per = (units + pieces - 1) / pieces;
+    *j = (mhc_job){fn, ctx, count, per * align, (units + per - 1) / per, 0, 1};
+    j->bad_chunk = j->nchunks;
+    j->status = MHC_OK;
+    j->err = -1;
+    if (pthread_mutex_init(&j->lock, NULL) || pthread_cond_init(&j->all_done, NULL)) {
+        free(j);
+        return run_chunks(fn, ctx, count, align, 1, err_index);
     }
-    for (int t = 0; t < nth; t++) {
-        if (ch[t].status != MHC_OK) {
-            if (err_index)
-                *err_index = ch[t].err;
-            return ch[t].status;
+    pthread_attr_t attr;
+    const int have_attr = pthread_attr_init(&attr) == 0 &&
+                          pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0;
+    for (int t = 1; have_attr && t < nth && t < j->nchunks; t++) {
+        pthread_t tid;
+        __atomic_add_fetch(&j->refs, 1, __ATOMIC_RELAXED);
+        if (pthread_create(&tid, &attr, job_worker, j) != 0) {
+            __atomic_sub_fetch(&j->refs, 1, __ATOMIC_RELAXED);
+            break;                           /* the caller does the rest */
         }
     }
-    return MHC_OK;
+    if (have_attr)
+        pthread_attr_destroy(&attr);
+    job_work(j);
+    pthread_mutex_lock(&j->lock);
+    while (j->finished < j->nchunks)
+        pthread_cond_wait(&j->all_done, &j->lock);
+    const int status = j->status;
+    if (status != MHC_OK && err_index)
+        *err_index = j->err;
+    pthread_mutex_unlock(&j->lock);
+    job_release(j);
+    return status;
 }
 
 static int threads_for(int n_threads, int64_t work, int64_t threshold)
