@@ -21,6 +21,7 @@ CASES = [
     ((), 1, 4),
     ((2,), 4, 1),
 ]
+ORDERS = ("rows-first", "cols-first")
 CASE_IDS = ["x".join(map(str, b)) + f"-{n}x{m}" for b, n, m in CASES]
 
 
@@ -482,3 +483,89 @@ def test_ragged_with_targets_and_out(backend):
                                                    order="cols-first"), **SINK_TOL["float64"])
     for a, b in zip(xs, before):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- the 4x4 (mHC) kernel
+# The native 4x4 kernel keeps 8 or 16 matrices in the lanes of a register, runs groups
+# of several registers, and iterates on scaling vectors, falling back to explicit
+# normalisation for lanes whose denominators reach 0, NaN or overflow. Batches of 1 to
+# 61 matrices cover whole groups, single registers and the padded tail; special
+# matrices sit at lanes that share registers with ordinary ones.
+
+SPECIAL_4X4 = ("zero-row", "zero-col", "all-zero", "nan", "huge", "tiny", "inf")
+
+
+def _special_batch(rng, batch, dtype, kind, logits):
+    x = (2 * rng.standard_normal((batch, 4, 4)) if logits
+         else rng.uniform(0.05, 1.0, (batch, 4, 4))).astype(dtype)
+    big = np.finfo(dtype).max / 8
+    for b in range(kind, batch, 7):          # every 7th matrix, from a different start
+        what = SPECIAL_4X4[(b // 7) % len(SPECIAL_4X4)]
+        if what == "zero-row" and not logits:
+            x[b, b % 4, :] = 0
+        elif what == "zero-col" and not logits:
+            x[b, :, (b + 1) % 4] = 0
+        elif what == "all-zero" and not logits:
+            x[b] = 0
+        elif what == "nan":
+            x[b, (b + 2) % 4, b % 4] = np.nan
+        elif what == "huge" and not logits:
+            x[b] *= big
+        elif what == "tiny" and not logits:
+            x[b] *= np.finfo(dtype).tiny * 16
+        elif what == "inf" and not logits:
+            x[b, 1, 2] = np.inf
+    return x
+
+
+@pytest.mark.parametrize("batch", [1, 7, 8, 9, 16, 23, 24, 25, 47, 48, 49, 61])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_4x4_batches_across_lane_groups(backend, batch, dtype):
+    rng = rng_for("4x4-batches", batch, dtype)
+    for logits in (False, True):
+        for order in ORDERS:
+            x = _special_batch(rng, batch, dtype, batch % 7, logits)
+            keep = x.copy()
+            got = np.asarray(mx.sinkhorn_knopp(x, logits=logits, order=order))
+            want = ref.sinkhorn(x, logits=logits, order=order)
+            np.testing.assert_array_equal(x, keep)
+            nan = np.isnan(want).any(axis=(-2, -1))
+            assert np.all(np.isnan(got[nan])), (logits, order)
+            # 'huge' matrices overflow float sums in any implementation; they must not
+            # disturb their lane neighbours
+            fine = ~nan & np.isfinite(want).all(axis=(-2, -1))
+            assert_close(got[fine], want[fine], dtype, err_msg=f"{logits} {order}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("order", ORDERS)
+def test_4x4_tau_and_targets(backend, dtype, order):
+    rng = rng_for("4x4-targets", dtype, order)
+    x = rng.uniform(0.0, 1.0, (53, 4, 4)).astype(dtype)
+    x[5, 2, :] = 0
+    x[11, :, 1] = 0
+    rs = rng.uniform(0.5, 2.0, (53, 4)).astype(dtype)
+    cs = rng.uniform(0.5, 2.0, (53, 4)).astype(dtype)
+    cs *= (rs.sum(-1, dtype=np.float64) / cs.sum(-1, dtype=np.float64))[:, None].astype(dtype)
+    for tau in (0.0, 0.25):
+        for iterations in (0, 1, 3, 20):
+            got = np.asarray(mx.sinkhorn_knopp(x, tau=tau, order=order, row_sums=rs,
+                                               col_sums=cs, iterations=iterations))
+            want = ref.sinkhorn(x, tau=tau, order=order, row_sums=rs, col_sums=cs,
+                                iterations=iterations)
+            assert_close(got, want, dtype, err_msg=f"tau={tau} it={iterations}")
+    assert np.all(got[5, 2, :] == 0) and np.all(got[11, :, 1] == 0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_4x4_strided_batch_and_in_place(backend, dtype):
+    rng = rng_for("4x4-strided", dtype)
+    base = rng.standard_normal((37, 6, 5)).astype(dtype)
+    x = base[:, 1:5, :4]                          # rows 5 apart, matrices 30 apart
+    want = ref.sinkhorn(x, logits=True, order="cols-first")
+    got = mx.sinkhorn_knopp(x, logits=True, order="cols-first")
+    assert_close(np.asarray(got), want, dtype)
+    y = np.ascontiguousarray(x)
+    r = mx.sinkhorn_knopp(y, logits=True, order="cols-first", out=y)
+    assert r is y or np.shares_memory(r, y)
+    assert_close(y, want, dtype)
