@@ -28,7 +28,7 @@ ISA_NAMES = {v: k for k, v in ISA_CODES.items()}
 _MANIFOLD = {"euclidean": 0, "poincare": 1, "spherical": 2}
 _DOMAIN_MODE = {"raise": 0, "nan": 1, "clip": 2}
 _STATUS = {1: "out of memory", 2: "invalid dimension", 3: "null pointer",
-           4: "computation error", 5: "domain error"}
+           4: "computation error", 5: "domain error", 6: "misaligned pointer"}
 
 
 def _load():
@@ -281,30 +281,58 @@ def fast_distance(function, manifold, x, c, curvature, on_domain_error):
     """The whole call for the common case -- NumPy float32/float64 ``x (N, d)`` or
     ``(d,)`` and ``c (d,)``, C-contiguous, native backend in force -- or None to take
     the general path (which also raises every error). Keeps the frontend's cost per
-    call near that of the bare cffi call (W2 latency)."""
-    dt = x.dtype.char
-    if (UNAVAILABLE is not None or dt != c.dtype.char or dt not in "fd" or c.ndim != 1
-            or not 1 <= x.ndim <= 2 or x.shape[-1] != c.shape[0] or not c.shape[0]
-            or not (x.flags.c_contiguous and c.flags.c_contiguous)
-            or not (x.flags.aligned and c.flags.aligned)
-            or type(curvature) is not float or not 0 < curvature < math.inf):
+    call near that of the bare cffi call (W2 latency): every check here is a
+    single attribute test, and the configuration is read in one call."""
+    dt = x.dtype
+    if (UNAVAILABLE is not None or dt is not c.dtype or dt not in _FAST_DTYPES or c.ndim != 1
+            or not 1 <= x.ndim <= 2 or type(curvature) is not float
+            or not 0 < curvature < math.inf):
         return None
-    mode = _DOMAIN_MODE.get(on_domain_error)
-    backend = _config.get_backend()
-    if mode is None or (backend != "auto" and backend != "native"):
-        return None
-    t0 = time.perf_counter()
     d = c.shape[0]
-    rows = x.shape[0] if x.ndim == 2 else 1
-    ctype, _, fn, _ = _KERNELS[dt]
-    res = np.empty(x.shape[:-1], x.dtype)
-    status = fn(_MANIFOLD[manifold], ffi.from_buffer(ctype[0], x), d, ffi.from_buffer(ctype[0], c),
-                0, ffi.from_buffer(ctype[0], res), rows, d, curvature, mode,
-                resolve_isa(_config.get_isa()), _config.get_num_threads(), ffi.NULL)
+    mode = _DOMAIN_MODE.get(on_domain_error)
+    backend, isa, threads = _config.current()
+    if (x.shape[-1] != d or not d or mode is None
+            or (backend != "auto" and backend != "native")):
+        return None
+    code = _ISA_FAST.get(isa)
+    if code is None:
+        code = resolve_isa(isa)  # a level this CPU lacks: falls back, warns once
+    t0 = time.perf_counter()
+    ctype, _, fn, _ = _FAST_DTYPES[dt]
+    res = np.empty(x.shape[:-1], dt)
+    try:  # from_buffer refuses a NumPy array that is not C-contiguous
+        px, pc = ffi.from_buffer(ctype[0], x), ffi.from_buffer(ctype[0], c)
+    except ValueError:
+        return None
+    # a misaligned pointer is refused by C (MHC_ERR_MISALIGNED): the general path copies
+    status = fn(_MANIFOLD[manifold], px, d, pc, 0, ffi.from_buffer(ctype[0], res),
+                x.shape[0] if x.ndim == 2 else 1, d, curvature, mode, code, threads, ffi.NULL)
     if status:
         return None  # the general path reports it with names and indices
     _stats.record(function, NAME, 0, 0, time.perf_counter() - t0)
     return res
+
+
+# Native-byte-order float32/float64 (dtype objects compared by identity: a
+# byte-swapped or otherwise unusual dtype takes the general path).
+_FAST_DTYPES = {np.dtype(np.float32): _KERNELS["f"], np.dtype(np.float64): _KERNELS["d"]} \
+    if lib is not None else {}
+
+# The ISA levels this CPU runs as they are (no fallback warning to give): name -> code.
+_ISA_FAST = {}
+
+
+def _isa_fast_init():
+    if BEST_ISA is None:
+        return
+    best = ISA_CODES[BEST_ISA]
+    for name, code in ISA_CODES.items():
+        if code <= best:
+            _ISA_FAST[name] = code
+    _ISA_FAST["auto"] = best
+
+
+_isa_fast_init()
 
 
 def _raise_domain(manifold, named, curvature):

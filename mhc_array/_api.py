@@ -23,7 +23,10 @@ __all__ = [
 ]
 
 def _native_fast_distance(*args):
-    return _dispatch._backend_module("native").fast_distance(*args)
+    """The native backend's whole-call fast path (bound on first use)."""
+    global _native_fast_distance
+    _native_fast_distance = _dispatch._backend_module("native").fast_distance
+    return _native_fast_distance(*args)
 
 
 MANIFOLDS = ("euclidean", "poincare", "spherical")

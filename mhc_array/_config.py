@@ -75,6 +75,18 @@ def _get(key):
     return _defaults[key] if value is None else value
 
 
+_ov_backend, _ov_isa, _ov_threads = (_overrides[k] for k in ("backend", "isa", "num_threads"))
+
+
+def current():
+    """(backend, isa, num_threads) in force in this context, in one call (the native
+    fast paths read all three per call)."""
+    b, i, t = _ov_backend.get(), _ov_isa.get(), _ov_threads.get()
+    d = _defaults
+    return (d["backend"] if b is None else b, d["isa"] if i is None else i,
+            d["num_threads"] if t is None else t)
+
+
 @contextlib.contextmanager
 def _use(key, value):
     token = _overrides[key].set(value)

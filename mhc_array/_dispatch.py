@@ -93,6 +93,10 @@ def compute_dtype(xp, x, name):
     dt = x.dtype
     if dt == xp.float32 or dt == xp.float64:
         return dt, dt
+    if getattr(dt, "byteorder", "=") not in "=|":  # byte-swapped NumPy data: computed and
+        dt = dt.newbyteorder("=")                  # returned in native order, as ufuncs do
+        if dt == xp.float32 or dt == xp.float64:
+            return dt, dt
     if xp.isdtype(dt, "real floating"):  # float16, bfloat16
         return xp.float32, dt
     if xp.isdtype(dt, ("integral", "bool")):

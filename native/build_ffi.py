@@ -38,6 +38,7 @@ typedef int mhc_status;
 #define MHC_ERR_NULL_POINTER 3
 #define MHC_ERR_COMPUTATION 4
 #define MHC_ERR_DOMAIN 5
+#define MHC_ERR_MISALIGNED 6
 #define MHC_ISA_PORTABLE 0
 #define MHC_ISA_SSE 1
 #define MHC_ISA_AVX2 2

@@ -95,6 +95,52 @@ def test_element_misaligned_float64_is_copied_not_misread(isa):
     assert st["sinkhorn_knopp"]["native"]["copies"] >= 1
 
 
+def test_abi_refuses_misaligned_pointers():
+    """The C ABI checks every pointer's alignment itself (MHC_ERR_MISALIGNED) and
+    writes nothing, whatever the Python side passes."""
+    from mhc_array._native import ffi, lib
+    raw = np.zeros(64 + 1, np.uint8)
+    base = (-raw.ctypes.data) % 8
+    good = ffi.cast("double *", raw.ctypes.data + base)
+    bad = ffi.cast("double *", raw.ctypes.data + base + 4)
+    out = np.full(4, -1.0)
+    pout = ffi.cast("double *", out.ctypes.data)
+    bad_out = ffi.cast("double *", out.ctypes.data + 4)
+    for x, c, o in ((bad, good, pout), (good, bad, pout), (good, good, bad_out)):
+        st = lib.mhc_distance_f64(0, x, 2, c, 0, o, 2, 2, 1.0, 0, 0, 1, ffi.NULL)
+        assert st == lib.MHC_ERR_MISALIGNED
+        st = lib.mhc_pairwise_f64(0, x, 1, 2, c, 1, 2, 2, o, 1.0, 0, 0, 1, ffi.NULL)
+        assert st == lib.MHC_ERR_MISALIGNED
+    st = lib.mhc_sinkhorn_f64(bad, 4, 2, pout, 4, 2, 1, 2, 2, ffi.NULL, 0, ffi.NULL, 0, 3,
+                              0.0, 0, 0, 1, ffi.NULL)
+    assert st == lib.MHC_ERR_MISALIGNED
+    st = lib.mhc_sinkhorn_f64(good, 4, 2, pout, 4, 2, 1, 2, 2, bad, 0, ffi.NULL, 0, 3,
+                              0.0, 0, 0, 1, ffi.NULL)
+    assert st == lib.MHC_ERR_MISALIGNED
+    np.testing.assert_array_equal(out, -1.0)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+def test_byte_swapped_inputs_computed_in_native_order(dtype):
+    """Big-endian NumPy data is neither misread as little-endian nor demoted: it is
+    converted (one counted copy) and the result has the native dtype, like a ufunc's."""
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((7, 12)) * 0.05).astype(dtype)
+    m = rng.random((9, 4, 4)).astype(dtype)
+    native = np.dtype(dtype).newbyteorder("=")
+    tol = dict(rtol=1e-5) if native == np.float32 else dict(rtol=1e-12)
+    with mx.use_backend("native"):
+        for manifold in ("euclidean", "poincare", "spherical"):
+            got = mx.geometric_distance(x, x[2], manifold=manifold)
+            assert got.dtype == native
+            want = ref.distance(manifold, x.astype(np.float64), x[2].astype(np.float64))
+            np.testing.assert_allclose(got, want, **tol, atol=1e-7)
+        got = mx.sinkhorn_knopp(m)
+        assert got.dtype == native
+        np.testing.assert_allclose(got, ref.sinkhorn(m.astype(np.float64)),
+                                   rtol=2e-5 if native == np.float32 else 1e-10, atol=1e-7)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_huge_values(isa):
     """Squares of these float32 values overflow float32; distances must not."""

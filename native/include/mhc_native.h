@@ -6,7 +6,8 @@
  *  - Sizes and strides are int64_t, strides counted in ELEMENTS (not bytes).
  *    The last axis of every array is contiguous (element stride 1).
  *  - Pointers are aligned to their element type (4 bytes for float, 8 for
- *    double), as C requires; no larger (vector) alignment is needed.
+ *    double), as C requires; no larger (vector) alignment is needed. A
+ *    pointer that is not is MHC_ERR_MISALIGNED (nothing is read or written).
  *  - `isa` is the requested instruction-set level (mhc_isa); the library clamps
  *    it to the best level this CPU and OS support, so an unsupported level is
  *    never executed.
@@ -30,7 +31,8 @@ typedef enum {
     MHC_ERR_INVALID_DIMENSION = 2,
     MHC_ERR_NULL_POINTER = 3,
     MHC_ERR_COMPUTATION = 4,
-    MHC_ERR_DOMAIN = 5
+    MHC_ERR_DOMAIN = 5,
+    MHC_ERR_MISALIGNED = 6
 } mhc_status;
 
 typedef enum {
