@@ -146,6 +146,40 @@ def test_near_antipodal(backend, dtype):
     assert_dist(r, np.full(64, np.pi), dtype)
 
 
+@pytest.mark.parametrize("d", [1000, 4096, 4099])
+def test_float32_accuracy_long_vectors_every_angle_and_radius(backend, d):
+    """float32 sums over long vectors lose accuracy coherently when every term has
+    the same sign and size; the native kernels' float-lane fast path must still meet
+    1e-5 on both sides of where it hands over to double (cos angle 0.8 and -0.99,
+    K|x|^2 = 1/2), for constant-magnitude and random vectors."""
+    rng = rng_for("long", d)
+    u = np.full(d, 1 / np.sqrt(d))                        # all terms equal
+    v = rng.standard_normal(d)
+    v -= (v @ u) * u
+    v /= np.linalg.norm(v)
+    cosines = np.concatenate([np.linspace(-1, 1, 41)[1:-1], [0.79, 0.8, 0.81, -0.985, -0.99, -0.995]])
+    angles = np.arccos(np.clip(cosines, -1, 1))
+    sph_x = np.cos(angles)[:, None] * u + np.sin(angles)[:, None] * v
+    sph_x = np.concatenate([sph_x, rng.standard_normal((16, d))])
+    sph_x = (sph_x * rng.uniform(0.1, 10, (len(sph_x), 1))).astype(np.float32)
+    c = (u * 3).astype(np.float32)
+    want = ref.euclidean(sph_x, c)
+    assert_dist(mx.euclidean_distance(sph_x, c), want, "float32")
+    want = ref.spherical(sph_x, c)
+    ok = want > 0
+    assert_dist(np.asarray(mx.spherical_distance(sph_x, c))[ok], want[ok], "float32")
+    for K in (1.0, 2.5):
+        radii2 = np.concatenate([np.linspace(0.01, 0.99, 25), [0.49, 0.5, 0.51]]) / K
+        dirs = np.concatenate([np.tile(u, (14, 1)), rng.standard_normal((14, d))])
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        px = (np.sqrt(radii2)[:, None] * dirs).astype(np.float32)
+        pc = (-0.3 / np.sqrt(K) * u).astype(np.float32)
+        want = ref.poincare(px, pc, curvature=K)
+        assert_dist(mx.poincare_distance(px, pc, curvature=K), want, "float32")
+        want = ref.poincare(px[1:], px[:-1], curvature=K)     # c varies per row
+        assert_dist(mx.poincare_distance(px[1:], px[:-1], curvature=K), want, "float32")
+
+
 def _rel_err(got, want):
     return np.max(np.abs(np.asarray(got, np.float64) - want) / np.abs(want))
 
