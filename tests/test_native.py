@@ -188,6 +188,72 @@ def test_domain_error_index_from_a_later_thread_chunk():
     assert info.value.index == (2500,)
 
 
+def test_concurrent_threaded_calls_share_the_helper_pool():
+    """8 Python threads at once, each call large enough to be posted to the helper
+    pool (2 to 4 threads): posts replace each other in the pool's slot, and every
+    call must still finish with its own, correct result."""
+    rng = np.random.default_rng(13)
+    jobs = []
+    for k in range(8):
+        x = rng.standard_normal((8192 + 8 * k, 4, 4)).astype(np.float32)
+        p = (rng.standard_normal((1200 + k, 256)) * 0.04).astype(np.float32)
+        jobs.append((2 + k % 3, x, p, p[k]))
+    wants = [(ref.sinkhorn(x, iterations=20, logits=True), ref.distance("poincare", p, c))
+             for _, x, p, c in jobs]
+    errors, barrier = [], threading.Barrier(len(jobs))
+
+    def worker(k):
+        nth, x, p, c = jobs[k]
+        try:
+            barrier.wait()
+            with mx.use_backend("native"), mx.use_num_threads(nth):
+                for _ in range(5):
+                    np.testing.assert_allclose(mx.sinkhorn_knopp(x, logits=True), wants[k][0],
+                                               rtol=2e-5, atol=1e-7)
+                    np.testing.assert_allclose(mx.poincare_distance(p, c), wants[k][1],
+                                               rtol=1e-5)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append((k, exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a threaded call did not return"
+    assert not errors, errors
+
+
+def test_threaded_calls_work_in_a_forked_child():
+    """The helper threads do not survive fork(); a child must start its own pool
+    instead of posting to helpers that do not exist (and never hang)."""
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((16384, 4, 4)).astype(np.float32)
+    want = ref.sinkhorn(x, iterations=20, logits=True)
+    with mx.use_backend("native"), mx.use_num_threads(2):
+        mx.sinkhorn_knopp(x, logits=True)          # the parent's pool is running now
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_child_sinkhorn, args=(x, q))
+    proc.start()
+    try:
+        got = q.get(timeout=60)        # before join: the child flushes its queue on exit
+    except Exception:  # noqa: BLE001 - queue.Empty
+        proc.kill()
+        pytest.fail("the forked child hung in a threaded native call")
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+
+
+def _child_sinkhorn(x, q):
+    with mx.use_backend("native"), mx.use_num_threads(2):
+        q.put(np.asarray(mx.sinkhorn_knopp(x, logits=True)))
+
+
 def test_concurrent_calls_from_eight_threads():
     """8 Python threads, each with its own inputs, ISA level and thread count,
     calling the native kernels at once (the GIL is released in C)."""
