@@ -313,6 +313,49 @@ def fast_distance(function, manifold, x, c, curvature, on_domain_error):
     return res
 
 
+def fast_sinkhorn(x, iterations, tau, logits, order):
+    """The whole call for the common case -- a C-contiguous NumPy float32/float64
+    ``x (..., n, m)``, default targets, no ``out``, native backend in force, options
+    of exactly the default types -- or None to take the general path (which also
+    validates every option and raises every error)."""
+    dt = x.dtype
+    if (UNAVAILABLE is not None or dt not in _FAST_DTYPES or x.ndim < 2
+            or type(iterations) is not int or not 0 <= iterations <= 2**31 - 1
+            or type(tau) is not float or not 0 <= tau < math.inf
+            or type(logits) is not bool):
+        return None
+    if order == "rows-first":
+        flags = 1 if logits else 0
+    elif order == "cols-first":
+        flags = 3 if logits else 2
+    else:
+        return None
+    backend, isa, threads = _config.current()
+    if backend != "auto" and backend != "native":
+        return None
+    shape = x.shape
+    n, m = shape[-2], shape[-1]
+    count = math.prod(shape[:-2])
+    if not (count and n and m):
+        return None
+    code = _ISA_FAST.get(isa)
+    if code is None:
+        code = resolve_isa(isa)
+    t0 = time.perf_counter()
+    ctype, fn = _FAST_DTYPES[dt][0], _FAST_DTYPES[dt][1]
+    try:  # from_buffer refuses a NumPy array that is not C-contiguous
+        px = ffi.from_buffer(ctype[0], x)
+    except ValueError:
+        return None
+    res = np.empty(shape, dt)
+    nm = n * m
+    if fn(px, nm, m, ffi.from_buffer(ctype[0], res), nm, m, count, n, m, ffi.NULL, 0, ffi.NULL,
+          0, iterations, tau, flags, code, threads, ffi.NULL):
+        return None  # the general path reports it with names and indices
+    _stats.record("sinkhorn_knopp", NAME, 0, 0, time.perf_counter() - t0)
+    return res
+
+
 # Native-byte-order float32/float64 (dtype objects compared by identity: a
 # byte-swapped or otherwise unusual dtype takes the general path).
 _FAST_DTYPES = {np.dtype(np.float32): _KERNELS["f"], np.dtype(np.float64): _KERNELS["d"]} \
