@@ -195,3 +195,46 @@ def project_to_manifold(xp, x, *, manifold, curvature):
     else:
         P, _ = _clip_ball(xp, X, n2, curvature)
     return xp.astype(P, x.dtype)
+
+
+# ---------------------------------------------------------------- the mHC connection
+
+def _sigmoid(xp, z):
+    return 1 / (1 + xp.exp(-z))
+
+
+def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, call):
+    """SPEC 2.3: ``x (..., n, C)`` in the coefficient dtype (float32 or float64), the
+    parameters in that dtype too. Returns (h_in, h_pre, h_post, h_res), h_in in the
+    coefficient dtype (the frontend casts it back to the activations' dtype)."""
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    v = xp.reshape(x, batch + (n * C,))
+    rs = 1 / xp.sqrt(xp.mean(v * v, axis=-1, keepdims=True) + norm_eps)
+    if variant == "paper":
+        y = (v @ phi) * rs                                   # norm after the matmul
+        a_pre, a_post, a_res = alpha[0], alpha[1], alpha[2]
+        h_pre = _sigmoid(xp, a_pre * y[..., :n] + bias[:n])
+        h_post = 2 * _sigmoid(xp, a_post * y[..., n:2 * n] + bias[n:2 * n])
+        logits = xp.reshape(a_res * y[..., 2 * n:] + bias[2 * n:], batch + (n, n))
+        h_res = sinkhorn(xp, logits, iterations=iterations, tau=0.0, logits=True,
+                         cols_first=True, row_sums=None, col_sums=None, out=None, call=call)
+    else:                                                    # DeepSeek-V4
+        mix = (v * rs) @ xp.matrix_transpose(phi)            # norm before the matmul
+        h_pre = _sigmoid(xp, mix[..., :n] * alpha[0] + bias[:n]) + hc_eps
+        h_post = 2 * _sigmoid(xp, mix[..., n:2 * n] * alpha[1] + bias[n:2 * n])
+        z = xp.reshape(mix[..., 2 * n:] * alpha[2] + bias[2 * n:], batch + (n, n))
+        z = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
+        comb = z / xp.sum(z, axis=-1, keepdims=True) + hc_eps  # row softmax + eps
+        comb = comb / (xp.sum(comb, axis=-2, keepdims=True) + hc_eps)
+        for _ in range(iterations - 1):
+            comb = comb / (xp.sum(comb, axis=-1, keepdims=True) + hc_eps)
+            comb = comb / (xp.sum(comb, axis=-2, keepdims=True) + hc_eps)
+        h_res = xp.matrix_transpose(comb)                    # V4 applies comb^T
+    h_in = xp.sum(xp.expand_dims(h_pre, axis=-1) * x, axis=-2)
+    return h_in, h_pre, h_post, h_res
+
+
+def mhc_post(xp, x, f_out, h_post, h_res, *, call):
+    """``x_next[i] = sum_j h_res[i, j] x[j] + h_post[i] f_out`` in the coefficient dtype."""
+    return h_res @ x + xp.expand_dims(h_post, axis=-1) * xp.expand_dims(f_out, axis=-2)

@@ -52,10 +52,12 @@ ffi, lib, UNAVAILABLE = _load()
 if lib is not None:
     BEST_ISA = ISA_NAMES[lib.mhc_best_isa()]
     _KERNELS = {
-        "f": ((ffi.typeof("float[]"), ffi.typeof("float *")), lib.mhc_sinkhorn_f32, lib.mhc_distance_f32,
-                               lib.mhc_pairwise_f32),
-        "d": ((ffi.typeof("double[]"), ffi.typeof("double *")), lib.mhc_sinkhorn_f64, lib.mhc_distance_f64,
-                               lib.mhc_pairwise_f64),
+        "f": ((ffi.typeof("float[]"), ffi.typeof("float *")), lib.mhc_sinkhorn_f32,
+              lib.mhc_distance_f32, lib.mhc_pairwise_f32, lib.mhc_hc_pre_f32,
+              lib.mhc_hc_post_f32),
+        "d": ((ffi.typeof("double[]"), ffi.typeof("double *")), lib.mhc_sinkhorn_f64,
+              lib.mhc_distance_f64, lib.mhc_pairwise_f64, lib.mhc_hc_pre_f64,
+              lib.mhc_hc_post_f64),
     }
 else:
     BEST_ISA = None
@@ -64,10 +66,15 @@ _warned_isa = set()
 _warn_lock = threading.Lock()
 
 
+MAX_STREAMS = 16  # MHC_HC_MAX_N of the C kernels
+
+
 def cannot_serve(x, library, kernel):
     """None if this backend can compute ``kernel`` on ``x``, else the reason."""
     if UNAVAILABLE is not None:
         return UNAVAILABLE
+    if kernel == "mhc" and x.ndim >= 2 and x.shape[-2] > MAX_STREAMS:
+        return f"its mHC kernels take at most {MAX_STREAMS} streams; x has {x.shape[-2]}"
     if getattr(x, "requires_grad", False):
         return ("the tensor requires grad: the native kernels have no autograd here "
                 "(use mhc_array.torch, or detach())")
@@ -277,6 +284,88 @@ def pairwise(xp, manifold, x, y, *, curvature, on_domain_error, call):
     return _back(xp, x, res)
 
 
+# ---------------------------------------------------------------- the mHC connection
+
+# float lanes per vector at each ISA level (double: half): phi's columns are padded
+# to a multiple, so that the projection loads whole vectors
+_LANES_F32 = {"portable": 1, "sse": 4, "avx2": 8, "avx512": 16}
+
+
+def _tokens(a, inner, call):
+    """``a (..., *inner)`` as a C-contiguous (tokens, prod(inner)) view (a counted copy
+    if needed) and its token count."""
+    size = math.prod(inner)
+    tokens = math.prod(a.shape[:a.ndim - len(inner)])
+    if not a.flags.c_contiguous or not a.flags.aligned:
+        a = np.ascontiguousarray(a)
+        call.copied(a.nbytes)
+    return a.reshape(tokens, size), tokens
+
+
+def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, call):
+    a = _to_numpy(x)
+    n, C = a.shape[-2], a.shape[-1]
+    batch = a.shape[:-2]
+    dt = a.dtype
+    w, b, al = _to_numpy(phi), _to_numpy(bias), _to_numpy(alpha)
+    K = (2 + n) * n
+    isa = _config.get_isa()
+    code = resolve_isa(isa)
+    lanes = max(1, _LANES_F32[ISA_NAMES[code]] // (2 if dt == np.float64 else 1))
+    Kp = -(-K // lanes) * lanes
+    if variant == "paper" and Kp == K and w.flags.c_contiguous and w.flags.aligned:
+        wp = w
+    else:  # padded columns, and V4's fn (K, nC) transposed to (nC, K): phi's size, once
+        wp = np.zeros((n * C, Kp), dt)
+        wp[:, :K] = w if variant == "paper" else w.T
+    b = np.ascontiguousarray(b)
+    al = np.ascontiguousarray(al)
+    xt, tokens = _tokens(a, (n, C), call)
+    h_in = np.empty(batch + (C,), dt)
+    h_pre = np.empty(batch + (n,), dt)
+    h_post = np.empty(batch + (n,), dt)
+    h_res = np.empty(batch + (n, n), dt)
+    ctype, fn = _KERNELS[dt.char][0], _KERNELS[dt.char][4]
+    if tokens:
+        p = [ffi.from_buffer(ctype[0], v) for v in (xt, wp, b, al, h_in, h_pre, h_post, h_res)]
+        status = fn(p[0], n * C, tokens, n, C, p[1], Kp, p[2], p[3],
+                    0 if variant == "paper" else 1, iterations, norm_eps, hc_eps,
+                    p[4], p[5], p[6], p[7], code, _config.get_num_threads())
+        _check(status, None)
+    return tuple(_back(xp, x, r) for r in (h_in, h_pre, h_post, h_res))
+
+
+def mhc_post(xp, x, f_out, h_post, h_res, *, call):
+    a = _to_numpy(x)
+    n, C = a.shape[-2], a.shape[-1]
+    batch = a.shape[:-2]
+    dt = a.dtype
+    xt, tokens = _tokens(a, (n, C), call)
+    parts = []
+    for t, inner in ((_to_numpy(f_out), (C,)), (_to_numpy(h_post), (n,)),
+                     (_to_numpy(h_res), (n, n))):
+        if t.shape[:t.ndim - len(inner)] != batch:
+            t = np.broadcast_to(t, batch + inner)
+        parts.append(t)
+    f = parts[0]
+    fstride = C
+    if math.prod(f.shape[:-1]) > 1 and all(s == 0 for s in f.strides[:-1]) \
+            and f.strides[-1] == f.itemsize and f.flags.aligned:
+        fstride, f = 0, f.reshape(-1, C)[:1]          # one f_out for every token: not copied
+    else:
+        f, _ = _tokens(f, (C,), call)
+    hp, _ = _tokens(parts[1], (n,), call)
+    hr, _ = _tokens(parts[2], (n, n), call)
+    res = np.empty(a.shape, dt)
+    ctype, fn = _KERNELS[dt.char][0], _KERNELS[dt.char][5]
+    if tokens:
+        p = [ffi.from_buffer(ctype[0], v) for v in (xt, f, hp, hr, res)]
+        status = fn(p[0], n * C, p[1], fstride, p[2], p[3], p[4], n * C, tokens, n, C,
+                    resolve_isa(_config.get_isa()), _config.get_num_threads())
+        _check(status, None)
+    return _back(xp, x, res)
+
+
 def fast_distance(function, manifold, x, c, curvature, on_domain_error):
     """The whole call for the common case -- NumPy float32/float64 ``x (N, d)`` or
     ``(d,)`` and ``c (d,)``, C-contiguous, native backend in force -- or None to take
@@ -298,7 +387,7 @@ def fast_distance(function, manifold, x, c, curvature, on_domain_error):
     if code is None:
         code = resolve_isa(isa)  # a level this CPU lacks: falls back, warns once
     t0 = time.perf_counter()
-    ctype, _, fn, _ = _FAST_DTYPES[dt]
+    ctype, fn = _FAST_DTYPES[dt][0], _FAST_DTYPES[dt][2]
     res = np.empty(x.shape[:-1], dt)
     try:  # from_buffer refuses a NumPy array that is not C-contiguous
         px, pc = ffi.from_buffer(ctype[0], x), ffi.from_buffer(ctype[0], c)

@@ -29,6 +29,7 @@ from ._config import (  # noqa: E402
     use_isa,
     use_num_threads,
 )
+from ._mhc import MHCLayer, mhc_post, mhc_pre  # noqa: E402
 from ._info import config, cpu_features, empty_aligned, show_config  # noqa: E402
 from ._stats import reset_stats, stats  # noqa: E402
 from .errors import (  # noqa: E402
@@ -45,6 +46,7 @@ __all__ = [
     "sinkhorn_knopp",
     "euclidean_distance", "poincare_distance", "spherical_distance",
     "geometric_distance", "pairwise_distance", "check_manifold", "project_to_manifold",
+    "mhc_pre", "mhc_post", "MHCLayer",
     "set_backend", "get_backend", "use_backend",
     "set_isa", "get_isa", "use_isa",
     "set_num_threads", "get_num_threads", "use_num_threads",

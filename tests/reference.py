@@ -193,3 +193,61 @@ def sphere_points(rng, shape, d):
     n = np.linalg.norm(v, axis=-1, keepdims=True)
     v = np.where(n < 1e-3, 1.0, v)  # keep away from zero
     return v * rng.uniform(0.5, 3.0, tuple(shape) + (1,))
+
+
+# ---------------------------------------------------------------- the mHC connection
+
+
+def _sig(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def mhc_pre(x, phi, bias, alpha, *, iterations=20, norm_eps=1e-6, variant="paper",
+            hc_eps=1e-6):
+    """SPEC 2.3 in float64, one token at a time, written from the equations:
+    returns (h_in, h_pre, h_post, h_res) with h_in from the raw streams."""
+    x = np.asarray(x, np.float64)
+    phi, bias, alpha = (np.asarray(a, np.float64) for a in (phi, bias, alpha))
+    n, C = x.shape[-2:]
+    batch = x.shape[:-2]
+    flat = x.reshape(-1, n, C)
+    outs = [np.empty((len(flat), C)), np.empty((len(flat), n)), np.empty((len(flat), n)),
+            np.empty((len(flat), n, n))]
+    for t, xt in enumerate(flat):
+        v = xt.reshape(n * C)
+        r = 1.0 / np.sqrt(np.mean(v * v) + norm_eps)
+        if variant == "paper":
+            y = (v @ phi) * r
+            h_pre = _sig(alpha[0] * y[:n] + bias[:n])
+            h_post = 2 * _sig(alpha[1] * y[n:2 * n] + bias[n:2 * n])
+            L = (alpha[2] * y[2 * n:] + bias[2 * n:]).reshape(n, n)
+            h_res = sinkhorn(L, iterations=iterations, logits=True, order="cols-first")
+        else:
+            mix = (v * r) @ phi.T
+            h_pre = _sig(mix[:n] * alpha[0] + bias[:n]) + hc_eps
+            h_post = 2 * _sig(mix[n:2 * n] * alpha[1] + bias[n:2 * n])
+            z = (mix[2 * n:] * alpha[2] + bias[2 * n:]).reshape(n, n)
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            comb = e / e.sum(axis=1, keepdims=True) + hc_eps
+            comb = comb / (comb.sum(axis=0, keepdims=True) + hc_eps)
+            for _ in range(iterations - 1):
+                comb = comb / (comb.sum(axis=1, keepdims=True) + hc_eps)
+                comb = comb / (comb.sum(axis=0, keepdims=True) + hc_eps)
+            h_res = comb.T
+        outs[0][t] = sum(h_pre[i] * xt[i] for i in range(n))
+        outs[1][t], outs[2][t], outs[3][t] = h_pre, h_post, h_res
+    return (outs[0].reshape(batch + (C,)), outs[1].reshape(batch + (n,)),
+            outs[2].reshape(batch + (n,)), outs[3].reshape(batch + (n, n)))
+
+
+def mhc_post(x, f_out, h_post, h_res):
+    """x_next[i] = sum_j h_res[i, j] x[j] + h_post[i] f_out, in float64."""
+    x, f_out, h_post, h_res = (np.asarray(a, np.float64) for a in (x, f_out, h_post, h_res))
+    n = x.shape[-2]
+    out = np.empty(np.broadcast_shapes(x.shape, h_res.shape[:-2] + x.shape[-2:]))
+    for i in range(n):
+        acc = h_post[..., i, None] * f_out
+        for j in range(n):
+            acc = acc + h_res[..., i, j, None] * x[..., j, :]
+        out[..., i, :] = acc
+    return out

@@ -134,6 +134,39 @@ int mhc_pairwise_f64(int manifold, const double *x, int64_t nx, int64_t x_rstrid
                      double *out, double curvature, int on_domain_error,
                      int isa, int n_threads, int64_t *err_index);
 
+/* ---- The mHC connection (SPEC 2.3) --------------------------------------
+ * mhc_hc_pre: for each of `tokens` tokens, x_t = x + t*x_tstride holds n streams
+ * of C values (n*C contiguous). phi is (n*C, Kp) row-major, Kp >= K = (2+n)n,
+ * columns [pre | post | res] (column 2n + i*n + j -> H_res[i, j]), extra
+ * columns ignored; DeepSeek-V4's fn is passed transposed. y = (v . phi) *
+ * rsqrt(|v|^2 / (n*C) + norm_eps); variant 0 (paper): h_pre = sigmoid(a0 y_pre
+ * + b), h_post = 2 sigmoid(a1 y_post + b), h_res = Sinkhorn (logits, columns
+ * first, `iterations`) of a2 y_res + b; variant 1 (DeepSeek-V4): h_pre +=
+ * hc_eps, comb = row softmax + hc_eps, columns, then (rows, columns) x
+ * (iterations - 1), each denominator + hc_eps, and h_res = comb^T. h_in[t] =
+ * sum_i h_pre[t, i] x_t[i, :]. Outputs are contiguous: h_in (tokens, C),
+ * h_pre and h_post (tokens, n), h_res (tokens, n, n). 1 <= n <= 16.
+ * mhc_hc_post: out_t[i, :] = sum_j h_res[t, i, j] x_t[j, :] + h_post[t, i] f_t,
+ * f_t = f + t*f_tstride (0: one f for all); out may be x (same strides), else
+ * it must not overlap x.
+ */
+int mhc_hc_pre_f32(const float *x, int64_t x_tstride, int64_t tokens, int64_t n, int64_t C,
+                   const float *phi, int64_t Kp, const float *bias, const float *alpha,
+                   int variant, int64_t iterations, double norm_eps, double hc_eps,
+                   float *h_in, float *h_pre, float *h_post, float *h_res, int isa,
+                   int n_threads);
+int mhc_hc_pre_f64(const double *x, int64_t x_tstride, int64_t tokens, int64_t n, int64_t C,
+                   const double *phi, int64_t Kp, const double *bias, const double *alpha,
+                   int variant, int64_t iterations, double norm_eps, double hc_eps,
+                   double *h_in, double *h_pre, double *h_post, double *h_res, int isa,
+                   int n_threads);
+int mhc_hc_post_f32(const float *x, int64_t x_tstride, const float *f, int64_t f_tstride,
+                    const float *h_post, const float *h_res, float *out, int64_t out_tstride,
+                    int64_t tokens, int64_t n, int64_t C, int isa, int n_threads);
+int mhc_hc_post_f64(const double *x, int64_t x_tstride, const double *f, int64_t f_tstride,
+                    const double *h_post, const double *h_res, double *out, int64_t out_tstride,
+                    int64_t tokens, int64_t n, int64_t C, int isa, int n_threads);
+
 /* ---- Benchmark probes (not kernels) -------------------------------------
  * mhc_probe_read_f32: read x[0..n) once (sum): times a read-bandwidth floor.
  * mhc_probe_fma: iters rounds of mhc_probe_fma_lanes() independent lane-FMAs

@@ -17,6 +17,9 @@
 
 /* Matrices with n*m <= this go to the SoA kernel (one SIMD lane per matrix). */
 #define MHC_SK_SMALL_MAX 64
+/* Streams of the native mHC kernels (SPEC 2.3 uses 4). */
+#define MHC_HC_MAX_N 16
+
 /* Poincare clip radius factor: points with sqrt(K)|p| >= this are scaled to it. */
 #define MHC_CLIP_RADIUS (1.0 - 1e-5)
 
@@ -58,6 +61,19 @@ typedef struct {
     void (*sk_small_f64)(const mhc_sk_args_f64 *, int64_t, int64_t);
     void (*sk_large_f64)(const mhc_sk_args_f64 *, int64_t, int64_t, double *);
     int64_t (*dist_f64)(const mhc_dist_args_f64 *, int64_t, int64_t);
+    /* the mHC connection (see kernels_t.inc) */
+    void (*hc_proj_f32)(const float *, int64_t, int64_t, int64_t, const float *, int64_t, float *,
+                        double *);
+    void (*hc_mix_f32)(const float *, int64_t, int64_t, int64_t, int64_t, const float *, float *,
+                       int64_t);
+    void (*hc_post_f32)(const float *, int64_t, const float *, int64_t, const float *,
+                        const float *, float *, int64_t, int64_t, int64_t, int64_t);
+    void (*hc_proj_f64)(const double *, int64_t, int64_t, int64_t, const double *, int64_t,
+                        double *, double *);
+    void (*hc_mix_f64)(const double *, int64_t, int64_t, int64_t, int64_t, const double *,
+                       double *, int64_t);
+    void (*hc_post_f64)(const double *, int64_t, const double *, int64_t, const double *,
+                        const double *, double *, int64_t, int64_t, int64_t, int64_t);
 } mhc_kernel_table;
 
 /* Kernels are internal to the module: hidden from the dynamic symbol table. */
@@ -68,7 +84,21 @@ typedef struct {
     MHC_HIDDEN int64_t mhc_dist_f32_##isa(const mhc_dist_args_f32 *, int64_t, int64_t);            \
     MHC_HIDDEN void mhc_sk_small_f64_##isa(const mhc_sk_args_f64 *, int64_t, int64_t);             \
     MHC_HIDDEN void mhc_sk_large_f64_##isa(const mhc_sk_args_f64 *, int64_t, int64_t, double *);   \
-    MHC_HIDDEN int64_t mhc_dist_f64_##isa(const mhc_dist_args_f64 *, int64_t, int64_t);
+    MHC_HIDDEN int64_t mhc_dist_f64_##isa(const mhc_dist_args_f64 *, int64_t, int64_t);            \
+    MHC_HIDDEN void mhc_hc_proj_f32_##isa(const float *, int64_t, int64_t, int64_t, const float *,  \
+                                          int64_t, float *, double *);                              \
+    MHC_HIDDEN void mhc_hc_mix_f32_##isa(const float *, int64_t, int64_t, int64_t, int64_t,         \
+                                         const float *, float *, int64_t);                          \
+    MHC_HIDDEN void mhc_hc_post_f32_##isa(const float *, int64_t, const float *, int64_t,           \
+                                          const float *, const float *, float *, int64_t, int64_t,  \
+                                          int64_t, int64_t);                                        \
+    MHC_HIDDEN void mhc_hc_proj_f64_##isa(const double *, int64_t, int64_t, int64_t,                \
+                                          const double *, int64_t, double *, double *);             \
+    MHC_HIDDEN void mhc_hc_mix_f64_##isa(const double *, int64_t, int64_t, int64_t, int64_t,        \
+                                         const double *, double *, int64_t);                        \
+    MHC_HIDDEN void mhc_hc_post_f64_##isa(const double *, int64_t, const double *, int64_t,         \
+                                          const double *, const double *, double *, int64_t,        \
+                                          int64_t, int64_t, int64_t);
 
 MHC_DECLARE_KERNELS(portable)
 #if MHC_X86

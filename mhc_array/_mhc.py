@@ -1,0 +1,270 @@
+"""The mHC connection (SPEC 2.3): ``mhc_pre``, ``mhc_post`` and ``MHCLayer``.
+
+The residual stream is widened to ``n`` streams, ``x (..., n, C)``. ``mhc_pre``
+turns the streams into the input of the block F (``h_in``) and the three
+coefficient sets; ``mhc_post`` mixes the streams with ``h_res`` and adds the
+block's output weighted by ``h_post``. Coefficients are computed in float32
+(float64 for float64 activations) whatever the activation dtype; ``h_in`` and
+the next streams come back in the activations' dtype.
+
+Two variants: ``"paper"`` (arXiv 2512.24880, Eq. 14-19: norm after the
+matmul, parameters ``phi (n*C, 2n + n*n)``, ``bias``, ``alpha (3,)``) and
+``"deepseek-v4"`` (DeepSeek-V4 as in HuggingFace transformers'
+``DeepseekV4HyperConnection``: parameters ``fn ((2+n)*n, n*C)``, ``base``,
+``scale (3,)``, softmax start, ``hc_eps`` in every Sinkhorn denominator, comb
+applied transposed; ``mhc_pre`` returns ``h_res = comb^T`` so that ``mhc_post``
+serves both).
+"""
+
+import math
+
+import numpy as np
+
+from . import _dispatch
+from ._api import _choice, _iterations, _real
+from ._dispatch import Call, common_namespace, compute_dtype, select_backend
+from .errors import ShapeError
+
+__all__ = ["mhc_pre", "mhc_post", "MHCLayer"]
+
+VARIANTS = ("paper", "deepseek-v4")
+
+
+def _streams(x, name="x"):
+    if x.ndim < 2:
+        raise ShapeError(f"{name} must have shape (..., n, C) with at least 2 dimensions "
+                         f"(n streams of C values); got shape {tuple(x.shape)}")
+    n, C = x.shape[-2], x.shape[-1]
+    if n < 1 or C < 1:
+        raise ShapeError(f"{name} must have n >= 1 streams of C >= 1 values; got shape "
+                         f"{tuple(x.shape)}")
+    _dispatch.checked_size(x.shape, name)
+    return n, C
+
+
+def _coef_dtype(xp, x):
+    """(coefficient dtype, activation dtype) of ``x``: float64 for float64 (and
+    promoted integer) activations, float32 for every other real floating dtype."""
+    cdt, rdt = compute_dtype(xp, x, "x")
+    if rdt == xp.float64 or cdt == xp.float64:
+        return xp.float64, rdt
+    return xp.float32, rdt
+
+
+def _param(xp, call, a, name, shape, cdt):
+    if tuple(a.shape) != shape:
+        raise ShapeError(f"{name} must have shape {shape}; got shape {tuple(a.shape)}")
+    compute_dtype(xp, a, name)  # complex refused, naming the argument
+    return call.cast(xp, a, cdt)
+
+
+def _param_shapes(variant, n, C):
+    k = (2 + n) * n
+    if variant == "paper":
+        return ("phi", (n * C, k)), ("bias", (k,)), ("alpha", (3,))
+    return ("fn", (k, n * C)), ("base", (k,)), ("scale", (3,))
+
+
+def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=1e-6, variant="paper",
+            hc_eps=1e-6):
+    """The coefficients of one mHC connection and the input of its block.
+
+    Parameters
+    ----------
+    x : array (..., n, C)
+        The n residual streams of each token (leading axes: batch, sequence).
+    phi, bias, alpha : arrays
+        ``variant="paper"``: ``phi (n*C, 2n + n*n)`` = ``[phi_pre | phi_post |
+        phi_res]`` (column ``2n + i*n + j`` -> ``H_res[i, j]``), ``bias (2n + n*n,)``
+        in the same order, ``alpha (3,)`` = ``(a_pre, a_post, a_res)``.
+        ``variant="deepseek-v4"``: DeepSeek-V4's ``fn ((2+n)*n, n*C)``, ``base
+        ((2+n)*n,)`` and ``scale (3,)`` (e.g. a checkpoint's ``hc_attn_fn``,
+        ``hc_attn_base``, ``hc_attn_scale``).
+    iterations : int
+        Sinkhorn iterations for ``h_res`` (V4: ``hc_sinkhorn_iters``).
+    norm_eps : float
+        Epsilon of the RMS norm of the flattened streams (V4: ``rms_norm_eps``).
+    variant : "paper" or "deepseek-v4"
+    hc_eps : float
+        V4's ``hc_eps`` (added to ``pre`` and to every Sinkhorn denominator);
+        ignored by the paper's variant.
+
+    Returns
+    -------
+    h_in : (..., C), the activations' dtype -- ``sum_i h_pre[i] * x[i]``, the input of F
+    h_pre, h_post : (..., n), h_res : (..., n, n) -- coefficients, float32 (float64
+        for float64 activations). ``h_res`` is doubly stochastic up to the
+        iteration's exactness and acts on the raw (not normalised) streams.
+    """
+    iterations = _iterations(iterations)
+    norm_eps = _real("norm_eps", norm_eps)
+    hc_eps = _real("hc_eps", hc_eps)
+    variant = _choice("variant", variant, VARIANTS)
+    call = Call("mhc_pre")
+    names = ("phi", "bias", "alpha") if variant == "paper" else ("fn", "base", "scale")
+    xp, lib = common_namespace((("x", x), (names[0], phi), (names[1], bias),
+                                (names[2], alpha)))
+    n, C = _streams(x)
+    cdt, rdt = _coef_dtype(xp, x)
+    params = [_param(xp, call, a, name, shape, cdt)
+              for a, (name, shape) in zip((phi, bias, alpha), _param_shapes(variant, n, C))]
+    xc = call.cast(xp, x, cdt)
+    backend = select_backend(xc, lib, kernel="mhc")
+    call.backend = backend.NAME
+    h_in, h_pre, h_post, h_res = backend.mhc_pre(
+        xp, xc, *params, iterations=iterations, norm_eps=norm_eps, variant=variant,
+        hc_eps=hc_eps, call=call)
+    if h_in.dtype != rdt:
+        h_in = xp.astype(h_in, rdt)
+    call.done()
+    return h_in, h_pre, h_post, h_res
+
+
+def mhc_post(x, f_out, h_post, h_res, /, *, out=None):
+    """The next residual streams: ``x_next[i] = sum_j h_res[i, j] * x[j] + h_post[i] * f_out``.
+
+    ``x (..., n, C)``, ``f_out (..., C)`` (the block's output), ``h_post (..., n)``,
+    ``h_res (..., n, n)`` as returned by ``mhc_pre`` (batch axes broadcast).
+    Computed in the coefficient dtype, returned in ``x``'s dtype (or written to
+    ``out``, which may be ``x`` itself)."""
+    call = Call("mhc_post")
+    xp, lib = common_namespace((("x", x), ("f_out", f_out), ("h_post", h_post),
+                                ("h_res", h_res), ("out", out)))
+    n, C = _streams(x)
+    if f_out.ndim < 1 or f_out.shape[-1] != C:
+        raise ShapeError(f"f_out must have shape (..., {C}) (the C of x); got shape "
+                         f"{tuple(f_out.shape)}")
+    if h_post.ndim < 1 or h_post.shape[-1] != n:
+        raise ShapeError(f"h_post must have shape (..., {n}) (the n of x); got shape "
+                         f"{tuple(h_post.shape)}")
+    if h_res.ndim < 2 or tuple(h_res.shape[-2:]) != (n, n):
+        raise ShapeError(f"h_res must have shape (..., {n}, {n}) (the n of x); got shape "
+                         f"{tuple(h_res.shape)}")
+    batch = tuple(x.shape[:-2])
+    for name, a, k in (("f_out", f_out, 1), ("h_post", h_post, 1), ("h_res", h_res, 2)):
+        if _dispatch.broadcast_batch(tuple(a.shape[:-k]), batch, name, "x") != batch:
+            raise ShapeError(f"{name} with shape {tuple(a.shape)} does not broadcast to the "
+                             f"batch {batch} of x")
+    cdt, rdt = _coef_dtype(xp, x)
+    for name, a in (("f_out", f_out), ("h_post", h_post), ("h_res", h_res)):
+        compute_dtype(xp, a, name)
+    if out is not None:
+        if tuple(out.shape) != tuple(x.shape):
+            raise ShapeError(f"out must have shape {tuple(x.shape)}; got {tuple(out.shape)}")
+        if out.dtype != rdt:
+            raise TypeError(f"out must have dtype {rdt}; got {out.dtype}")
+    xc, fc = call.cast(xp, x, cdt), call.cast(xp, f_out, cdt)
+    hp, hr = call.cast(xp, h_post, cdt), call.cast(xp, h_res, cdt)
+    backend = select_backend(xc, lib, kernel="mhc")
+    call.backend = backend.NAME
+    res = backend.mhc_post(xp, xc, fc, hp, hr, call=call)
+    if res.dtype != rdt:
+        res = xp.astype(res, rdt)
+    if out is not None:
+        out[...] = res
+        res = out
+    call.done()
+    return res
+
+
+class MHCLayer:
+    """One mHC connection with its own parameters (SPEC 2.3).
+
+    ``MHCLayer(n_streams, dim, *, iterations=20, variant="paper", dtype="float32",
+    seed=None)`` holds ``phi``, ``bias``, ``alpha`` (NumPy arrays, in the layout of
+    ``variant``; V4's ``fn``, ``base``, ``scale`` for ``"deepseek-v4"``), initialised
+    as the paper does: close to the identity residual. ``alpha`` is small (0.01),
+    ``bias`` makes ``h_pre`` average the streams (``1/n`` each), ``h_post`` 1 and
+    ``h_res`` nearly the identity (off-diagonal logits -8), and ``phi`` is small
+    noise (std 0.02 / sqrt(n*C)). So at the start every stream gets
+    ``x_i + F(mean_j x_j)``: the plain residual when the streams are equal (as
+    after ``expand``).
+
+    ``pre(x)`` -> ``(h_in, h_pre, h_post, h_res)``; ``post(x, f_out, h_post, h_res)``
+    -> next streams; ``layer(x, fn)`` = ``post(x, fn(h_in), ...)``; ``expand(h)``
+    copies ``h (..., C)`` into ``n`` streams and ``reduce(x)`` sums the ``n`` streams
+    into one, for the model's first and last layer. Parameters are converted once
+    to the library and device of each input and cached.
+    """
+
+    def __init__(self, n_streams, dim, *, iterations=20, variant="paper", dtype="float32",
+                 seed=None):
+        for name, v in (("n_streams", n_streams), ("dim", dim)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be a positive int; got {type(v).__name__} {v!r}")
+            if v < 1:
+                raise ValueError(f"{name} must be a positive int; got {v!r}")
+        self.iterations = _iterations(iterations)
+        self.variant = _choice("variant", variant, VARIANTS)
+        dt = np.dtype(dtype)
+        if dt not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64 (the coefficient dtype); "
+                            f"got {dtype!r}")
+        self.n, self.dim = n, C = n_streams, dim
+        k = (2 + n) * n
+        rng = np.random.default_rng(seed)
+        noise = (rng.standard_normal((n * C, k)) * (0.02 / math.sqrt(n * C))).astype(dt)
+        b_pre = -math.log(n - 1) if n > 1 else math.log(999.0)   # sigmoid -> 1/n (0.999)
+        res = np.full((n, n), -8.0) + 8.0 * np.eye(n)             # h_res ~ identity
+        if self.variant == "paper":
+            self.phi = noise
+            self.bias = np.concatenate([np.full(n, b_pre), np.zeros(n), res.ravel()]).astype(dt)
+            self.alpha = np.full(3, 0.01, dt)
+        else:
+            self.phi = np.ascontiguousarray(noise.T)              # fn ((2+n)n, nC)
+            self.bias = np.concatenate([np.full(n, b_pre), np.zeros(n), res.T.ravel()]).astype(dt)
+            self.alpha = np.full(3, 0.01, dt)                      # scale
+        self._converted = {}
+
+    def __repr__(self):
+        return (f"MHCLayer(n_streams={self.n}, dim={self.dim}, iterations={self.iterations}, "
+                f"variant={self.variant!r}, dtype={self.phi.dtype.name!r})")
+
+    def _params(self, x):
+        """phi, bias, alpha in the library and on the device of ``x`` (cached)."""
+        if type(x) is np.ndarray:
+            return self.phi, self.bias, self.alpha
+        xp, lib = common_namespace((("x", x),))
+        key = (type(x), _dispatch._device(x))
+        hit = self._converted.get(key)
+        if hit is None:
+            dev = getattr(x, "device", None)
+            conv = []
+            for a in (self.phi, self.bias, self.alpha):
+                try:
+                    conv.append(xp.asarray(a, device=dev))
+                except TypeError:  # a namespace without device=
+                    conv.append(xp.asarray(a))
+            hit = self._converted[key] = tuple(conv)
+        return hit
+
+    def pre(self, x, /):
+        n, C = _streams(x)
+        if (n, C) != (self.n, self.dim):
+            raise ShapeError(f"x must have shape (..., {self.n}, {self.dim}) for this layer; "
+                             f"got shape {tuple(x.shape)}")
+        return mhc_pre(x, *self._params(x), iterations=self.iterations, variant=self.variant)
+
+    def post(self, x, f_out, h_post, h_res, /, *, out=None):
+        return mhc_post(x, f_out, h_post, h_res, out=out)
+
+    def __call__(self, x, fn, /):
+        h_in, _, h_post, h_res = self.pre(x)
+        return self.post(x, fn(h_in), h_post, h_res)
+
+    def expand(self, h, /):
+        """``h (..., C)`` -> ``(..., n, C)``: the stream copied ``n`` times."""
+        xp, _ = common_namespace((("h", h),))
+        if h.ndim < 1 or h.shape[-1] != self.dim:
+            raise ShapeError(f"h must have shape (..., {self.dim}); got shape {tuple(h.shape)}")
+        e = xp.expand_dims(h, axis=-2)
+        return e * xp.ones((self.n, 1), dtype=h.dtype) if self.n > 1 else xp.asarray(e, copy=True)
+
+    def reduce(self, x, /):
+        """``x (..., n, C)`` -> ``(..., C)``: the sum of the ``n`` streams."""
+        xp, _ = common_namespace((("x", x),))
+        n, C = _streams(x)
+        if (n, C) != (self.n, self.dim):
+            raise ShapeError(f"x must have shape (..., {self.n}, {self.dim}) for this layer; "
+                             f"got shape {tuple(x.shape)}")
+        return xp.sum(x, axis=-2)
