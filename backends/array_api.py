@@ -235,6 +235,11 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
     return h_in, h_pre, h_post, h_res
 
 
-def mhc_post(xp, x, f_out, h_post, h_res, *, call):
-    """``x_next[i] = sum_j h_res[i, j] x[j] + h_post[i] f_out`` in the coefficient dtype."""
-    return h_res @ x + xp.expand_dims(h_post, axis=-1) * xp.expand_dims(f_out, axis=-2)
+def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
+    """``x_next[i] = sum_j h_res[i, j] x[j] + h_post[i] f_out`` in the coefficient dtype
+    (into ``out`` when given: the caller's array, possibly ``x`` itself)."""
+    res = h_res @ x + xp.expand_dims(h_post, axis=-1) * xp.expand_dims(f_out, axis=-2)
+    if out is None:
+        return res
+    out[...] = res
+    return out

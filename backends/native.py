@@ -335,7 +335,7 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
     return tuple(_back(xp, x, r) for r in (h_in, h_pre, h_post, h_res))
 
 
-def mhc_post(xp, x, f_out, h_post, h_res, *, call):
+def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
     a = _to_numpy(x)
     n, C = a.shape[-2], a.shape[-1]
     batch = a.shape[:-2]
@@ -356,14 +356,21 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, call):
         f, _ = _tokens(f, (C,), call)
     hp, _ = _tokens(parts[1], (n,), call)
     hr, _ = _tokens(parts[2], (n, n), call)
-    res = np.empty(a.shape, dt)
+    res, direct = None, False
+    if out is not None:   # written directly when it is x itself or does not overlap it
+        o = _to_numpy(out)
+        if (o.flags.c_contiguous and o.flags.aligned and o.flags.writeable and o.dtype == dt
+                and (o.ctypes.data == xt.ctypes.data or not np.may_share_memory(o, xt))):
+            res, direct = o, True
+    if res is None:
+        res = np.empty(a.shape, dt)
     ctype, fn = _KERNELS[dt.char][0], _KERNELS[dt.char][5]
     if tokens:
         p = [ffi.from_buffer(ctype[0], v) for v in (xt, f, hp, hr, res)]
         status = fn(p[0], n * C, p[1], fstride, p[2], p[3], p[4], n * C, tokens, n, C,
                     resolve_isa(_config.get_isa()), _config.get_num_threads())
         _check(status, None)
-    return _back(xp, x, res)
+    return out if direct else _back(xp, x, res)
 
 
 def fast_distance(function, manifold, x, c, curvature, on_domain_error):

@@ -53,6 +53,61 @@ def _torch_sinkhorn(torch, logits):
     return run
 
 
+def _numpy_mhc(x, phi, bias, alpha, iterations):
+    """The paper's equations (SPEC 2.3) in NumPy: pre, then post with F = identity."""
+    n, C = x.shape[-2:]
+    v = x.reshape(x.shape[:-2] + (n * C,))
+    y = (v @ phi) / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + 1e-6)
+    h_pre = 1 / (1 + np.exp(-(alpha[0] * y[..., :n] + bias[:n])))
+    h_post = 2 / (1 + np.exp(-(alpha[1] * y[..., n:2 * n] + bias[n:2 * n])))
+    L = (alpha[2] * y[..., 2 * n:] + bias[2 * n:]).reshape(x.shape[:-2] + (n, n))
+    M = np.exp(L - L.max(axis=(-2, -1), keepdims=True))
+    for _ in range(iterations):
+        M /= M.sum(-2, keepdims=True)
+        M /= M.sum(-1, keepdims=True)
+    h_in = np.einsum("...i,...ic->...c", h_pre, x)
+    return M @ x + h_post[..., None] * h_in[..., None, :]
+
+
+def _torch_mhc(torch):
+    def run(x, phi, bias, alpha, iterations):
+        n, C = x.shape[-2:]
+        v = x.reshape(*x.shape[:-2], n * C)
+        y = (v @ phi) * torch.rsqrt((v * v).mean(-1, keepdim=True) + 1e-6)
+        h_pre = torch.sigmoid(alpha[0] * y[..., :n] + bias[:n])
+        h_post = 2 * torch.sigmoid(alpha[1] * y[..., n:2 * n] + bias[n:2 * n])
+        L = (alpha[2] * y[..., 2 * n:] + bias[2 * n:]).reshape(*x.shape[:-2], n, n)
+        M = torch.exp(L - L.amax(dim=(-2, -1), keepdim=True))
+        for _ in range(iterations):
+            M = M / M.sum(-2, keepdim=True)
+            M = M / M.sum(-1, keepdim=True)
+        h_in = (h_pre.unsqueeze(-1) * x).sum(-2)
+        return M @ x + h_post.unsqueeze(-1) * h_in.unsqueeze(-2)
+    return run
+
+
+def _hf_v4_mhc(torch, n, C):
+    """transformers' DeepseekV4HyperConnection (eager) and the decoder layer's
+    expansion with F = identity, or None when transformers lacks it."""
+    try:
+        from transformers.models.deepseek_v4 import modeling_deepseek_v4 as m4
+        from transformers.models.deepseek_v4.configuration_deepseek_v4 import DeepseekV4Config
+    except Exception:  # noqa: BLE001 - not installed, or another version
+        return None
+    hc = m4.DeepseekV4HyperConnection(DeepseekV4Config(hidden_size=C, hc_mult=n))
+    with torch.no_grad():
+        hc.fn.normal_(0, 0.02)
+        hc.base.zero_()
+        hc.scale.fill_(0.01)
+
+    def run(x):
+        with torch.no_grad():
+            post, comb, collapsed = hc(x)
+            return post.unsqueeze(-1) * collapsed.unsqueeze(-2) + torch.matmul(
+                comb.transpose(-1, -2), x)
+    return run
+
+
 def _numpy_distance(manifold):
     def euclidean(x, c):
         return np.sqrt(((x - c) ** 2).sum(-1))
@@ -180,6 +235,57 @@ def _workloads(quick, rng, threads, compile_peers):
         else:
             work.append((name, cands, _read_floor(x, 1, "one read of the points")))
 
+    def mhc_connection(name, tokens, n, C):
+        from ._mhc import MHCLayer, mhc_post
+        x = rng.standard_normal((tokens, n, C)).astype(np.float32)
+        layer = MHCLayer(n, C, seed=0)
+        phi, bias, alpha = layer.phi, layer.bias, layer.alpha
+        buf = np.empty_like(x)
+
+        def ours(a):
+            h_in, _, h_post, h_res = layer.pre(a)
+            return mhc_post(a, h_in, h_post, h_res, out=buf)   # F = identity
+        cands = {"numpy": (_numpy_mhc, (x, phi, bias, alpha, 20))}
+        if torch is not None:
+            targs = (torch.from_numpy(x), torch.from_numpy(phi), torch.from_numpy(bias),
+                     torch.from_numpy(alpha), 20)
+            cands["torch eager"] = (_torch_mhc(torch), targs)
+            if compile_peers and (fn := compiled(_torch_mhc(torch))) is not None:
+                cands["torch.compile"] = (fn, targs)
+            hf = _hf_v4_mhc(torch, n, C)
+            if hf is not None:
+                cands["HF DeepseekV4 eager"] = (hf, (targs[0].reshape(1, tokens, n, C),))
+        for label, ctx in mhc:
+            cands[label] = (ours, (x,), ctx)
+        work.append((name, cands, _read_floor(x, 2, "one read of x + one write of x_next")))
+
+    def mhc_block(name, tokens, n, C):
+        """End to end: F = torch Linear(C, C) around the mHC connection (native pre and
+        post) vs the plain residual x + F(x) with the same F ("torch eager")."""
+        if torch is None:
+            return
+        from ._mhc import MHCLayer, mhc_post
+        lin = torch.nn.Linear(C, C)
+        h = torch.randn(tokens, C)
+        layer = MHCLayer(n, C, seed=0)
+        x = layer.expand(h.numpy())
+        buf = np.empty_like(x)
+
+        def plain(a):
+            with torch.no_grad():
+                return a + lin(a)
+
+        def connected(a):
+            h_in, _, h_post, h_res = layer.pre(a)
+            with torch.no_grad():
+                f = lin(torch.from_numpy(h_in)).numpy()
+            return mhc_post(a, f, h_post, h_res, out=buf)
+        cands = {"torch eager": (plain, (h,))}
+        for label, ctx in mhc:
+            if label.startswith("mhc native"):
+                cands[label + " + F"] = (connected, (x,), ctx)
+        work.append((name, cands, None))
+
     sinkhorn("W1 sinkhorn 4096 x 4x4, 20 it, logits", 4096, 4, 4, 20, True)
     sinkhorn("W1 sinkhorn 4096 x 4x4, 10 it, logits", 4096, 4, 4, 10, True)
     sinkhorn("W1b sinkhorn 8 x 512x1024, 10 it", 8, 512, 1024, 10, False)
@@ -187,6 +293,13 @@ def _workloads(quick, rng, threads, compile_peers):
         distance(f"W2 {manifold} 1000 x 1024", 1000, 1024, manifold)
     distance("W2 latency euclidean 1 x 1024", 1, 1024, "euclidean")
     distance("W2 latency poincare 1 x 1024", 1, 1024, "poincare")
+    if quick:
+        mhc_connection("W3 mhc pre+post 1024 tokens, n=4, C=1024", 1024, 4, 1024)
+    else:
+        mhc_connection("W3 mhc pre+post 4096 tokens, n=4, C=1024", 4096, 4, 1024)
+        mhc_connection("W3 mhc pre+post 4096 tokens, n=4, C=4096", 4096, 4, 4096)
+        mhc_block("W3 block F = Linear(4096, 4096), 1024 tokens, n=4: 'torch eager' is the "
+                  "plain residual x + F(x)", 1024, 4, 4096)
     if not quick:
         distance("W2 bandwidth euclidean 100000 x 1024", 100000, 1024, "euclidean")
         sinkhorn("W1 sinkhorn 65536 x 4x4, 20 it, logits", 65536, 4, 4, 20, True)

@@ -157,10 +157,11 @@ def mhc_post(x, f_out, h_post, h_res, /, *, out=None):
     hp, hr = call.cast(xp, h_post, cdt), call.cast(xp, h_res, cdt)
     backend = select_backend(xc, lib, kernel="mhc")
     call.backend = backend.NAME
-    res = backend.mhc_post(xp, xc, fc, hp, hr, call=call)
+    work_out = out if (out is not None and cdt == rdt) else None
+    res = backend.mhc_post(xp, xc, fc, hp, hr, out=work_out, call=call)
     if res.dtype != rdt:
         res = xp.astype(res, rdt)
-    if out is not None:
+    if out is not None and res is not out:
         out[...] = res
         res = out
     call.done()

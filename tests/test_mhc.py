@@ -199,6 +199,34 @@ def test_post_out_and_in_place(backend, dtype):
     np.testing.assert_allclose(y, want, **TOL[dtype])
 
 
+def test_post_out_torch(backend):
+    torch = pytest.importorskip("torch")
+    rng = rng_for("postout-torch")
+    x = torch.from_numpy(rng.standard_normal((5, 4, 21)).astype("float32"))
+    f = torch.from_numpy(rng.standard_normal((5, 21)).astype("float32"))
+    hp = torch.from_numpy(rng.uniform(0, 2, (5, 4)).astype("float32"))
+    hr = torch.from_numpy(ref.sinkhorn(rng.uniform(0.1, 1, (5, 4, 4))).astype("float32"))
+    want = ref.mhc_post(x.numpy(), f.numpy(), hp.numpy(), hr.numpy())
+    out = torch.full_like(x, float("nan"))
+    assert mx.mhc_post(x, f, hp, hr, out=out) is out
+    np.testing.assert_allclose(out.numpy(), want, **TOL["float32"])
+    assert mx.mhc_post(x, f, hp, hr, out=x) is x
+    np.testing.assert_allclose(x.numpy(), want, **TOL["float32"])
+
+
+def test_more_streams_than_the_native_kernels_take():
+    """n = 17 > 16: auto runs it on array_api (one warning), forcing native says why."""
+    rng = rng_for("n17")
+    x = rng.standard_normal((2, 17, 5))
+    w, b, a = params(rng, 17, 5, "paper")
+    if mx.config()["backends"]["native"]["available"]:
+        with mx.use_backend("native"), pytest.raises(mx.BackendUnavailableError,
+                                                     match="16 streams"):
+            mx.mhc_pre(x, w, b, a)
+    got = mx.mhc_pre(x, w, b, a, iterations=5)
+    check_pre(got, ref.mhc_pre(x, w, b, a, iterations=5), "float64")
+
+
 def test_non_contiguous_inputs(backend):
     rng = rng_for("strided")
     base = rng.standard_normal((5, 6, 40))
