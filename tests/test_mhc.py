@@ -214,6 +214,7 @@ def test_post_out_torch(backend):
     np.testing.assert_allclose(x.numpy(), want, **TOL["float32"])
 
 
+@pytest.mark.filterwarnings("ignore:mhc_array. native backend unavailable")
 def test_more_streams_than_the_native_kernels_take():
     """n = 17 > 16: auto runs it on array_api (one warning), forcing native says why."""
     rng = rng_for("n17")
