@@ -203,7 +203,8 @@ def _sigmoid(xp, z):
     return 1 / (1 + xp.exp(-z))
 
 
-def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, call):
+def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, call,
+            workspace=None):
     """SPEC 2.3: ``x (..., n, C)`` in the coefficient dtype (float32 or float64), the
     parameters in that dtype too. Returns (h_in, h_pre, h_post, h_res), h_in in the
     coefficient dtype (the frontend casts it back to the activations' dtype)."""

@@ -302,7 +302,17 @@ def _tokens(a, inner, call):
     return a.reshape(tokens, size), tokens
 
 
-def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, call):
+def new_workspace():
+    """A native workspace for the mHC kernels (freed when the returned object is
+    garbage-collected), or None without the native module."""
+    if UNAVAILABLE is not None:
+        return None
+    ws = lib.mhc_hc_ws_create()
+    return None if ws == ffi.NULL else ffi.gc(ws, lib.mhc_hc_ws_destroy)
+
+
+def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, call,
+            workspace=None):
     a = _to_numpy(x)
     n, C = a.shape[-2], a.shape[-1]
     batch = a.shape[:-2]
@@ -330,7 +340,8 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
         p = [ffi.from_buffer(ctype[0], v) for v in (xt, wp, b, al, h_in, h_pre, h_post, h_res)]
         status = fn(p[0], n * C, tokens, n, C, p[1], Kp, p[2], p[3],
                     0 if variant == "paper" else 1, iterations, norm_eps, hc_eps,
-                    p[4], p[5], p[6], p[7], code, _config.get_num_threads())
+                    p[4], p[5], p[6], p[7], ffi.NULL if workspace is None else workspace,
+                    code, _config.get_num_threads())
         _check(status, None)
     return tuple(_back(xp, x, r) for r in (h_in, h_pre, h_post, h_res))
 

@@ -96,6 +96,10 @@ def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=1e-6, variant="pa
         for float64 activations). ``h_res`` is doubly stochastic up to the
         iteration's exactness and acts on the raw (not normalised) streams.
     """
+    return _pre(x, phi, bias, alpha, iterations, norm_eps, variant, hc_eps, None)
+
+
+def _pre(x, phi, bias, alpha, iterations, norm_eps, variant, hc_eps, workspace):
     iterations = _iterations(iterations)
     norm_eps = _real("norm_eps", norm_eps)
     hc_eps = _real("hc_eps", hc_eps)
@@ -113,7 +117,7 @@ def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=1e-6, variant="pa
     call.backend = backend.NAME
     h_in, h_pre, h_post, h_res = backend.mhc_pre(
         xp, xc, *params, iterations=iterations, norm_eps=norm_eps, variant=variant,
-        hc_eps=hc_eps, call=call)
+        hc_eps=hc_eps, call=call, workspace=workspace)
     if h_in.dtype != rdt:
         h_in = xp.astype(h_in, rdt)
     call.done()
@@ -185,7 +189,9 @@ class MHCLayer:
     -> next streams; ``layer(x, fn)`` = ``post(x, fn(h_in), ...)``; ``expand(h)``
     copies ``h (..., C)`` into ``n`` streams and ``reduce(x)`` sums the ``n`` streams
     into one, for the model's first and last layer. Parameters are converted once
-    to the library and device of each input and cached.
+    to the library and device of each input and cached. On the native backend the
+    layer owns a workspace in C (created on first use, reused by every call, freed
+    when the layer is garbage-collected), so a warm forward allocates no scratch.
     """
 
     def __init__(self, n_streams, dim, *, iterations=20, variant="paper", dtype="float32",
@@ -216,6 +222,9 @@ class MHCLayer:
             self.bias = np.concatenate([np.full(n, b_pre), np.zeros(n), res.T.ravel()]).astype(dt)
             self.alpha = np.full(3, 0.01, dt)                      # scale
         self._converted = {}
+        # the native workspace of pre (the design notes' opaque layer handle): created
+        # on first use, reused by every call, freed with the layer
+        self._workspace = None
 
     def __repr__(self):
         return (f"MHCLayer(n_streams={self.n}, dim={self.dim}, iterations={self.iterations}, "
@@ -244,7 +253,10 @@ class MHCLayer:
         if (n, C) != (self.n, self.dim):
             raise ShapeError(f"x must have shape (..., {self.n}, {self.dim}) for this layer; "
                              f"got shape {tuple(x.shape)}")
-        return mhc_pre(x, *self._params(x), iterations=self.iterations, variant=self.variant)
+        if self._workspace is None:
+            self._workspace = _dispatch._backend_module("native").new_workspace()
+        return _pre(x, *self._params(x), self.iterations, 1e-6, self.variant, 1e-6,
+                    self._workspace)
 
     def post(self, x, f_out, h_post, h_res, /, *, out=None):
         return mhc_post(x, f_out, h_post, h_res, out=out)

@@ -296,6 +296,41 @@ def test_layer_matches_the_functions(backend, lib, variant):
     np.testing.assert_allclose(lib.to_numpy(y), want, **TOL["float32"])
 
 
+def test_layer_workspace_shared_by_concurrent_calls():
+    """One layer (one native workspace) called from 8 Python threads at once, each
+    call split over helper threads: every result equals the stateless function's,
+    bit for bit (the workspace only holds scratch)."""
+    import threading
+    if not mx.config()["backends"]["native"]["available"]:
+        pytest.skip("native backend not built")
+    layer = mx.MHCLayer(4, 256, variant="deepseek-v4", seed=2)
+    layer.alpha[:] = [0.5, 0.5, 1.0]
+    rng = rng_for("ws")
+    xs = [rng.standard_normal((64 + k, 4, 256)).astype("float32") for k in range(8)]
+    with mx.use_backend("native"), mx.use_num_threads(2):
+        wants = [mx.mhc_pre(x, layer.phi, layer.bias, layer.alpha, variant="deepseek-v4")
+                 for x in xs]
+    errors, barrier = [], threading.Barrier(len(xs))
+
+    def worker(k):
+        try:
+            barrier.wait()
+            with mx.use_backend("native"), mx.use_num_threads(2):
+                for _ in range(5):
+                    for g, w in zip(layer.pre(xs[k]), wants[k]):
+                        np.testing.assert_array_equal(g, w)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append((k, exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert layer._workspace is not None
+
+
 def test_layer_arguments():
     with pytest.raises(ValueError, match="n_streams"):
         mx.MHCLayer(0, 8)

@@ -146,20 +146,25 @@ int mhc_pairwise_f64(int manifold, const double *x, int64_t nx, int64_t x_rstrid
  * (iterations - 1), each denominator + hc_eps, and h_res = comb^T. h_in[t] =
  * sum_i h_pre[t, i] x_t[i, :]. Outputs are contiguous: h_in (tokens, C),
  * h_pre and h_post (tokens, n), h_res (tokens, n, n). 1 <= n <= 16.
+ * ws: a workspace from mhc_hc_ws_create (reused by every call, safe to share
+ * between concurrent calls) or NULL (buffers allocated per call).
  * mhc_hc_post: out_t[i, :] = sum_j h_res[t, i, j] x_t[j, :] + h_post[t, i] f_t,
  * f_t = f + t*f_tstride (0: one f for all); out may be x (same strides), else
  * it must not overlap x.
  */
+typedef struct mhc_hc_ws mhc_hc_ws;
+mhc_hc_ws *mhc_hc_ws_create(void);   /* NULL when out of memory */
+void mhc_hc_ws_destroy(mhc_hc_ws *ws); /* NULL is a no-op */
 int mhc_hc_pre_f32(const float *x, int64_t x_tstride, int64_t tokens, int64_t n, int64_t C,
                    const float *phi, int64_t Kp, const float *bias, const float *alpha,
                    int variant, int64_t iterations, double norm_eps, double hc_eps,
-                   float *h_in, float *h_pre, float *h_post, float *h_res, int isa,
-                   int n_threads);
+                   float *h_in, float *h_pre, float *h_post, float *h_res, mhc_hc_ws *ws,
+                   int isa, int n_threads);
 int mhc_hc_pre_f64(const double *x, int64_t x_tstride, int64_t tokens, int64_t n, int64_t C,
                    const double *phi, int64_t Kp, const double *bias, const double *alpha,
                    int variant, int64_t iterations, double norm_eps, double hc_eps,
-                   double *h_in, double *h_pre, double *h_post, double *h_res, int isa,
-                   int n_threads);
+                   double *h_in, double *h_pre, double *h_post, double *h_res, mhc_hc_ws *ws,
+                   int isa, int n_threads);
 int mhc_hc_post_f32(const float *x, int64_t x_tstride, const float *f, int64_t f_tstride,
                     const float *h_post, const float *h_res, float *out, int64_t out_tstride,
                     int64_t tokens, int64_t n, int64_t C, int isa, int n_threads);

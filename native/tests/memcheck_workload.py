@@ -23,4 +23,16 @@ with mx.use_backend("native"):
                         pass
             with mx.use_num_threads(2):
                 mx.sinkhorn_knopp(rng.standard_normal((70000, 4, 4)).astype(np.float32), logits=True)
+            for dt in (np.float32, np.float64):       # the mHC connection, layers freed
+                for variant in ("paper", "deepseek-v4"):
+                    for n, C in ((1, 3), (4, 37), (8, 16)):
+                        layer = mx.MHCLayer(n, C, variant=variant, dtype=dt, seed=1)
+                        x = rng.standard_normal((21, n, C)).astype(dt)
+                        for nt in (1, 2):
+                            with mx.use_num_threads(nt):
+                                h_in, h_pre, h_post, h_res = layer.pre(x)
+                                mx.mhc_post(x, h_in, h_post, h_res)
+                                mx.mhc_post(x, h_in[0], h_post, h_res, out=x)
+                        mx.mhc_pre(x, layer.phi, layer.bias, layer.alpha, variant=variant)
+                        del layer
 print("done")
