@@ -67,13 +67,13 @@ typedef struct {
     void (*hc_mix_f32)(const float *, int64_t, int64_t, int64_t, int64_t, const float *, float *,
                        int64_t);
     void (*hc_post_f32)(const float *, int64_t, const float *, int64_t, const float *,
-                        const float *, float *, int64_t, int64_t, int64_t, int64_t);
+                        const float *, float *, int64_t, int64_t, int64_t, int64_t, int);
     void (*hc_proj_f64)(const double *, int64_t, int64_t, int64_t, const double *, int64_t,
                         double *, double *);
     void (*hc_mix_f64)(const double *, int64_t, int64_t, int64_t, int64_t, const double *,
                        double *, int64_t);
     void (*hc_post_f64)(const double *, int64_t, const double *, int64_t, const double *,
-                        const double *, double *, int64_t, int64_t, int64_t, int64_t);
+                        const double *, double *, int64_t, int64_t, int64_t, int64_t, int);
 } mhc_kernel_table;
 
 /* Kernels are internal to the module: hidden from the dynamic symbol table. */
@@ -91,14 +91,14 @@ typedef struct {
                                          const float *, float *, int64_t);                          \
     MHC_HIDDEN void mhc_hc_post_f32_##isa(const float *, int64_t, const float *, int64_t,           \
                                           const float *, const float *, float *, int64_t, int64_t,  \
-                                          int64_t, int64_t);                                        \
+                                          int64_t, int64_t, int);                                   \
     MHC_HIDDEN void mhc_hc_proj_f64_##isa(const double *, int64_t, int64_t, int64_t,                \
                                           const double *, int64_t, double *, double *);             \
     MHC_HIDDEN void mhc_hc_mix_f64_##isa(const double *, int64_t, int64_t, int64_t, int64_t,        \
                                          const double *, double *, int64_t);                        \
     MHC_HIDDEN void mhc_hc_post_f64_##isa(const double *, int64_t, const double *, int64_t,         \
                                           const double *, const double *, double *, int64_t,        \
-                                          int64_t, int64_t, int64_t);
+                                          int64_t, int64_t, int64_t, int);
 
 MHC_DECLARE_KERNELS(portable)
 #if MHC_X86
