@@ -180,6 +180,23 @@ def test_float32_accuracy_long_vectors_every_angle_and_radius(backend, d):
         assert_dist(mx.poincare_distance(px[1:], px[:-1], curvature=K), want, "float32")
 
 
+@pytest.mark.parametrize("d", [3, 64])
+def test_spherical_float32_every_angle_fine_grid(backend, d):
+    """2001 angles between cos = -0.999 and 0.9 (the native float path takes its
+    arccos lane-wise on [-0.99, 0.8]): each within 1e-5 of the float64 angle."""
+    rng = rng_for("sphgrid", d)
+    u = rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    v = rng.standard_normal(d)
+    v -= (v @ u) * u
+    v /= np.linalg.norm(v)
+    ang = np.arccos(np.linspace(-0.999, 0.9, 2001))
+    x = (np.cos(ang)[:, None] * u + np.sin(ang)[:, None] * v) * rng.uniform(0.5, 3, (2001, 1))
+    x = x.astype(np.float32)
+    c = (2 * u).astype(np.float32)
+    assert_dist(mx.spherical_distance(x, c), ref.spherical(x, c), "float32")
+
+
 def _rel_err(got, want):
     return np.max(np.abs(np.asarray(got, np.float64) - want) / np.abs(want))
 
