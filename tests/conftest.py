@@ -4,6 +4,7 @@ import contextlib
 import functools
 import os
 import sys
+import threading
 import zlib
 
 import numpy as np
@@ -171,3 +172,25 @@ def rng_for(*key):
     """A reproducible RNG per test case."""
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
+
+
+def run_in_threads(work, count, timeout=120):
+    """Run ``work(k)`` for k < count in ``count`` Python threads released together
+    (a barrier); fail on the first exception of any of them, or on a thread that
+    has not returned within ``timeout`` seconds."""
+    errors, barrier = [], threading.Barrier(count)
+
+    def body(k):
+        try:
+            barrier.wait()
+            work(k)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append((k, exc))
+
+    threads = [threading.Thread(target=body, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "a thread did not return"
+    assert not errors, errors

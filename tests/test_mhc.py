@@ -6,7 +6,7 @@ import pytest
 
 import mhc_array as mx
 import reference as ref
-from conftest import Lib, Unchanged, rng_for
+from conftest import Lib, Unchanged, rng_for, run_in_threads
 
 VARIANTS = ["paper", "deepseek-v4"]
 TOL = {"float32": dict(rtol=2e-5, atol=2e-6), "float64": dict(rtol=1e-10, atol=1e-12)}
@@ -322,7 +322,6 @@ def test_layer_workspace_shared_by_concurrent_calls():
     """One layer (one native workspace) called from 8 Python threads at once, each
     call split over helper threads: every result equals the stateless function's,
     bit for bit (the workspace only holds scratch)."""
-    import threading
     if not mx.config()["backends"]["native"]["available"]:
         pytest.skip("native backend not built")
     layer = mx.MHCLayer(4, 256, variant="deepseek-v4", seed=2)
@@ -332,24 +331,14 @@ def test_layer_workspace_shared_by_concurrent_calls():
     with mx.use_backend("native"), mx.use_num_threads(2):
         wants = [mx.mhc_pre(x, layer.phi, layer.bias, layer.alpha, variant="deepseek-v4")
                  for x in xs]
-    errors, barrier = [], threading.Barrier(len(xs))
 
     def worker(k):
-        try:
-            barrier.wait()
-            with mx.use_backend("native"), mx.use_num_threads(2):
-                for _ in range(5):
-                    for g, w in zip(layer.pre(xs[k]), wants[k]):
-                        np.testing.assert_array_equal(g, w)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append((k, exc))
+        with mx.use_backend("native"), mx.use_num_threads(2):
+            for _ in range(5):
+                for g, w in zip(layer.pre(xs[k]), wants[k]):
+                    np.testing.assert_array_equal(g, w)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(xs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    run_in_threads(worker, len(xs))
     assert layer._workspace is not None
 
 

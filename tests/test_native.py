@@ -2,14 +2,13 @@
 values, threads, and concurrent calls from many Python threads. Every result
 is compared with the float64 references of tests/reference.py."""
 
-import threading
 
 import numpy as np
 import pytest
 
 import mhc_array as mx
 import reference as ref
-from conftest import cpu_supports, native_available
+from conftest import cpu_supports, native_available, run_in_threads
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native backend not built")
 
@@ -200,28 +199,16 @@ def test_concurrent_threaded_calls_share_the_helper_pool():
         jobs.append((2 + k % 3, x, p, p[k]))
     wants = [(ref.sinkhorn(x, iterations=20, logits=True), ref.distance("poincare", p, c))
              for _, x, p, c in jobs]
-    errors, barrier = [], threading.Barrier(len(jobs))
 
     def worker(k):
         nth, x, p, c = jobs[k]
-        try:
-            barrier.wait()
-            with mx.use_backend("native"), mx.use_num_threads(nth):
-                for _ in range(5):
-                    np.testing.assert_allclose(mx.sinkhorn_knopp(x, logits=True), wants[k][0],
-                                               rtol=2e-5, atol=1e-7)
-                    np.testing.assert_allclose(mx.poincare_distance(p, c), wants[k][1],
-                                               rtol=1e-5)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append((k, exc))
+        with mx.use_backend("native"), mx.use_num_threads(nth):
+            for _ in range(5):
+                np.testing.assert_allclose(mx.sinkhorn_knopp(x, logits=True), wants[k][0],
+                                           rtol=2e-5, atol=1e-7)
+                np.testing.assert_allclose(mx.poincare_distance(p, c), wants[k][1], rtol=1e-5)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a threaded call did not return"
-    assert not errors, errors
+    run_in_threads(worker, len(jobs))
 
 
 def test_threaded_calls_work_in_a_forked_child():
@@ -267,29 +254,19 @@ def test_concurrent_calls_from_eight_threads():
     wants = [(ref.sinkhorn(x.astype(np.float64), iterations=20, logits=True),
               ref.distance("poincare", p.astype(np.float64), c.astype(np.float64)))
              for _, _, x, p, c in jobs]
-    errors, barrier = [], threading.Barrier(len(jobs))
 
     def worker(k):
         isa, nth, x, p, c = jobs[k]
-        try:
-            barrier.wait()
-            with mx.use_backend("native"), mx.use_isa(isa), mx.use_num_threads(nth):
-                for _ in range(20):
-                    s = mx.sinkhorn_knopp(x, logits=True)
-                    d = mx.poincare_distance(p, c)
-                    f32 = x.dtype == np.float32
-                    np.testing.assert_allclose(s, wants[k][0], rtol=2e-5 if f32 else 1e-10,
-                                               atol=1e-7)
-                    np.testing.assert_allclose(d, wants[k][1], rtol=1e-5 if f32 else 1e-12)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append((k, exc))
+        with mx.use_backend("native"), mx.use_isa(isa), mx.use_num_threads(nth):
+            for _ in range(20):
+                s = mx.sinkhorn_knopp(x, logits=True)
+                d = mx.poincare_distance(p, c)
+                f32 = x.dtype == np.float32
+                np.testing.assert_allclose(s, wants[k][0], rtol=2e-5 if f32 else 1e-10,
+                                           atol=1e-7)
+                np.testing.assert_allclose(d, wants[k][1], rtol=1e-5 if f32 else 1e-12)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    run_in_threads(worker, len(jobs))
 
 
 def test_without_native_everything_runs_on_array_api(tmp_path):
