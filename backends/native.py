@@ -328,8 +328,8 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
     else:  # padded columns, and V4's fn (K, nC) transposed to (nC, K): phi's size, once
         wp = np.zeros((n * C, Kp), dt)
         wp[:, :K] = w if variant == "paper" else w.T
-    b = np.ascontiguousarray(b)
-    al = np.ascontiguousarray(al)
+    b = np.require(b, dt, ["C", "A"])     # contiguous and aligned (C refuses misaligned)
+    al = np.require(al, dt, ["C", "A"])
     xt, tokens = _tokens(a, (n, C), call)
     h_in = np.empty(batch + (C,), dt)
     h_pre = np.empty(batch + (n,), dt)

@@ -263,6 +263,22 @@ def test_non_contiguous_inputs(backend):
                                rtol=1e-12)
 
 
+def test_element_misaligned_parameters(backend):
+    """float64 parameters 4 bytes off their alignment (NumPy allows it, C does not):
+    copied, not refused or misread."""
+    rng = rng_for("misaligned")
+    x = rng.standard_normal((5, 4, 8))
+    w, b, a = params(rng, 4, 8, "paper")
+    views = []
+    for arr in (w, b, a):
+        raw = np.zeros(arr.nbytes + 8, np.uint8)
+        v = raw[4:4 + arr.nbytes].view(np.float64).reshape(arr.shape)
+        v[...] = arr
+        assert not v.flags.aligned
+        views.append(v)
+    check_pre(mx.mhc_pre(x, *views), ref.mhc_pre(x, w, b, a), "float64")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_zero_copies_for_contiguous_input(dtype):
     if not mx.config()["backends"]["native"]["available"]:
