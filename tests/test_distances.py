@@ -197,6 +197,27 @@ def test_spherical_float32_every_angle_fine_grid(backend, d):
     assert_dist(mx.spherical_distance(x, c), ref.spherical(x, c), "float32")
 
 
+@pytest.mark.parametrize("curvature", [1.0, 0.3])
+def test_poincare_float32_every_scale(backend, curvature):
+    """Distances from 1e-13 to ~15 (z from ~1e-26 to ~1e12, across the native
+    float path's lane-wise log1p and its 1 + u == 1 branch), to a centre and to an
+    off-centre point: each within 1e-5 of the float64 reference."""
+    rng = rng_for("poinscale", curvature)
+    d = 24
+    u = rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    R = 1 / np.sqrt(curvature)
+    for centre in (np.zeros(d), 0.3 * R * rng.standard_normal(d) / np.sqrt(d)):
+        c = centre.astype(np.float32)
+        steps = np.concatenate([np.logspace(-13, -1, 300), 1 - np.logspace(-1, -6.5, 200)])
+        radius = R - np.linalg.norm(c) - 1e-6 * R
+        x = (c.astype(np.float64) + np.outer(steps * radius, u)).astype(np.float32)
+        want = ref.poincare(x, c, curvature=curvature)
+        ok = want > 0
+        assert_dist(np.asarray(mx.poincare_distance(x, c, curvature=curvature))[ok], want[ok],
+                    "float32")
+
+
 def _rel_err(got, want):
     return np.max(np.abs(np.asarray(got, np.float64) - want) / np.abs(want))
 
