@@ -263,6 +263,17 @@ def test_non_contiguous_inputs(backend):
                                rtol=1e-12)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_zero_size_batch(backend, lib, variant):
+    rng = rng_for("empty", variant)
+    w, b, a = params(rng, 4, 8, variant, "float32")
+    x = lib.asarray(np.zeros((0, 3, 4, 8), np.float32))
+    got = mx.mhc_pre(x, lib.asarray(w), lib.asarray(b), lib.asarray(a), variant=variant)
+    for g, shape in zip(got, [(0, 3, 8), (0, 3, 4), (0, 3, 4), (0, 3, 4, 4)]):
+        lib.check(g, "float32", shape)
+    lib.check(mx.mhc_post(x, got[0], got[2], got[3]), "float32", (0, 3, 4, 8))
+
+
 def test_element_misaligned_parameters(backend):
     """float64 parameters 4 bytes off their alignment (NumPy allows it, C does not):
     copied, not refused or misread."""
