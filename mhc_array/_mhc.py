@@ -28,6 +28,7 @@ from .errors import ShapeError
 __all__ = ["mhc_pre", "mhc_post", "MHCLayer"]
 
 VARIANTS = ("paper", "deepseek-v4")
+NORM_EPS = HC_EPS = 1e-6  # the defaults (DeepSeek-V4's rms_norm_eps and hc_eps)
 
 
 def _streams(x, name="x"):
@@ -65,8 +66,8 @@ def _param_shapes(variant, n, C):
     return ("fn", (k, n * C)), ("base", (k,)), ("scale", (3,))
 
 
-def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=1e-6, variant="paper",
-            hc_eps=1e-6):
+def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=NORM_EPS, variant="paper",
+            hc_eps=HC_EPS):
     """The coefficients of one mHC connection and the input of its block.
 
     Parameters
@@ -255,7 +256,7 @@ class MHCLayer:
                              f"got shape {tuple(x.shape)}")
         if self._workspace is None:
             self._workspace = _dispatch._backend_module("native").new_workspace()
-        return _pre(x, *self._params(x), self.iterations, 1e-6, self.variant, 1e-6,
+        return _pre(x, *self._params(x), self.iterations, NORM_EPS, self.variant, HC_EPS,
                     self._workspace)
 
     def post(self, x, f_out, h_post, h_res, /, *, out=None):
