@@ -124,6 +124,8 @@ int mhc_hc_post_f64(const double *x, int64_t x_tstride, const double *f, int64_t
 double mhc_probe_read_f32(const float *x, int64_t n);
 double mhc_probe_fma(int64_t iters);
 int mhc_probe_fma_lanes(void);
+void mhc_debug_fail_allocs_after(int64_t count);
+int64_t mhc_debug_live_allocs(void);
 """
 
 VERSION = os.environ.get("MHC_ARRAY_VERSION", "0.1.0")

@@ -15,7 +15,8 @@
  *    batch over that many threads when the work is large enough to pay for it.
  *  - `err_index` (may be NULL) receives the flat index of the first offending
  *    element when MHC_ERR_DOMAIN is returned, else -1.
- *  - No global mutable state except the CPU feature table, filled once.
+ *  - No global mutable state except the CPU feature table, filled once, and
+ *    the two test-only allocation counters below (inert unless a test arms them).
  */
 #ifndef MHC_NATIVE_H
 #define MHC_NATIVE_H
@@ -180,6 +181,15 @@ int mhc_hc_post_f64(const double *x, int64_t x_tstride, const double *f, int64_t
 double mhc_probe_read_f32(const float *x, int64_t n);
 double mhc_probe_fma(int64_t iters);
 int mhc_probe_fma_lanes(void);
+
+/* ---- Test-only fault injection (not for production use) ------------------
+ * mhc_debug_fail_allocs_after(k): after k more successful heap allocations,
+ * every allocation of the library fails (the call then returns
+ * MHC_ERR_OUT_OF_MEMORY, or runs on one thread where a thread job could not be
+ * allocated); k < 0 switches failures off. mhc_debug_live_allocs(): heap
+ * blocks the library holds now (workspaces included), to check for leaks. */
+void mhc_debug_fail_allocs_after(int64_t count);
+int64_t mhc_debug_live_allocs(void);
 
 #ifdef __cplusplus
 }

@@ -12,6 +12,58 @@
 #include <time.h>
 #include "mhc_internal.h"
 
+/* ---- allocation (with the test-only fault hook) ---------------------------
+ * Every heap block of the library goes through mhc_malloc / mhc_realloc /
+ * mhc_free, so that a test can make allocations fail
+ * (mhc_debug_fail_allocs_after) and count the blocks still held
+ * (mhc_debug_live_allocs). Both counters are atomics: the only global mutable
+ * state besides the CPU feature table, and inert unless a test arms them. */
+static int64_t fail_after = -1;   /* allocations left before failing; -1: never */
+static int64_t live_blocks;
+
+static int alloc_refused(void)
+{
+    int64_t left = __atomic_load_n(&fail_after, __ATOMIC_RELAXED);
+    while (left >= 0) {
+        if (left == 0)
+            return 1;
+        if (__atomic_compare_exchange_n(&fail_after, &left, left - 1, 0, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED))
+            return 0;
+    }
+    return 0;
+}
+
+void *mhc_malloc(size_t size)
+{
+    void *p = alloc_refused() ? NULL : malloc(size);
+    if (p)
+        __atomic_add_fetch(&live_blocks, 1, __ATOMIC_RELAXED);
+    return p;
+}
+
+void *mhc_realloc(void *old, size_t size)
+{
+    if (!old)
+        return mhc_malloc(size);
+    return alloc_refused() ? NULL : realloc(old, size);
+}
+
+void mhc_free(void *p)
+{
+    if (p) {
+        __atomic_sub_fetch(&live_blocks, 1, __ATOMIC_RELAXED);
+        free(p);
+    }
+}
+
+void mhc_debug_fail_allocs_after(int64_t count)
+{
+    __atomic_store_n(&fail_after, count < 0 ? -1 : count, __ATOMIC_RELAXED);
+}
+
+int64_t mhc_debug_live_allocs(void) { return __atomic_load_n(&live_blocks, __ATOMIC_RELAXED); }
+
 #define MHC_MAX_THREADS 256  /* cap on threads of one call */
 /* Thread only above ~50 us of single-thread work (a post to the pool costs a
  * few us): Sinkhorn in element iterations (~0.1 ns each for 4x4 matrices),
@@ -97,7 +149,7 @@ static void job_release(mhc_job *j)
     if (__atomic_sub_fetch(&j->refs, 1, __ATOMIC_ACQ_REL) == 0) {
         pthread_cond_destroy(&j->all_done);
         pthread_mutex_destroy(&j->lock);
-        free(j);
+        mhc_free(j);
     }
 }
 
@@ -221,7 +273,7 @@ static int run_chunks(mhc_chunk_fn fn, const void *ctx, int64_t count, int64_t a
                       int64_t *err_index)
 {
     const int64_t units = (count + align - 1) / align;
-    mhc_job *j = nth > 1 && units > 1 ? malloc(sizeof *j) : NULL;
+    mhc_job *j = nth > 1 && units > 1 ? mhc_malloc(sizeof *j) : NULL;
     if (!j) {                                /* one thread (or no memory to share) */
         int64_t err = -1;
         const int status = count ? fn(ctx, 0, count, &err) : MHC_OK;
@@ -236,7 +288,7 @@ static int run_chunks(mhc_chunk_fn fn, const void *ctx, int64_t count, int64_t a
     j->status = MHC_OK;
     j->err = -1;
     if (pthread_mutex_init(&j->lock, NULL) || pthread_cond_init(&j->all_done, NULL)) {
-        free(j);
+        mhc_free(j);
         return run_chunks(fn, ctx, count, align, 1, err_index);
     }
     const int helpers = (int64_t)(nth - 1) < j->nchunks - 1 ? nth - 1 : (int)(j->nchunks - 1);
@@ -268,15 +320,21 @@ struct mhc_hc_ws {
     } slot[MHC_WS_SLOTS];
 };
 
-mhc_hc_ws *mhc_hc_ws_create(void) { return calloc(1, sizeof(mhc_hc_ws)); }
+mhc_hc_ws *mhc_hc_ws_create(void)
+{
+    mhc_hc_ws *w = mhc_malloc(sizeof *w);
+    if (w)
+        memset(w, 0, sizeof *w);
+    return w;
+}
 
 void mhc_hc_ws_destroy(mhc_hc_ws *w)
 {
     if (!w)
         return;
     for (int i = 0; i < MHC_WS_SLOTS; i++)
-        free(w->slot[i].buf);
-    free(w);
+        mhc_free(w->slot[i].buf);
+    mhc_free(w);
 }
 
 static void *ws_take(mhc_hc_ws *w, size_t size, int *slot)
@@ -288,7 +346,7 @@ static void *ws_take(mhc_hc_ws *w, size_t size, int *slot)
                                          __ATOMIC_RELAXED))
             continue;
         if (w->slot[i].size < size) {
-            void *p = realloc(w->slot[i].buf, size);
+            void *p = mhc_realloc(w->slot[i].buf, size);
             if (!p) {
                 __atomic_store_n(&w->slot[i].busy, 0, __ATOMIC_RELEASE);
                 break;
@@ -299,7 +357,7 @@ static void *ws_take(mhc_hc_ws *w, size_t size, int *slot)
         *slot = i;
         return w->slot[i].buf;
     }
-    return malloc(size);
+    return mhc_malloc(size);
 }
 
 static void ws_give(mhc_hc_ws *w, int slot, void *buf)
@@ -307,7 +365,7 @@ static void ws_give(mhc_hc_ws *w, int slot, void *buf)
     if (slot >= 0)
         __atomic_store_n(&w->slot[slot].busy, 0, __ATOMIC_RELEASE);
     else
-        free(buf);
+        mhc_free(buf);
 }
 
 static int threads_for(int n_threads, int64_t work, int64_t threshold)

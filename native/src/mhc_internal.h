@@ -107,4 +107,11 @@ MHC_DECLARE_KERNELS(avx2)
 MHC_DECLARE_KERNELS(avx512)
 #endif
 
+/* Heap blocks of the library (dispatch.c): malloc/realloc/free with the
+ * test-only fault hook and live-block counter of mhc_native.h. */
+#include <stddef.h>
+void *mhc_malloc(size_t size);
+void *mhc_realloc(void *old, size_t size);
+void mhc_free(void *p);
+
 #endif /* MHC_INTERNAL_H */

@@ -1,0 +1,342 @@
+/*
+ * fuzz_abi.c -- libFuzzer harness for the C ABI of mhc_native.h.
+ *
+ * Each input picks a kernel family (MHC_FUZZ_FAMILY fixes one: 0 Sinkhorn,
+ * 1 distances (rows and pairwise), 2 the mHC connection (pre and post); -1 or
+ * unset: all), then a kernel of that family,
+ * a dtype, an ISA level, a thread count, sizes, strides, flags and options,
+ * and fills the arrays with raw bit patterns from the input (NaN, inf,
+ * denormals, huge values included). Every array is a heap block of exactly
+ * the extent the ABI's contract addresses, so AddressSanitizer reports any
+ * read or write outside it; UndefinedBehaviorSanitizer reports UB. A few
+ * inputs pass NULL, misaligned or negative arguments instead.
+ *
+ * Checked on every call: the status is one of mhc_status; the read-only
+ * inputs are bit-for-bit unchanged; a domain error sets err_index inside the
+ * batch; on MHC_OK the Euclidean distances are >= 0 or NaN and Sinkhorn of
+ * finite non-negative data gives non-negative or NaN entries.
+ *
+ * Build and run: native/fuzz/run.sh (clang with -fsanitize=fuzzer).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "mhc_native.h"
+
+typedef struct {
+    const uint8_t *p;
+    size_t n;
+} src_t;
+
+static uint64_t take(src_t *s, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) {
+        v = v << 8 | (s->n ? *s->p : 0);
+        if (s->n) {
+            s->p++;
+            s->n--;
+        }
+    }
+    return v;
+}
+
+static int64_t pick(src_t *s, int64_t lo, int64_t hi) /* in [lo, hi] */
+{
+    return lo + (int64_t)(take(s, 2) % (uint64_t)(hi - lo + 1));
+}
+
+#define FAIL(...)                                                   \
+    do {                                                            \
+        fprintf(stderr, "fuzz_abi: " __VA_ARGS__);                  \
+        fputc('\n', stderr);                                        \
+        abort();                                                    \
+    } while (0)
+
+/* An array of `count` elements of size `es`, filled from the input. A
+ * count of 0 still gets a (1-byte-past) pointer of its own. `mis` shifts it by
+ * one byte (misaligned) inside an allocation one byte longer. */
+typedef struct {
+    unsigned char *block, *data, *copy;
+    size_t bytes;
+} arr_t;
+
+static arr_t arr_new(src_t *s, int64_t count, int es, int mis, int nonneg)
+{
+    arr_t a;
+    a.bytes = (size_t)count * (size_t)es;
+    a.block = malloc(a.bytes + (mis ? 1 : 0) + 1);
+    a.data = a.block + (mis ? 1 : 0);
+    for (size_t i = 0; i < a.bytes; i += (size_t)es) {
+        if (es == 4) {
+            uint32_t b = (uint32_t)take(s, 1);
+            float f;
+            /* mostly ordinary values, sometimes raw bit patterns */
+            if (b < 200)
+                f = (float)(take(s, 1) % 64) / 8.0f - (nonneg ? 0.0f : 4.0f);
+            else {
+                uint32_t bits = (uint32_t)take(s, 4);
+                memcpy(&f, &bits, 4);
+            }
+            memcpy(a.data + i, &f, 4);
+        } else {
+            uint32_t b = (uint32_t)take(s, 1);
+            double f;
+            if (b < 200)
+                f = (double)(take(s, 1) % 64) / 8.0 - (nonneg ? 0.0 : 4.0);
+            else {
+                uint64_t bits = take(s, 8);
+                memcpy(&f, &bits, 8);
+            }
+            memcpy(a.data + i, &f, 8);
+        }
+    }
+    a.copy = malloc(a.bytes + 1);
+    memcpy(a.copy, a.data, a.bytes);
+    return a;
+}
+
+static void arr_same(const arr_t *a, const char *what)
+{
+    if (memcmp(a->copy, a->data, a->bytes) != 0)
+        FAIL("read-only input %s was modified", what);
+}
+
+static void arr_free(arr_t *a)
+{
+    free(a->block);
+    free(a->copy);
+}
+
+/* elements addressed by (count, stride) rows of `len`: (count-1)*stride + len */
+static int64_t extent(int64_t count, int64_t stride, int64_t len)
+{
+    return count == 0 || len == 0 ? 0 : (count - 1) * stride + len;
+}
+
+static void check_status(int st)
+{
+    if (st < MHC_OK || st > MHC_ERR_MISALIGNED)
+        FAIL("status %d is not an mhc_status", st);
+}
+
+static void fuzz_sinkhorn(src_t *s, int f64, int isa, int nth, int mis)
+{
+    const int64_t batch = pick(s, 0, 40), n = pick(s, 0, 12), m = pick(s, 0, 12);
+    const int64_t xr = m + pick(s, 0, 3), xb = n * xr + pick(s, 0, 5) * (pick(s, 0, 3) != 0);
+    const int inplace = (int)pick(s, 0, 3) == 0;
+    const int64_t orr = inplace ? xr : m + pick(s, 0, 2), ob = inplace ? xb : n * orr + pick(s, 0, 2);
+    const int flags = (int)pick(s, 0, 3);
+    const int targets = (int)pick(s, 0, 2); /* 0 none, 1 per matrix, 2 broadcast */
+    const int64_t iters = pick(s, 0, 25);
+    const double tau = pick(s, 0, 3) == 0 ? (double)pick(s, 0, 100) / 50.0 : 0.0;
+    const int es = f64 ? 8 : 4;
+    arr_t x = arr_new(s, extent(batch, xb, extent(n, xr, m)), es, mis == 1, !(flags & 1));
+    arr_t o = inplace ? x : arr_new(s, extent(batch, ob, extent(n, orr, m)), es, mis == 2, 0);
+    const int64_t tb = targets == 2 ? 0 : n, tcb = targets == 2 ? 0 : m;
+    arr_t rs = arr_new(s, targets ? extent(targets == 2 ? 1 : batch, tb, n) : 0, es, 0, 1);
+    arr_t cs = arr_new(s, targets ? extent(targets == 2 ? 1 : batch, tcb, m) : 0, es, 0, 1);
+    int64_t err = -7;
+    int st;
+    if (f64)
+        st = mhc_sinkhorn_f64((const double *)x.data, xb, xr, (double *)o.data, ob, orr, batch,
+                              n, m, targets ? (const double *)rs.data : NULL, tb,
+                              targets ? (const double *)cs.data : NULL, tcb, iters, tau, flags,
+                              isa, nth, &err);
+    else
+        st = mhc_sinkhorn_f32((const float *)x.data, xb, xr, (float *)o.data, ob, orr, batch, n,
+                              m, targets ? (const float *)rs.data : NULL, tb,
+                              targets ? (const float *)cs.data : NULL, tcb, iters, tau, flags,
+                              isa, nth, &err);
+    check_status(st);
+    if ((mis == 1 || (mis == 2 && !inplace)) && st != MHC_ERR_MISALIGNED)
+        FAIL("misaligned sinkhorn pointer accepted (status %d)", st);
+    if (st == MHC_ERR_DOMAIN && (err < 0 || err >= batch * n * m))
+        FAIL("sinkhorn domain error index %lld outside the batch", (long long)err);
+    if (st != MHC_ERR_DOMAIN && err != -1)
+        FAIL("sinkhorn err_index %lld without a domain error", (long long)err);
+    if (!inplace || st != MHC_OK)
+        arr_same(&x, "x");
+    arr_same(&rs, "row_sums");
+    arr_same(&cs, "col_sums");
+    arr_free(&x);
+    if (!inplace)
+        arr_free(&o);
+    arr_free(&rs);
+    arr_free(&cs);
+}
+
+static void fuzz_distance(src_t *s, int f64, int isa, int nth, int mis, int pairwise)
+{
+    const int manifold = (int)pick(s, 0, 2), mode = (int)pick(s, 0, 2);
+    const double K = pick(s, 0, 7) == 0 ? 1.0 : (double)pick(s, 1, 400) / 100.0;
+    const int64_t d = pick(s, 0, 80), rows = pick(s, 0, 40), rows2 = pick(s, 0, 9);
+    const int64_t xr = d + pick(s, 0, 3);
+    const int64_t cr = pick(s, 0, 1) ? 0 : d + pick(s, 0, 2);
+    const int es = f64 ? 8 : 4;
+    arr_t x = arr_new(s, extent(rows, xr, d), es, mis == 1, 0);
+    arr_t c = arr_new(s, pairwise ? extent(rows2, cr ? cr : d, d) : extent(rows, cr, d), es,
+                      mis == 2, 0);
+    const int64_t nout = pairwise ? rows * rows2 : rows;
+    arr_t o = arr_new(s, nout, es, mis == 3, 0);
+    int64_t err = -7;
+    int st;
+    if (!pairwise && f64)
+        st = mhc_distance_f64(manifold, (const double *)x.data, xr, (const double *)c.data, cr,
+                              (double *)o.data, rows, d, K, mode, isa, nth, &err);
+    else if (!pairwise)
+        st = mhc_distance_f32(manifold, (const float *)x.data, xr, (const float *)c.data, cr,
+                              (float *)o.data, rows, d, K, mode, isa, nth, &err);
+    else if (f64)
+        st = mhc_pairwise_f64(manifold, (const double *)x.data, rows, xr, (const double *)c.data,
+                              rows2, cr ? cr : d, d, (double *)o.data, K, mode, isa, nth, &err);
+    else
+        st = mhc_pairwise_f32(manifold, (const float *)x.data, rows, xr, (const float *)c.data,
+                              rows2, cr ? cr : d, d, (float *)o.data, K, mode, isa, nth, &err);
+    check_status(st);
+    if (mis && st != MHC_ERR_MISALIGNED)
+        FAIL("misaligned distance pointer accepted (status %d)", st);
+    if (st == MHC_ERR_DOMAIN && (err < 0 || err >= nout))
+        FAIL("distance domain error index %lld outside [0, %lld)", (long long)err,
+             (long long)nout);
+    if (st == MHC_OK && manifold == MHC_EUCLIDEAN)
+        for (int64_t r = 0; r < nout; r++) {
+            const double v = f64 ? ((double *)o.data)[r] : ((float *)o.data)[r];
+            if (v < 0)
+                FAIL("negative Euclidean distance %g", v);
+        }
+    arr_same(&x, "x");
+    arr_same(&c, "c");
+    arr_free(&x);
+    arr_free(&c);
+    arr_free(&o);
+}
+
+static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
+{
+    const int64_t tokens = pick(s, 0, 12), n = pick(s, 0, 17), C = pick(s, 0, 70);
+    const int64_t xt = n * C + pick(s, 0, 3) * (pick(s, 0, 1) != 0);
+    const int es = f64 ? 8 : 4;
+    if (post) {
+        const int64_t ft = pick(s, 0, 1) ? 0 : C + pick(s, 0, 2);
+        const int inplace = pick(s, 0, 3) == 0;
+        arr_t x = arr_new(s, extent(tokens, xt, n * C), es, mis == 1, 0);
+        arr_t f = arr_new(s, extent(tokens, ft, C), es, mis == 2, 0);
+        arr_t hp = arr_new(s, tokens * n, es, 0, 0), hr = arr_new(s, tokens * n * n, es, 0, 0);
+        const int64_t ot = inplace ? xt : n * C;
+        arr_t o = inplace ? x : arr_new(s, extent(tokens, ot, n * C), es, mis == 3, 0);
+        int st = f64 ? mhc_hc_post_f64((const double *)x.data, xt, (const double *)f.data, ft,
+                                       (const double *)hp.data, (const double *)hr.data,
+                                       (double *)o.data, ot, tokens, n, C, isa, nth)
+                     : mhc_hc_post_f32((const float *)x.data, xt, (const float *)f.data, ft,
+                                       (const float *)hp.data, (const float *)hr.data,
+                                       (float *)o.data, ot, tokens, n, C, isa, nth);
+        check_status(st);
+        if (st == MHC_ERR_DOMAIN)
+            FAIL("mhc_hc_post returned a domain error");
+        if (!inplace || st != MHC_OK)
+            arr_same(&x, "x");
+        arr_same(&f, "f");
+        arr_same(&hp, "h_post");
+        arr_same(&hr, "h_res");
+        arr_free(&x);
+        arr_free(&f);
+        arr_free(&hp);
+        arr_free(&hr);
+        if (!inplace)
+            arr_free(&o);
+        return;
+    }
+    const int64_t K = (2 + n) * n, Kp = K + pick(s, 0, 3);
+    const int variant = (int)pick(s, 0, 1);
+    const int64_t iters = pick(s, 0, 22);
+    const int use_ws = (int)pick(s, 0, 1);
+    arr_t x = arr_new(s, extent(tokens, xt, n * C), es, mis == 1, 0);
+    arr_t phi = arr_new(s, n * C * Kp, es, mis == 2, 0);
+    arr_t b = arr_new(s, K, es, 0, 0), al = arr_new(s, 3, es, 0, 0);
+    arr_t hin = arr_new(s, tokens * C, es, mis == 3, 0), hpre = arr_new(s, tokens * n, es, 0, 0);
+    arr_t hpost = arr_new(s, tokens * n, es, 0, 0), hres = arr_new(s, tokens * n * n, es, 0, 0);
+    mhc_hc_ws *ws = use_ws ? mhc_hc_ws_create() : NULL;
+    int st = f64 ? mhc_hc_pre_f64((const double *)x.data, xt, tokens, n, C,
+                                  (const double *)phi.data, Kp, (const double *)b.data,
+                                  (const double *)al.data, variant, iters, 1e-6, 1e-6,
+                                  (double *)hin.data, (double *)hpre.data, (double *)hpost.data,
+                                  (double *)hres.data, ws, isa, nth)
+                 : mhc_hc_pre_f32((const float *)x.data, xt, tokens, n, C,
+                                  (const float *)phi.data, Kp, (const float *)b.data,
+                                  (const float *)al.data, variant, iters, 1e-6, 1e-6,
+                                  (float *)hin.data, (float *)hpre.data, (float *)hpost.data,
+                                  (float *)hres.data, ws, isa, nth);
+    check_status(st);
+    mhc_hc_ws_destroy(ws);
+    arr_same(&x, "x");
+    arr_same(&phi, "phi");
+    arr_same(&b, "bias");
+    arr_same(&al, "alpha");
+    arr_t *all[] = {&x, &phi, &b, &al, &hin, &hpre, &hpost, &hres};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        arr_free(all[i]);
+}
+
+/* NULL pointers and negative sizes: refused before any access. */
+static void fuzz_bad_args(src_t *s, int isa)
+{
+    float one = 1;
+    int64_t err;
+    const int64_t neg = -(int64_t)pick(s, 1, 1000);
+    int st = mhc_sinkhorn_f32(NULL, 16, 4, &one, 16, 4, 1, 4, 4, NULL, 0, NULL, 0, 1, 0, 0,
+                              isa, 1, &err);
+    if (st != MHC_ERR_NULL_POINTER)
+        FAIL("NULL x accepted by sinkhorn (status %d)", st);
+    st = mhc_sinkhorn_f32(&one, 1, 1, &one, 1, 1, neg, 1, 1, NULL, 0, NULL, 0, 1, 0, 0, isa, 1,
+                          &err);
+    if (st != MHC_ERR_INVALID_DIMENSION)
+        FAIL("negative batch accepted by sinkhorn (status %d)", st);
+    st = mhc_distance_f32(0, &one, 1, NULL, 0, &one, 1, 1, 1.0, 0, isa, 1, &err);
+    if (st != MHC_ERR_NULL_POINTER)
+        FAIL("NULL c accepted by distance (status %d)", st);
+    st = mhc_distance_f32((int)pick(s, 3, 1000), &one, 1, &one, 0, &one, 1, 1, 1.0, 0, isa, 1,
+                          &err);
+    if (st != MHC_ERR_INVALID_DIMENSION)
+        FAIL("unknown manifold accepted (status %d)", st);
+    st = mhc_pairwise_f32(0, &one, neg, 1, &one, 1, 1, 1, &one, 1.0, 0, isa, 1, &err);
+    if (st != MHC_ERR_INVALID_DIMENSION)
+        FAIL("negative nx accepted by pairwise (status %d)", st);
+    st = mhc_hc_post_f32(&one, 1, &one, 0, &one, &one, &one, 1, 1, neg, 1, isa, 1);
+    if (st != MHC_ERR_INVALID_DIMENSION)
+        FAIL("negative n accepted by hc_post (status %d)", st);
+    st = mhc_hc_pre_f32(&one, 1, 1, 1, 1, NULL, 3, &one, &one, 0, 1, 1e-6, 1e-6, &one, &one,
+                        &one, &one, NULL, isa, 1);
+    if (st != MHC_ERR_NULL_POINTER)
+        FAIL("NULL phi accepted by hc_pre (status %d)", st);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static int family = -2;
+    if (family == -2) {
+        const char *e = getenv("MHC_FUZZ_FAMILY");
+        family = e ? atoi(e) : -1;
+    }
+    src_t s = {data, size};
+    const int head = (int)take(&s, 1);
+    const int fam = family >= 0 ? family : head % 3;
+    const int sub = (head >> 4) & 1;
+    const int f64 = (int)take(&s, 1) & 1;
+    const int isa = (int)pick(&s, -1, 3);
+    const int nth = (int)pick(&s, 0, 3);
+    const int64_t r = pick(&s, 0, 31);
+    const int mis = r < 3 ? (int)r + 1 : 0; /* 1 input in ~10: one misaligned pointer */
+    if (r == 31) {
+        fuzz_bad_args(&s, isa);
+        return 0;
+    }
+    switch (fam) {
+    case 0: fuzz_sinkhorn(&s, f64, isa, nth, mis); break;
+    case 1: fuzz_distance(&s, f64, isa, nth, mis, sub); break;
+    default: fuzz_hc(&s, f64, isa, nth, mis, sub); break;
+    }
+    return 0;
+}

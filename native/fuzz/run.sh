@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build the libFuzzer harness of the C ABI with AddressSanitizer + UndefinedBehaviorSanitizer
+# and run it.  Usage: native/fuzz/run.sh SECONDS [FAMILY]
+#   FAMILY: 0 Sinkhorn, 1 distances (rows, pairwise), 2 mHC connection (pre, post); omitted: all.
+# Needs clang with libFuzzer (Debian: clang-14 libclang-rt-14-dev). Any crash, sanitizer
+# report or failed check stops the run with a non-zero status and leaves the input in
+# native/fuzz/out/.
+set -euo pipefail
+secs="${1:-60}"
+family="${2:--1}"
+here="$(cd "$(dirname "$0")" && pwd)"
+src="$here/../src"
+cc="${CC_FUZZ:-$(command -v clang-14 || command -v clang)}"
+out="$here/out"
+mkdir -p "$out/corpus-$family"
+bin="$out/fuzz_abi"
+[ -n "${MHC_FUZZ_NO_BUILD:-}" ] && [ -x "$bin" ] || "$cc" -O1 -g -std=c11 -D_GNU_SOURCE -pthread -fno-omit-frame-pointer \
+    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+    -DMHC_ARRAY_VERSION='"fuzz"' -I"$here/../include" -I"$src" \
+    "$here/fuzz_abi.c" "$src"/cpu_features.c "$src"/dispatch.c "$src"/kernels_portable.c \
+    "$src"/kernels_sse.c "$src"/kernels_avx2.c "$src"/kernels_avx512.c "$src"/probe.c \
+    -lm -o "$bin"
+cd "$out"
+MHC_FUZZ_FAMILY="$family" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    "$bin" -max_total_time="$secs" -max_len=4096 -timeout=20 -print_final_stats=1 \
+    "corpus-$family" 2>&1 | tail -n 25
