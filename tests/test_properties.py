@@ -130,3 +130,132 @@ def test_configs_nonempty():
         assert any(name == "native" for name, _ in configs())
     else:
         pytest.skip("native backend unavailable")
+
+
+# ---- structural properties (issue "Reliability"): what must hold whatever the input,
+# checked on every backend / ISA level without a reference implementation ----------
+
+@st.composite
+def logits(draw, dtype=np.float64):
+    batch = draw(st.sampled_from([(), (2,), (5,)]))
+    n, m = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    return draw(hnp.arrays(dtype, batch + (n, m), elements=st.floats(
+        -20, 20, width=32 if dtype == np.float32 else 64)))
+
+
+@SETTINGS
+@given(x=logits(), iterations=st.integers(1, 8), order=st.sampled_from(["rows-first", "cols-first"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_sinkhorn_structure(x, iterations, order, seed):
+    rng = np.random.default_rng(seed)
+    n, m = x.shape[-2:]
+    pr, pc = rng.permutation(n), rng.permutation(m)
+    shift = float(rng.uniform(-50, 50))
+    for cfg in configs():
+        with forced(*cfg):
+            r = mx.sinkhorn_knopp(x, iterations=iterations, logits=True, order=order)
+            # rows and columns permuted in -> permuted out
+            rp = mx.sinkhorn_knopp(x[..., pr, :][..., pc], iterations=iterations, logits=True,
+                                   order=order)
+            # a constant added to the logits changes nothing (exp(x - max))
+            rs = mx.sinkhorn_knopp(x + shift, iterations=iterations, logits=True, order=order)
+        assert np.all(r >= 0), cfg
+        # the last normalised side sums to its target: rows to 1, columns to n/m
+        last = -2 if order == "rows-first" else -1   # column sums / row sums
+        target = n / m if order == "rows-first" else 1.0
+        np.testing.assert_allclose(r.sum(axis=last), target, rtol=1e-9, err_msg=str(cfg))
+        np.testing.assert_allclose(rp, r[..., pr, :][..., pc], rtol=1e-12, atol=1e-300,
+                                   err_msg=str(cfg))
+        np.testing.assert_allclose(rs, r, rtol=1e-9, atol=1e-15, err_msg=str(cfg))
+
+
+@SETTINGS
+@given(x=hnp.arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(2, 6)).map(
+    lambda s: (s[0], s[1], s[1])), elements=st.floats(0.05, 20)))
+def test_sinkhorn_idempotent_near_convergence(x):
+    """Square positive matrices: once converged (2000 iterations), more iterations do
+    not move the result."""
+    for cfg in configs():
+        with forced(*cfg):
+            a = mx.sinkhorn_knopp(x, iterations=2000)
+            b = mx.sinkhorn_knopp(a, iterations=3)
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-12, err_msg=str(cfg))
+        np.testing.assert_allclose(a.sum(-2), 1.0, rtol=1e-7, err_msg=str(cfg))
+        np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-7, err_msg=str(cfg))
+
+
+def _mobius_add(a, b, K):
+    """Mobius addition on the ball of curvature -K (float64, plain formula)."""
+    ab, a2, b2 = (a * b).sum(-1, keepdims=True), (a * a).sum(-1, keepdims=True), \
+        (b * b).sum(-1, keepdims=True)
+    num = (1 + 2 * K * ab + K * b2) * a + (1 - K * a2) * b
+    return num / (1 + 2 * K * ab + K * K * a2 * b2)
+
+
+@SETTINGS
+@given(d=st.integers(1, 10), k=st.integers(1, 8), seed=st.integers(0, 2**32 - 1),
+       K=st.sampled_from([0.5, 1.0, 3.0]))
+def test_metric_axioms_and_isometries(d, k, seed, K):
+    """Symmetry, identity and the triangle inequality on all three manifolds; the
+    Poincare distance is invariant under Mobius translations and rotations of the ball,
+    the spherical one under orthogonal maps and positive rescaling."""
+    rng = np.random.default_rng(seed)
+    x, y, z = (ref.ball_points(rng, (k,), d, K, rmax=0.7) for _ in range(3))
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    a = ref.ball_points(rng, (), d, K, rmax=0.5)
+    tx, ty = _mobius_add(a, x, K), _mobius_add(a, y, K)
+    for cfg in configs():
+        with forced(*cfg):
+            for man in ("euclidean", "poincare", "spherical"):
+                dist = lambda u, v, m=man: mx.geometric_distance(u, v, manifold=m, curvature=K)
+                dxy, dyx, dyz, dxz = dist(x, y), dist(y, x), dist(y, z), dist(x, z)
+                np.testing.assert_allclose(dxy, dyx, rtol=1e-12, atol=1e-15, err_msg=man)
+                # the angle of x with itself is only as exact as acos near 1 allows
+                assert np.all(dist(x, x) <= (1e-7 if man == "spherical" else 0)), (man, cfg)
+                assert np.all(dxz <= dxy + dyz + 1e-9 * (1 + dxz)), (man, cfg)
+                if man == "poincare":
+                    np.testing.assert_allclose(dist(tx, ty), dxy, rtol=1e-8, atol=1e-10,
+                                               err_msg=str(cfg))
+                    np.testing.assert_allclose(dist(x @ q, y @ q), dxy, rtol=1e-9, atol=1e-12)
+                elif man == "spherical":
+                    np.testing.assert_allclose(dist(x @ q, 3.5 * (y @ q)), dxy, rtol=1e-9,
+                                               atol=1e-12, err_msg=str(cfg))
+                else:
+                    np.testing.assert_allclose(dist(x @ q + 1, y @ q + 1), dxy, rtol=1e-9,
+                                               atol=1e-12, err_msg=str(cfg))
+
+
+@SETTINGS
+@given(n=st.sampled_from([1, 2, 4]), C=st.integers(1, 20), T=st.integers(1, 6),
+       seed=st.integers(0, 2**32 - 1), iterations=st.integers(1, 30),
+       variant=st.sampled_from(["paper", "deepseek-v4"]))
+def test_mhc_structure(n, C, T, seed, iterations, variant):
+    """h_res has the iteration's exact side summing to 1 (rows for the paper's
+    column-first order, applied transposed for V4) and is non-negative; n = 1 is a
+    gated residual: x_next = h_res * x + h_post * f with h_res = 1."""
+    rng = np.random.default_rng(seed)
+    K = (2 + n) * n
+    x = rng.standard_normal((T, n, C))
+    if variant == "paper":
+        phi = rng.standard_normal((n * C, K)) * 0.5
+        bias, alpha = rng.standard_normal(K), rng.uniform(0.1, 2.0, 3)
+    else:
+        phi, bias, alpha = (rng.standard_normal((K, n * C)) * 0.5, rng.standard_normal(K),
+                            rng.uniform(0.1, 2.0, 3))
+    f = rng.standard_normal((T, C))
+    for cfg in configs():
+        with forced(*cfg):
+            h_in, h_pre, h_post, h_res = mx.mhc_pre(x, phi, bias, alpha, iterations=iterations,
+                                                    variant=variant)
+            out = mx.mhc_post(x, f, h_post, h_res)
+        assert np.all(h_res >= 0) and np.all(h_pre > 0) and np.all((h_post > 0) & (h_post < 2))
+        # paper: rows last (cols-first order); V4: comb's last step normalises columns
+        # (+ hc_eps in the denominator), and h_res = comb^T: rows of h_res again
+        np.testing.assert_allclose(h_res.sum(-1), 1.0, rtol=1e-9 if variant == "paper" else 1e-5,
+                                   err_msg=str(cfg))
+        np.testing.assert_allclose(h_in, np.einsum("ti,tic->tc", h_pre, x), rtol=1e-10,
+                                   atol=1e-12)
+        if n == 1:
+            np.testing.assert_allclose(h_res, 1.0, rtol=1e-5 if variant != "paper" else 1e-12)
+            np.testing.assert_allclose(out[:, 0], h_res[:, 0, 0, None] * x[:, 0] +
+                                       h_post * f, rtol=1e-10, atol=1e-12)
