@@ -97,7 +97,10 @@ def raise_on_domain(xp, manifold, p, name, curvature):
     if manifold == "euclidean":
         return
     n2 = _sq_norm(xp, _wide(xp, p))
-    bad = curvature * n2 >= 1 if manifold == "poincare" else n2 == 0
+    if manifold == "poincare":
+        bad = curvature * n2 >= 1
+    else:  # zero vector: every entry 0 (a squared norm underflows for tiny vectors)
+        bad = xp.all(p == 0, axis=-1)
     i = _first_true(xp, bad)
     if i is not None:
         raise domain_error(name, p.shape[:-1], i, _WHAT[manifold])
@@ -110,8 +113,10 @@ def distance(xp, manifold, x, c, *, curvature, on_domain_error, call, names=("x"
         raise_on_domain(xp, manifold, c, names[1], curvature)
     dtype = x.dtype
     X, C = _wide(xp, x), _wide(xp, c)
-    if manifold == "euclidean":
-        D = xp.sqrt(_sq_norm(xp, X - C))
+    if manifold == "euclidean":  # scaled: squares of tiny or huge differences stay exact
+        V = X - C
+        k = _pow2_scale(xp, _absmax(xp, V))
+        D = xp.sqrt(_sq_norm(xp, V * k)) / k[..., 0]
     elif manifold == "poincare":
         D = _poincare(xp, X, C, curvature, clip=on_domain_error == "clip")
     else:
@@ -142,7 +147,30 @@ def _clip_ball(xp, P, n2, K):
     return P, _sq_norm(xp, P)
 
 
+def _absmax(xp, A):
+    """max |A| over the last axis, kept as an axis of 1 (0 for an empty axis)."""
+    if A.shape[-1] == 0:
+        return xp.zeros(tuple(A.shape[:-1]) + (1,), dtype=A.dtype)
+    return xp.max(xp.abs(A), axis=-1, keepdims=True)
+
+
+def _pow2_scale(xp, m):
+    """2**-floor(log2(m)) (1 where m is 0 or not finite): a power of two, so that
+    multiplying by it is exact, bringing m into [1, 2)."""
+    ok = xp.logical_and(m > 0, xp.isfinite(m))
+    safe = xp.where(ok, m, xp.ones_like(m))
+    return xp.where(ok, 2.0 ** (-xp.floor(xp.log2(safe))), xp.ones_like(m))
+
+
+def _unit_scale(xp, A):
+    """A scaled exactly (by a power of two) so that its largest |entry| is in [1, 2):
+    the angle is scale-invariant, and squared norms neither overflow nor underflow
+    (float64 beyond 1e154 or below 1e-154)."""
+    return A * _pow2_scale(xp, _absmax(xp, A))
+
+
 def _spherical(xp, X, C):
+    X, C = _unit_scale(xp, X), _unit_scale(xp, C)
     nx, nc = xp.sqrt(_sq_norm(xp, X)), xp.sqrt(_sq_norm(xp, C))
     zx, zc = nx == 0, nc == 0
     U = X / xp.expand_dims(xp.where(zx, xp.ones_like(nx), nx), axis=-1)

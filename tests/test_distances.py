@@ -625,3 +625,23 @@ def test_non_contiguous_torch(backend):
             assert_dist(r.numpy(), ref.distance(manifold, vv.numpy(), cc.numpy()), "float64")
         r = mx.pairwise_distance(v[0], v[1])
         assert_dist(r.numpy(), cdist(v[0].numpy(), v[1].numpy()), "float64")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_spherical_vectors_of_very_different_norms(backend, dtype):
+    """Near-pi and near-0 angles between a unit vector and one 1e3..1e25 times longer
+    (found by property testing: the near-pi formula divided by the smaller norm and
+    cancelled to 0 for an angle of pi)."""
+    dt = getattr(np, dtype)
+    big = [1e3, 1e10, 1e19, 1e25] + ([1e150] if dtype == "float64" else [])
+    xs, cs = [], []
+    for v in big:
+        for sign in (-1.0, 1.0):
+            for eps in (0.0, 1e-3, 0.3):
+                xs.append([1.0, eps, 0.0])
+                cs.append([sign * v, 0.0, eps * v])
+    x, c = np.array(xs, dt), np.array(cs, dt)
+    want = ref.spherical(x.astype(np.float64), c.astype(np.float64))
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(mx.spherical_distance(x, c), want, **tol)
+    np.testing.assert_allclose(mx.spherical_distance(c, x), want, **tol)
