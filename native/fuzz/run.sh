@@ -23,4 +23,8 @@ bin="$out/fuzz_abi"
 cd "$out"
 MHC_FUZZ_FAMILY="$family" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
     "$bin" -max_total_time="$secs" -max_len=4096 -timeout=20 -print_final_stats=1 \
-    "corpus-$family" 2>&1 | tail -n 25
+    "corpus-$family" >"fuzz-$family.log" 2>&1 || status=$?
+grep -E "^#[0-9]+.*cov:" "fuzz-$family.log" | tail -n 1 || true
+grep -vE "^#[0-9]+|Uses: |dictionary" "fuzz-$family.log" | tail -n 40
+echo "corpus: $(ls "corpus-$family" | wc -l) inputs; full log: $out/fuzz-$family.log"
+exit "${status:-0}"
