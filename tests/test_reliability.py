@@ -230,3 +230,13 @@ def test_abi_mhc_pre_accepts_unpadded_phi(dt, n, extra):
                   p[4], p[5], p[6], p[7], ffi.NULL, code, 1) == 0
         for got, expected in zip(outs, want):
             np.testing.assert_allclose(got, expected, **tol, err_msg=level)
+
+
+@pytest.mark.parametrize("shape", [(2**40, 2**30, 4, 4), (2**62, 2), (3, 2**61, 4)])
+def test_frontend_size_guard_names_the_argument(shape):
+    """NumPy and PyTorch refuse such shapes themselves; lazily shaped arrays (Dask) can
+    carry them, and the frontend's guard stops them before any allocation."""
+    from mhc_array import _dispatch
+    with pytest.raises(ShapeError, match=r"x: the element count of shape .* overflows"):
+        _dispatch.checked_size(shape, "x")
+    assert _dispatch.checked_size((2**31, 2**31), "x") == 2**62
