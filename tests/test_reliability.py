@@ -2,8 +2,6 @@
 NativeError with no leaked block, sizes whose products overflow are a ShapeError before
 any allocation, and many threads mixing calls and per-thread configuration get the
 reference answer every time."""
-import threading
-
 import numpy as np
 import pytest
 
