@@ -113,10 +113,8 @@ def distance(xp, manifold, x, c, *, curvature, on_domain_error, call, names=("x"
         raise_on_domain(xp, manifold, c, names[1], curvature)
     dtype = x.dtype
     X, C = _wide(xp, x), _wide(xp, c)
-    if manifold == "euclidean":  # scaled: squares of tiny or huge differences stay exact
-        V = X - C
-        k = _pow2_scale(xp, _absmax(xp, V))
-        D = xp.sqrt(_sq_norm(xp, V * k)) / k[..., 0]
+    if manifold == "euclidean":
+        D = _norm_scaled(xp, X - C)
     elif manifold == "poincare":
         D = _poincare(xp, X, C, curvature, clip=on_domain_error == "clip")
     else:
@@ -129,11 +127,14 @@ def _poincare(xp, X, C, K, clip):
     if clip:
         X, nx = _clip_ball(xp, X, nx, K)
         C, nc = _clip_ball(xp, C, nc, K)
-    diff = _sq_norm(xp, X - C)
+    e = _norm_scaled(xp, X - C)
     den = (1 - K * nx) * (1 - K * nc)
     bad = xp.logical_or(K * nx >= 1, K * nc >= 1)
-    z = 2 * K * diff / xp.where(bad, xp.ones_like(den), den)
+    den = xp.where(bad, xp.ones_like(den), den)
+    z = 2 * K * (e * e) / den
     D = xp.log1p(z + xp.sqrt(z * (z + 2))) / math.sqrt(K)
+    # tiny distances, whose square may underflow: d = 2|x - c|/sqrt(den) to O(z)
+    D = xp.where(z < 1e-30, 2 * e / xp.sqrt(den), D)
     return xp.where(bad, xp.full_like(D, math.nan), D)
 
 
@@ -156,10 +157,19 @@ def _absmax(xp, A):
 
 def _pow2_scale(xp, m):
     """2**-floor(log2(m)) (1 where m is 0 or not finite): a power of two, so that
-    multiplying by it is exact, bringing m into [1, 2)."""
+    multiplying by it is exact, bringing m into [1, 2) (subnormal m: as near as 2**1000
+    brings it)."""
     ok = xp.logical_and(m > 0, xp.isfinite(m))
     safe = xp.where(ok, m, xp.ones_like(m))
-    return xp.where(ok, 2.0 ** (-xp.floor(xp.log2(safe))), xp.ones_like(m))
+    e = -xp.floor(xp.log2(safe))
+    e = xp.where(e > 1000, xp.full_like(e, 1000.0), e)  # subnormal m: 2**1000 stays finite
+    return xp.where(ok, 2.0 ** e, xp.ones_like(m))
+
+
+def _norm_scaled(xp, V):
+    """|V| over the last axis, exact for tiny and huge entries (scaled by a power of 2)."""
+    k = _pow2_scale(xp, _absmax(xp, V))
+    return xp.sqrt(_sq_norm(xp, V * k)) / k[..., 0]
 
 
 def _unit_scale(xp, A):
