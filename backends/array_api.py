@@ -10,7 +10,9 @@ tiny angles.
 
 import math
 
-from .._dispatch import domain_error
+from array_api_compat import device
+
+from ..errors import DomainError
 
 NAME = "array_api"
 
@@ -51,16 +53,17 @@ def _safe_div(xp, num, den):
 
 # ---------------------------------------------------------------- Sinkhorn
 
-def sinkhorn(xp, x, *, iterations, tau, logits, cols_first, row_sums, col_sums, out, call):
+def sinkhorn(xp, x, row_sums, col_sums, *, iterations, tau, logits, order, out, call):
     """Sinkhorn-Knopp on ``x (..., n, m)``; ``row_sums (..., n)`` / ``col_sums
     (..., m)``: broadcastable targets, None for SPEC's defaults (1 and n/m)."""
+    cols_first = order == "cols-first"
     if logits:
         top = xp.max(x, axis=(-2, -1), keepdims=True)
         M = xp.exp(x - top)
     else:
         bad = _first_true(xp, x < 0)
         if bad is not None:
-            raise domain_error("x", x.shape, bad, "is negative; sinkhorn_knopp needs x >= 0 "
+            raise DomainError.at("x", x.shape, bad, "is negative; sinkhorn_knopp needs x >= 0 "
                                                   "(or logits=True)")
         M = xp.asarray(x, copy=True)
     n, m = x.shape[-2], x.shape[-1]
@@ -85,12 +88,6 @@ def _sq_norm(xp, a):
     return xp.sum(a * a, axis=-1)
 
 
-_WHAT = {
-    "poincare": "lies outside the Poincare ball of curvature -K (needs K*|p|^2 < 1)",
-    "spherical": "is a zero vector, which has no direction on the sphere",
-}
-
-
 def raise_on_domain(xp, manifold, p, name, curvature):
     """DomainError naming ``name[index]`` of the first point of ``p (..., d)`` outside
     the manifold's domain (no-op for Euclidean)."""
@@ -103,14 +100,14 @@ def raise_on_domain(xp, manifold, p, name, curvature):
         bad = xp.all(p == 0, axis=-1)
     i = _first_true(xp, bad)
     if i is not None:
-        raise domain_error(name, p.shape[:-1], i, _WHAT[manifold])
+        raise DomainError.at(name, p.shape[:-1], i, DomainError.OUTSIDE[manifold])
 
 
-def distance(xp, manifold, x, c, *, curvature, on_domain_error, call, names=("x", "c")):
+def distance(xp, x, c, *, manifold, curvature, on_domain_error, call):
     """Distance between the rows of ``x (..., d)`` and ``c`` (broadcastable)."""
     if on_domain_error == "raise":
-        raise_on_domain(xp, manifold, x, names[0], curvature)
-        raise_on_domain(xp, manifold, c, names[1], curvature)
+        raise_on_domain(xp, manifold, x, "x", curvature)
+        raise_on_domain(xp, manifold, c, "c", curvature)
     dtype = x.dtype
     X, C = _wide(xp, x), _wide(xp, c)
     if manifold == "euclidean":
@@ -151,7 +148,7 @@ def _clip_ball(xp, P, n2, K):
 def _absmax(xp, A):
     """max |A| over the last axis, kept as an axis of 1 (0 for an empty axis)."""
     if A.shape[-1] == 0:
-        return xp.zeros(tuple(A.shape[:-1]) + (1,), dtype=A.dtype)
+        return xp.zeros(tuple(A.shape[:-1]) + (1,), dtype=A.dtype, device=device(A))
     return xp.max(xp.abs(A), axis=-1, keepdims=True)
 
 
@@ -189,7 +186,7 @@ def _spherical(xp, X, C):
     return xp.where(xp.logical_or(zx, zc), xp.full_like(D, math.nan), D)
 
 
-def pairwise(xp, manifold, x, y, *, curvature, on_domain_error, call):
+def pairwise(xp, x, y, *, manifold, curvature, on_domain_error, call):
     """``(N, M)`` distances between the rows of ``x (N, d)`` and ``y (M, d)``, in
     blocks of rows so that the broadcast temporary stays small."""
     if on_domain_error == "raise":
@@ -198,18 +195,19 @@ def pairwise(xp, manifold, x, y, *, curvature, on_domain_error, call):
         on_domain_error = "nan"  # checked: nothing left to raise for
     N, M, d = x.shape[0], y.shape[0], x.shape[1]
     if N == 0:
-        return xp.zeros((0, M), dtype=x.dtype)
+        return xp.zeros((0, M), dtype=x.dtype, device=device(x))
     step = max(1, (1 << 22) // max(1, M * d))
     yb = xp.expand_dims(y, axis=0)
-    blocks = [distance(xp, manifold, xp.expand_dims(x[i:min(i + step, N), :], axis=1), yb,
-                       curvature=curvature, on_domain_error=on_domain_error, call=call)
+    blocks = [distance(xp, xp.expand_dims(x[i:min(i + step, N), :], axis=1), yb,
+                       manifold=manifold, curvature=curvature, on_domain_error=on_domain_error,
+                       call=call)
               for i in range(0, N, step)]
     return xp.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
 
 
 # ---------------------------------------------------------------- manifold checks
 
-def check_manifold(xp, x, *, manifold, curvature, atol):
+def check_manifold(xp, x, *, manifold, curvature, atol, call):
     X = _wide(xp, x)
     if manifold == "euclidean":
         return xp.all(xp.isfinite(X), axis=-1)
@@ -219,7 +217,7 @@ def check_manifold(xp, x, *, manifold, curvature, atol):
     return curvature * n2 < 1 - atol
 
 
-def project_to_manifold(xp, x, *, manifold, curvature):
+def project_to_manifold(xp, x, *, manifold, curvature, call):
     X = _wide(xp, x)
     if manifold == "euclidean":
         return xp.asarray(x, copy=True)
@@ -227,7 +225,7 @@ def project_to_manifold(xp, x, *, manifold, curvature):
     if manifold == "spherical":
         bad = _first_true(xp, n2 == 0)
         if bad is not None:
-            raise domain_error("x", x.shape[:-1], bad,
+            raise DomainError.at("x", x.shape[:-1], bad,
                                "is a zero vector, which cannot be projected onto the sphere")
         P = X / xp.expand_dims(xp.sqrt(n2), axis=-1)
     else:
@@ -241,8 +239,7 @@ def _sigmoid(xp, z):
     return 1 / (1 + xp.exp(-z))
 
 
-def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, call,
-            workspace=None):
+def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, call):
     """SPEC 2.3: ``x (..., n, C)`` in the coefficient dtype (float32 or float64), the
     parameters in that dtype too. Returns (h_in, h_pre, h_post, h_res), h_in in the
     coefficient dtype (the frontend casts it back to the activations' dtype)."""
@@ -256,8 +253,8 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
         h_pre = _sigmoid(xp, a_pre * y[..., :n] + bias[:n])
         h_post = 2 * _sigmoid(xp, a_post * y[..., n:2 * n] + bias[n:2 * n])
         logits = xp.reshape(a_res * y[..., 2 * n:] + bias[2 * n:], batch + (n, n))
-        h_res = sinkhorn(xp, logits, iterations=iterations, tau=0.0, logits=True,
-                         cols_first=True, row_sums=None, col_sums=None, out=None, call=call)
+        h_res = sinkhorn(xp, logits, None, None, iterations=iterations, tau=0.0, logits=True,
+                         order="cols-first", out=None, call=call)
     else:                                                    # DeepSeek-V4
         mix = (v * rs) @ xp.matrix_transpose(phi)            # norm before the matmul
         h_pre = _sigmoid(xp, mix[..., :n] * alpha[0] + bias[:n]) + hc_eps

@@ -1,7 +1,9 @@
-"""The CUDA backend (kernels from ``native/cuda/`` launched through CuPy).
+"""The CUDA backend: kernels launched through CuPy for arrays on a CUDA device.
 
-Not built yet: every call it would serve falls back (``auto``) to the
-``array_api`` backend, which runs in CuPy/PyTorch on the device itself.
+Not built yet (the CUDA kernels are the subject of a later change): every call
+it would serve falls back (``auto``) to the ``array_api`` backend, which runs
+in CuPy/PyTorch on the device itself, and forcing it is a
+``BackendUnavailableError`` carrying ``UNAVAILABLE``.
 """
 
 NAME = "cupy"

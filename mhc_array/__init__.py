@@ -8,6 +8,37 @@ the backends in use.
 
 __version__ = "0.1.0"
 
+
+def _complete_package_path():
+    """Make the package whole when this ``__init__`` runs from the source folder.
+
+    The repository keeps the backends beside the frontend (``backends/``,
+    installed as ``mhc_array.backends``) and the compiled module is built into
+    the installed package. ``python -m mhc_array`` (or ``import mhc_array``) run
+    from the repository root finds the source folder ``mhc_array/`` first on
+    ``sys.path``, which has neither. Then the installed copy, if there is one,
+    is searched first (so that frontend, backends and compiled module come from
+    one install), else the repository root (an editable install or a bare
+    checkout: ``mhc_array.backends`` is ``backends/`` itself).
+    """
+    import os
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isfile(os.path.join(here, "backends", "__init__.py")):
+        return  # an installed package: already whole
+    for entry in sys.path:
+        candidate = os.path.join(entry or os.getcwd(), __name__)
+        if (os.path.isfile(os.path.join(candidate, "backends", "__init__.py"))
+                and os.path.realpath(candidate) != os.path.realpath(here)):
+            __path__.insert(0, candidate)
+            return
+    root = os.path.dirname(here)
+    if os.path.isfile(os.path.join(root, "backends", "__init__.py")):
+        __path__.append(root)
+
+
+_complete_package_path()
+
 from ._api import (  # noqa: E402
     check_manifold,
     euclidean_distance,

@@ -423,7 +423,7 @@ def run(*, quick=False, json_path=None, plot_path=None, only=None, threads=1,
     print(f"mhc_array bench ({'quick' if quick else 'full'}): {machine}")
     print(f"float32, {threads} thread(s) unless the label says x2, median of {rounds} "
           "interleaved rounds; 'of floor' = floor time / candidate time")
-    native = _dispatch._backend_module("native")
+    native = _dispatch.backend("native")
     print(f"native: {'best ISA ' + native.BEST_ISA if native.lib else native.UNAVAILABLE}")
     results = []
     bar = _progress(len(work))
@@ -474,7 +474,7 @@ def _machine():
         pass
     import os
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    native = _dispatch._backend_module("native")
+    native = _dispatch.backend("native")
     return (f"{model}, {cores} cores usable, ISA {native.BEST_ISA}, Python "
             f"{platform.python_version()}, NumPy {np.__version__}")
 

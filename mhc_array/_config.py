@@ -12,6 +12,8 @@ import contextlib
 import contextvars
 import os
 
+from ._options import choice, positive_int
+
 BACKENDS = ("auto", "native", "cupy", "array_api")
 ISA_LEVELS = ("auto", "avx512", "avx2", "sse", "portable")
 
@@ -22,19 +24,8 @@ __all__ = [
 ]
 
 
-def _check_choice(name, value, choices):
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(
-            f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
-    return value
-
-
-def _check_threads(value, name="n"):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int; got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return value
+_check_backend = choice(*BACKENDS)
+_check_isa = choice(*ISA_LEVELS)
 
 
 def _available_cores():
@@ -56,13 +47,13 @@ def _from_env(var, check, default):
 
 _defaults = {
     "backend": _from_env("MHC_ARRAY_BACKEND",
-                         lambda v: _check_choice("MHC_ARRAY_BACKEND", v.strip().lower(), BACKENDS),
+                         lambda v: _check_backend("MHC_ARRAY_BACKEND", v.strip().lower()),
                          "auto"),
     "isa": _from_env("MHC_ARRAY_ISA",
-                     lambda v: _check_choice("MHC_ARRAY_ISA", v.strip().lower(), ISA_LEVELS),
+                     lambda v: _check_isa("MHC_ARRAY_ISA", v.strip().lower()),
                      "auto"),
     "num_threads": _from_env("MHC_ARRAY_NUM_THREADS",
-                             lambda v: _check_threads(int(v), "MHC_ARRAY_NUM_THREADS"),
+                             lambda v: positive_int("MHC_ARRAY_NUM_THREADS", int(v)),
                              _available_cores()),
 }
 
@@ -79,8 +70,8 @@ _ov_backend, _ov_isa, _ov_threads = (_overrides[k] for k in ("backend", "isa", "
 
 
 def current():
-    """(backend, isa, num_threads) in force in this context, in one call (the native
-    fast paths read all three per call)."""
+    """(backend, isa, num_threads) in force in this context, in one call (the
+    pipeline reads all three per call, as the key of its cached plans)."""
     b, i, t = _ov_backend.get(), _ov_isa.get(), _ov_threads.get()
     d = _defaults
     return (d["backend"] if b is None else b, d["isa"] if i is None else i,
@@ -98,7 +89,7 @@ def _use(key, value):
 
 def set_backend(name):
     """Set the default backend: "auto", "native", "cupy" or "array_api"."""
-    _defaults["backend"] = _check_choice("backend", name, BACKENDS)
+    _defaults["backend"] = _check_backend("backend", name)
 
 
 def get_backend():
@@ -108,7 +99,7 @@ def get_backend():
 
 def use_backend(name):
     """``with use_backend("native"):`` -- override the backend in this context only."""
-    return _use("backend", _check_choice("backend", name, BACKENDS))
+    return _use("backend", _check_backend("backend", name))
 
 
 def set_isa(level):
@@ -116,7 +107,7 @@ def set_isa(level):
 
     A level the CPU lacks falls back to the best one it has, with a warning.
     """
-    _defaults["isa"] = _check_choice("isa", level, ISA_LEVELS)
+    _defaults["isa"] = _check_isa("isa", level)
 
 
 def get_isa():
@@ -126,12 +117,12 @@ def get_isa():
 
 def use_isa(level):
     """``with use_isa("avx2"):`` -- override the ISA level in this context only."""
-    return _use("isa", _check_choice("isa", level, ISA_LEVELS))
+    return _use("isa", _check_isa("isa", level))
 
 
 def set_num_threads(n):
     """Set how many threads a native call may use (default: the cores this process may use)."""
-    _defaults["num_threads"] = _check_threads(n)
+    _defaults["num_threads"] = positive_int("n", n)
 
 
 def get_num_threads():
@@ -141,4 +132,4 @@ def get_num_threads():
 
 def use_num_threads(n):
     """``with use_num_threads(1):`` -- override the thread count in this context only."""
-    return _use("num_threads", _check_threads(n))
+    return _use("num_threads", positive_int("n", n))

@@ -12,9 +12,10 @@ One place decides, for every call:
   can serve the device, falling back to ``array_api`` with one warning per cause.
 
 Backends are modules with the same functions (``backends/``); this module
-only chooses among them.
+only chooses among them. The pipeline that strings these steps together is ``_pipeline.py``.
 """
 
+import importlib
 import math
 import threading
 import time
@@ -22,8 +23,8 @@ import warnings
 
 import array_api_compat
 
-from . import _config, _stats
-from .errors import BackendUnavailableError, DomainError, ShapeError, UnsupportedDTypeError
+from . import _stats
+from .errors import BackendUnavailableError, ShapeError, UnsupportedDTypeError
 
 # DLPack device types (dlpack.h): the CPU and CUDA families.
 _DL_CPU = 1
@@ -79,6 +80,11 @@ def common_namespace(args):
     return first[2], first[3]
 
 
+def device_of(x):
+    """The device of ``x`` in its own library's terms (for ``device=`` arguments)."""
+    return array_api_compat.device(x)
+
+
 def _device(x):
     try:
         return str(array_api_compat.device(x))
@@ -108,15 +114,23 @@ def compute_dtype(xp, x, name):
 
 
 class Call:
-    """Book-keeping of one public call: copies made on the way and the time spent."""
+    """One public call on its way through the pipeline: what the backend needs to
+    know besides arrays and options (the ISA level requested, the thread count,
+    a caller-owned ``state`` dict for persistent resources such as a layer's
+    native workspace), and the copies it reports (``copied``), counted in
+    ``stats()`` by the pipeline when the call is done."""
 
-    __slots__ = ("function", "copies", "bytes_copied", "backend", "t0")
+    __slots__ = ("function", "copies", "bytes_copied", "backend", "t0", "isa", "threads",
+                 "state")
 
-    def __init__(self, function):
+    def __init__(self, function, isa, threads, state=None):
         self.function = function
         self.copies = 0
         self.bytes_copied = 0
         self.backend = None
+        self.isa = isa
+        self.threads = threads
+        self.state = state
         self.t0 = time.perf_counter()
 
     def copied(self, nbytes):
@@ -153,16 +167,11 @@ _warned = set()
 _warn_lock = threading.Lock()
 
 
-def _backend_module(name):
+def backend(name):
+    """The backend module ``name`` ("native", "cupy", "array_api"), imported on first use."""
     mod = _backends.get(name)
     if mod is None:
-        if name == "native":
-            from .backends import native as mod
-        elif name == "array_api":
-            from .backends import array_api as mod
-        else:
-            from .backends import cupy as mod
-        _backends[name] = mod
+        mod = _backends[name] = importlib.import_module(f"{__package__}.backends.{name}")
     return mod
 
 
@@ -171,42 +180,31 @@ def warn_once(cause, message):
         if cause in _warned:
             return
         _warned.add(cause)
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
+    warnings.warn(message, RuntimeWarning, stacklevel=6)  # the caller of the public function
 
 
-def select_backend(x, lib, *, kernel):
-    """The backend module that serves array ``x`` for ``kernel``, per configuration."""
-    requested = _config.get_backend()
-    dev = device_type(x)
+def select_backend(x, lib, kernel, requested):
+    """The backend module that serves array ``x`` for ``kernel`` when ``requested``
+    ("auto" or a backend name) is configured."""
     if requested == "array_api":
-        return _backend_module("array_api")
+        return backend("array_api")
     if requested == "auto":
-        if dev == _DL_CPU:
-            native = _backend_module("native")
-            why = native.cannot_serve(x, lib, kernel)
+        dev = device_type(x)
+        name = "native" if dev == _DL_CPU else "cupy" if dev in _DL_CUDA else None
+        if name is not None:
+            mod = backend(name)
+            why = mod.cannot_serve(x, lib, kernel)
             if why is None:
-                return native
-            if not native.silent_reason(why):
-                warn_once(("native", why), f"mhc_array: native backend unavailable ({why}); "
-                                           "using the array_api backend")
-        elif dev in _DL_CUDA:
-            cupy_backend = _backend_module("cupy")
-            why = cupy_backend.cannot_serve(x, lib, kernel)
-            if why is None:
-                return cupy_backend
-            warn_once(("cupy", why), f"mhc_array: cupy backend unavailable ({why}); "
-                                     "using the array_api backend")
-        return _backend_module("array_api")
-    mod = _backend_module(requested)
+                return mod
+            if not mod.silent_reason(why):
+                warn_once((name, why), f"mhc_array: {name} backend unavailable ({why}); "
+                                       "using the array_api backend")
+        return backend("array_api")
+    mod = backend(requested)
     why = mod.cannot_serve(x, lib, kernel)
     if why is not None:
         raise BackendUnavailableError(f"backend {requested!r} cannot serve this call: {why}")
     return mod
-
-
-def isa_level():
-    """The ISA level name requested in this context (resolved by the native backend)."""
-    return _config.get_isa()
 
 
 # ---------------------------------------------------------------- shapes
@@ -243,14 +241,3 @@ def broadcast_batch(shape_a, shape_b, name_a, name_b):
                              f"batch shape {tuple(shape_b)} cannot be broadcast together")
         out.append(a if b == 1 else b)
     return tuple(reversed(out))
-
-
-def domain_error(argument, shape, flat_index, what):
-    """DomainError naming ``argument[index]`` for the flat (C-order) ``flat_index``."""
-    index = []
-    for s in reversed(shape):
-        index.append(flat_index % s if s else 0)
-        flat_index //= s if s else 1
-    index = tuple(reversed(index))
-    where = f"{argument}[{', '.join(map(str, index))}]" if index else argument
-    return DomainError(f"{where} {what}", argument=argument, index=index)

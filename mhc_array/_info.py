@@ -12,22 +12,10 @@ from .errors import ShapeError
 
 __all__ = ["cpu_features", "config", "show_config", "empty_aligned"]
 
-_FEATURE_BITS = ("sse2", "sse4_1", "avx", "avx2", "fma", "avx512f", "avx512dq",
-                 "avx512bw", "avx512vl", "os_avx", "os_avx512")
-
-
-def _native():
-    return _dispatch._backend_module("native")
-
-
 def cpu_features():
     """The CPU features the native library detected (CPUID and XGETBV), as a dict of
     bools; empty when the native library is unavailable."""
-    nat = _native()
-    if nat.lib is None:
-        return {}
-    bits = nat.lib.mhc_cpu_feature_bits()
-    return {name: bool(bits >> i & 1) for i, name in enumerate(_FEATURE_BITS)}
+    return _dispatch.backend("native").describe()["cpu_features"]
 
 
 def config():
@@ -35,10 +23,11 @@ def config():
     level requested and in use, thread count, CUDA device, how the native part was
     compiled."""
     from . import __version__
-    nat = _native()
+    nat = _dispatch.backend("native")
+    native = nat.describe()
     backends = {}
     for name in ("native", "cupy", "array_api"):
-        why = getattr(_dispatch._backend_module(name), "UNAVAILABLE", None)
+        why = getattr(_dispatch.backend(name), "UNAVAILABLE", None)
         backends[name] = {"available": why is None, "reason": why}
     isa_req = _config.get_isa()
     info = {
@@ -50,10 +39,10 @@ def config():
         "backends": backends,
         "isa_requested": isa_req,
         "isa": None if nat.lib is None else nat.ISA_NAMES[nat.resolve_isa(isa_req)],
-        "isa_best": nat.BEST_ISA,
+        "isa_best": native["isa_best"],
         "num_threads": _config.get_num_threads(),
-        "cpu_features": cpu_features(),
-        "native_build": None if nat.lib is None else nat.ffi.string(nat.lib.mhc_build_info()).decode(),
+        "cpu_features": native["cpu_features"],
+        "native_build": native["build"],
         "cuda": _cuda_info(),
     }
     return info

@@ -20,18 +20,21 @@ import math
 
 import numpy as np
 
-from . import _dispatch
-from ._api import _choice, _iterations, _real
-from ._dispatch import Call, common_namespace, compute_dtype, select_backend
+from ._dispatch import broadcast_batch, common_namespace, device_of
+from . import _options
+from ._pipeline import Op
 from .errors import ShapeError
 
 __all__ = ["mhc_pre", "mhc_post", "MHCLayer"]
 
 VARIANTS = ("paper", "deepseek-v4")
 NORM_EPS = HC_EPS = 1e-6  # the defaults (DeepSeek-V4's rms_norm_eps and hc_eps)
+_STREAMS = ("x", "(..., n, C)")
+_variant = _options.choice(*VARIANTS)
 
 
 def _streams(x, name="x"):
+    """(n, C) of ``x (..., n, C)``: n >= 1 streams of C >= 1 values."""
     if x.ndim < 2:
         raise ShapeError(f"{name} must have shape (..., n, C) with at least 2 dimensions "
                          f"(n streams of C values); got shape {tuple(x.shape)}")
@@ -39,31 +42,56 @@ def _streams(x, name="x"):
     if n < 1 or C < 1:
         raise ShapeError(f"{name} must have n >= 1 streams of C >= 1 values; got shape "
                          f"{tuple(x.shape)}")
-    _dispatch.checked_size(x.shape, name)
     return n, C
 
 
-def _coef_dtype(xp, x):
-    """(coefficient dtype, activation dtype) of ``x``: float64 for float64 (and
-    promoted integer) activations, float32 for every other real floating dtype."""
-    cdt, rdt = compute_dtype(xp, x, "x")
-    if rdt == xp.float64 or cdt == xp.float64:
-        return xp.float64, rdt
-    return xp.float32, rdt
+def _param_names(options):
+    if options["variant"] == "paper":
+        return ("x", "phi", "bias", "alpha")
+    return ("x", "fn", "base", "scale")
 
 
-def _param(xp, call, a, name, shape, cdt):
-    if tuple(a.shape) != shape:
-        raise ShapeError(f"{name} must have shape {shape}; got shape {tuple(a.shape)}")
-    compute_dtype(xp, a, name)  # complex refused, naming the argument
-    return call.cast(xp, a, cdt)
-
-
-def _param_shapes(variant, n, C):
+def _pre_shapes(xp, call, names, arrays, opts, cdt):
+    """The parameters' shapes follow from n, C and the variant."""
+    n, C = _streams(arrays[0])
     k = (2 + n) * n
-    if variant == "paper":
-        return ("phi", (n * C, k)), ("bias", (k,)), ("alpha", (3,))
-    return ("fn", (k, n * C)), ("base", (k,)), ("scale", (3,))
+    shapes = ((n * C, k), (k,), (3,)) if opts["variant"] == "paper" else ((k, n * C), (k,), (3,))
+    for name, a, shape in zip(names[1:], arrays[1:], shapes):
+        if tuple(a.shape) != shape:
+            raise ShapeError(f"{name} must have shape {shape}; got shape {tuple(a.shape)}")
+    return arrays, {}
+
+
+def _post_shapes(xp, call, names, arrays, opts, cdt):
+    """``f_out (..., C)``, ``h_post (..., n)``, ``h_res (..., n, n)`` with batch shapes
+    that broadcast to the batch of ``x``."""
+    x, f_out, h_post, h_res = arrays
+    n, C = _streams(x)
+    if f_out.ndim < 1 or f_out.shape[-1] != C:
+        raise ShapeError(f"f_out must have shape (..., {C}) (the C of x); got shape "
+                         f"{tuple(f_out.shape)}")
+    if h_post.ndim < 1 or h_post.shape[-1] != n:
+        raise ShapeError(f"h_post must have shape (..., {n}) (the n of x); got shape "
+                         f"{tuple(h_post.shape)}")
+    if h_res.ndim < 2 or tuple(h_res.shape[-2:]) != (n, n):
+        raise ShapeError(f"h_res must have shape (..., {n}, {n}) (the n of x); got shape "
+                         f"{tuple(h_res.shape)}")
+    batch = tuple(x.shape[:-2])
+    for name, a, k in (("f_out", f_out, 1), ("h_post", h_post, 1), ("h_res", h_res, 2)):
+        if broadcast_batch(tuple(a.shape[:-k]), batch, name, "x") != batch:
+            raise ShapeError(f"{name} with shape {tuple(a.shape)} does not broadcast to the "
+                             f"batch {batch} of x")
+    return arrays, {}
+
+
+MHC_PRE = Op("mhc_pre", kernel="mhc_pre",
+             arrays=(_STREAMS, ("phi", None), ("bias", None), ("alpha", None)),
+             options=(("iterations", _options.iterations), ("norm_eps", _options.nonnegative),
+                      ("variant", _variant), ("hc_eps", _options.nonnegative)),
+             names=_param_names, dtype="coefficients", shapes=_pre_shapes, restore=(0,))
+MHC_POST = Op("mhc_post", kernel="mhc_post",
+              arrays=(_STREAMS, ("f_out", None), ("h_post", None), ("h_res", None)),
+              dtype="coefficients", shapes=_post_shapes, out=True)
 
 
 def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=NORM_EPS, variant="paper",
@@ -97,32 +125,8 @@ def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=NORM_EPS, variant
         for float64 activations). ``h_res`` is doubly stochastic up to the
         iteration's exactness and acts on the raw (not normalised) streams.
     """
-    return _pre(x, phi, bias, alpha, iterations, norm_eps, variant, hc_eps, None)
-
-
-def _pre(x, phi, bias, alpha, iterations, norm_eps, variant, hc_eps, workspace):
-    iterations = _iterations(iterations)
-    norm_eps = _real("norm_eps", norm_eps)
-    hc_eps = _real("hc_eps", hc_eps)
-    variant = _choice("variant", variant, VARIANTS)
-    call = Call("mhc_pre")
-    names = ("phi", "bias", "alpha") if variant == "paper" else ("fn", "base", "scale")
-    xp, lib = common_namespace((("x", x), (names[0], phi), (names[1], bias),
-                                (names[2], alpha)))
-    n, C = _streams(x)
-    cdt, rdt = _coef_dtype(xp, x)
-    params = [_param(xp, call, a, name, shape, cdt)
-              for a, (name, shape) in zip((phi, bias, alpha), _param_shapes(variant, n, C))]
-    xc = call.cast(xp, x, cdt)
-    backend = select_backend(xc, lib, kernel="mhc")
-    call.backend = backend.NAME
-    h_in, h_pre, h_post, h_res = backend.mhc_pre(
-        xp, xc, *params, iterations=iterations, norm_eps=norm_eps, variant=variant,
-        hc_eps=hc_eps, call=call, workspace=workspace)
-    if h_in.dtype != rdt:
-        h_in = xp.astype(h_in, rdt)
-    call.done()
-    return h_in, h_pre, h_post, h_res
+    return MHC_PRE(x, phi, bias, alpha, iterations=iterations, norm_eps=norm_eps,
+                   variant=variant, hc_eps=hc_eps)
 
 
 def mhc_post(x, f_out, h_post, h_res, /, *, out=None):
@@ -132,45 +136,7 @@ def mhc_post(x, f_out, h_post, h_res, /, *, out=None):
     ``h_res (..., n, n)`` as returned by ``mhc_pre`` (batch axes broadcast).
     Computed in the coefficient dtype, returned in ``x``'s dtype (or written to
     ``out``, which may be ``x`` itself)."""
-    call = Call("mhc_post")
-    xp, lib = common_namespace((("x", x), ("f_out", f_out), ("h_post", h_post),
-                                ("h_res", h_res), ("out", out)))
-    n, C = _streams(x)
-    if f_out.ndim < 1 or f_out.shape[-1] != C:
-        raise ShapeError(f"f_out must have shape (..., {C}) (the C of x); got shape "
-                         f"{tuple(f_out.shape)}")
-    if h_post.ndim < 1 or h_post.shape[-1] != n:
-        raise ShapeError(f"h_post must have shape (..., {n}) (the n of x); got shape "
-                         f"{tuple(h_post.shape)}")
-    if h_res.ndim < 2 or tuple(h_res.shape[-2:]) != (n, n):
-        raise ShapeError(f"h_res must have shape (..., {n}, {n}) (the n of x); got shape "
-                         f"{tuple(h_res.shape)}")
-    batch = tuple(x.shape[:-2])
-    for name, a, k in (("f_out", f_out, 1), ("h_post", h_post, 1), ("h_res", h_res, 2)):
-        if _dispatch.broadcast_batch(tuple(a.shape[:-k]), batch, name, "x") != batch:
-            raise ShapeError(f"{name} with shape {tuple(a.shape)} does not broadcast to the "
-                             f"batch {batch} of x")
-    cdt, rdt = _coef_dtype(xp, x)
-    for name, a in (("f_out", f_out), ("h_post", h_post), ("h_res", h_res)):
-        compute_dtype(xp, a, name)
-    if out is not None:
-        if tuple(out.shape) != tuple(x.shape):
-            raise ShapeError(f"out must have shape {tuple(x.shape)}; got {tuple(out.shape)}")
-        if out.dtype != rdt:
-            raise TypeError(f"out must have dtype {rdt}; got {out.dtype}")
-    xc, fc = call.cast(xp, x, cdt), call.cast(xp, f_out, cdt)
-    hp, hr = call.cast(xp, h_post, cdt), call.cast(xp, h_res, cdt)
-    backend = select_backend(xc, lib, kernel="mhc")
-    call.backend = backend.NAME
-    work_out = out if (out is not None and cdt == rdt) else None
-    res = backend.mhc_post(xp, xc, fc, hp, hr, out=work_out, call=call)
-    if res.dtype != rdt:
-        res = xp.astype(res, rdt)
-    if out is not None and res is not out:
-        out[...] = res
-        res = out
-    call.done()
-    return res
+    return MHC_POST(x, f_out, h_post, h_res, out=out)
 
 
 class MHCLayer:
@@ -202,8 +168,8 @@ class MHCLayer:
                 raise TypeError(f"{name} must be a positive int; got {type(v).__name__} {v!r}")
             if v < 1:
                 raise ValueError(f"{name} must be a positive int; got {v!r}")
-        self.iterations = _iterations(iterations)
-        self.variant = _choice("variant", variant, VARIANTS)
+        self.iterations = _options.iterations("iterations", iterations)
+        self.variant = _variant("variant", variant)
         dt = np.dtype(dtype)
         if dt not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64 (the coefficient dtype); "
@@ -223,9 +189,10 @@ class MHCLayer:
             self.bias = np.concatenate([np.full(n, b_pre), np.zeros(n), res.T.ravel()]).astype(dt)
             self.alpha = np.full(3, 0.01, dt)                      # scale
         self._converted = {}
-        # the native workspace of pre (the design notes' opaque layer handle): created
-        # on first use, reused by every call, freed with the layer
-        self._workspace = None
+        # the backends' persistent resources for this layer (the native backend keeps
+        # its workspace here, the design notes' opaque layer handle: created on first
+        # use, reused by every call, freed with the layer)
+        self._state = {}
 
     def __repr__(self):
         return (f"MHCLayer(n_streams={self.n}, dim={self.dim}, iterations={self.iterations}, "
@@ -236,10 +203,10 @@ class MHCLayer:
         if type(x) is np.ndarray:
             return self.phi, self.bias, self.alpha
         xp, lib = common_namespace((("x", x),))
-        key = (type(x), _dispatch._device(x))
+        key = (type(x), str(device_of(x)))
         hit = self._converted.get(key)
         if hit is None:
-            dev = getattr(x, "device", None)
+            dev = device_of(x)
             conv = []
             for a in (self.phi, self.bias, self.alpha):
                 try:
@@ -254,10 +221,8 @@ class MHCLayer:
         if (n, C) != (self.n, self.dim):
             raise ShapeError(f"x must have shape (..., {self.n}, {self.dim}) for this layer; "
                              f"got shape {tuple(x.shape)}")
-        if self._workspace is None:
-            self._workspace = _dispatch._backend_module("native").new_workspace()
-        return _pre(x, *self._params(x), self.iterations, NORM_EPS, self.variant, HC_EPS,
-                    self._workspace)
+        return MHC_PRE(x, *self._params(x), state=self._state, iterations=self.iterations,
+                       norm_eps=NORM_EPS, variant=self.variant, hc_eps=HC_EPS)
 
     def post(self, x, f_out, h_post, h_res, /, *, out=None):
         return mhc_post(x, f_out, h_post, h_res, out=out)
@@ -272,7 +237,9 @@ class MHCLayer:
         if h.ndim < 1 or h.shape[-1] != self.dim:
             raise ShapeError(f"h must have shape (..., {self.dim}); got shape {tuple(h.shape)}")
         e = xp.expand_dims(h, axis=-2)
-        return e * xp.ones((self.n, 1), dtype=h.dtype) if self.n > 1 else xp.asarray(e, copy=True)
+        if self.n == 1:
+            return xp.asarray(e, copy=True)
+        return e * xp.ones((self.n, 1), dtype=h.dtype, device=device_of(h))
 
     def reduce(self, x, /):
         """``x (..., n, C)`` -> ``(..., C)``: the sum of the ``n`` streams."""

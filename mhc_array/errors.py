@@ -30,10 +30,28 @@ class DomainError(MHCArrayError, ValueError):
     first offending entry, when it is known.
     """
 
+    #: what a point outside each manifold's domain "is", for the message
+    OUTSIDE = {
+        "poincare": "lies outside the Poincare ball of curvature -K (needs K*|p|^2 < 1)",
+        "spherical": "is a zero vector, which has no direction on the sphere",
+    }
+
     def __init__(self, message, *, argument=None, index=None):
         super().__init__(message)
         self.argument = argument
         self.index = index
+
+    @classmethod
+    def at(cls, argument, shape, flat_index, what):
+        """The error for entry ``flat_index`` (C order) of ``argument`` of ``shape``:
+        the message names ``argument[i, j, ...]``."""
+        index = []
+        for s in reversed(shape):
+            index.append(flat_index % s if s else 0)
+            flat_index //= s if s else 1
+        index = tuple(reversed(index))
+        where = f"{argument}[{', '.join(map(str, index))}]" if index else argument
+        return cls(f"{where} {what}", argument=argument, index=index)
 
 
 class UnsupportedDTypeError(MHCArrayError, TypeError):

@@ -366,7 +366,7 @@ def test_layer_workspace_shared_by_concurrent_calls():
                     np.testing.assert_array_equal(g, w)
 
     run_in_threads(worker, len(xs))
-    assert layer._workspace is not None
+    assert layer._state.get("native") is not None  # the layer's native workspace
 
 
 def test_layer_arguments():

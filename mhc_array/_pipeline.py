@@ -1,0 +1,225 @@
+"""The one path every public function takes (SPEC 2.5-2.6), driven by a record.
+
+A public function is an :class:`Op` -- a declarative record: its array
+arguments and their core shapes, its options and their validators, its dtype
+rule, the backend kernel that computes it and the backends that have one --
+plus its docstring. Calling the record runs :func:`run`, which, for every
+function alike:
+
+1. validates the options (``_options``), naming them in errors;
+2. finds the namespace and device of the arrays, one library and one device
+   (``_dispatch.common_namespace``);
+3. checks each array's core dimensions and element count, then the function's
+   own shape relations (the record's ``shapes`` hook);
+4. chooses the compute and result dtypes (``_dispatch.compute_dtype``) and
+   casts the arrays (copies counted);
+5. chooses the backend for the configuration in force (``select_backend``);
+6. calls the backend's kernel with validated arrays and plain scalars;
+7. casts the results back, writes ``out=``, records ``stats()``.
+
+Cached plans: for the calls that dominate latency (NumPy arrays of the native
+float dtypes on the native backend) the result of steps 2, 4 and 5 depends
+only on the arrays' type, dtype and ndim and on the configuration, so it is
+computed once per such key and kept as a *plan* -- a callable the backend
+builds (``backend.plan``) that runs the kernel directly. A plan may decline a
+call (returns None: an unusual layout, a shape to report) and the call then
+takes the general path, which raises every error. Plans see validated options
+and record no statistics: the pipeline does both.
+"""
+
+import time
+
+from . import _config, _dispatch, _stats
+from ._dispatch import Call, checked_size, common_namespace, compute_dtype, select_backend
+from .errors import ShapeError
+
+_perf = time.perf_counter
+_current = _config.current
+_record = _stats.record
+
+ALL_BACKENDS = ("native", "cupy", "array_api")
+
+
+class Op:
+    """One public function as data.
+
+    name      the public name (the key of ``stats()``)
+    arrays    ((name, core shape text or None), ...) in positional order; the
+              text ``"(..., n, m)"`` means at least 2 dimensions and names them
+              in the error; None: optional, checked by ``shapes``
+    kernel    the backend function to call:
+              ``kernel(xp, *arrays, call=..., **options, **extra[, out=])``
+    options   ((name, validator), ...) keyword options, validated on every call
+    fixed     options the public function sets itself (not validated)
+    dtype     "first": the first array's compute dtype (SPEC 2.6), the others
+              only checked; "common": one dtype for all (float64 if any is);
+              "coefficients": float32 (float64 for float64 or integer input)
+              for every array, results in the first array's dtype
+    shapes    hook ``(xp, call, names, arrays, options, cdt) -> (arrays, extra)``
+              checking the relations between shapes (and preparing arrays);
+              ``extra`` are more keyword arguments for the kernel
+    restore   which results go back to the result dtype: "all" (one result),
+              a tuple of indices (a tuple of results), or () (none)
+    out       the function takes ``out=`` (checked: the first array's shape and
+              the result dtype); ragged: a list of arrays maps over its elements
+    names     optional hook ``options -> array names`` (names that depend on an
+              option, e.g. the mHC variant's parameter names)
+    backends  the backends that implement ``kernel``; another backend chosen by
+              the configuration hands the call to ``array_api``
+    plan_arrays
+              how many leading arrays key a cached plan (0: no plans); the
+              other arrays must be None for a plan to be used
+    """
+
+    __slots__ = ("name", "arrays", "kernel", "options", "fixed", "dtype", "shapes", "restore",
+                 "out", "ragged", "names", "backends", "plan_arrays", "plans", "_min_ndim",
+                 "_array_names")
+
+    def __init__(self, name, *, arrays, kernel, options=(), fixed=None, dtype="first",
+                 shapes=None, restore="all", out=False, ragged=False, names=None,
+                 backends=ALL_BACKENDS, plan_arrays=0):
+        self.name, self.arrays, self.kernel = name, tuple(arrays), kernel
+        self.options, self.fixed = tuple(options), dict(fixed or {})
+        self.dtype, self.shapes, self.restore = dtype, shapes, restore
+        self.out, self.ragged, self.names = out, ragged, names
+        self.backends, self.plan_arrays = tuple(backends), plan_arrays
+        self.plans = {}
+        self._array_names = tuple(a for a, _ in self.arrays)
+        self._min_ndim = tuple(None if text is None else text.count(",") for _, text in self.arrays)
+
+    def __repr__(self):
+        return f"Op({self.name!r}, kernel={self.kernel!r})"
+
+    def validate(self, options):
+        """The options, validated and normalised, with the fixed ones added."""
+        checked = {name: check(name, options[name]) for name, check in self.options}
+        if self.fixed:
+            checked.update(self.fixed)
+        return checked
+
+    def __call__(self, *arrays, out=None, state=None, **options):
+        if self.plan_arrays and out is None:
+            plan = self._plan(arrays)
+            if plan is not None:
+                t0 = _perf()
+                res = plan[0](*arrays[:self.plan_arrays], **self.validate(options))
+                if res is not None:
+                    _record(self.name, plan[1], 0, 0, _perf() - t0)
+                    return res
+        return run(self, arrays, options, out, state)
+
+    # ------------------------------------------------------------ plans
+
+    def _plan(self, arrays):
+        """(callable, backend name) of the cached plan for these arrays, or None."""
+        k = self.plan_arrays
+        x = arrays[0]
+        try:
+            if k == 1:
+                key = (x.__class__, x.dtype, x.ndim, _current())
+            else:
+                y = arrays[1]
+                key = (x.__class__, x.dtype, x.ndim, y.__class__, y.dtype, y.ndim, _current())
+        except AttributeError:  # not arrays (a list, None, ...): the general path
+            return None
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = self._make_plan(arrays[:k], key[-1])
+        if plan is False or any(a is not None for a in arrays[k:]):
+            return None
+        return plan
+
+    def _make_plan(self, arrays, config):
+        """A plan for arrays of these types, dtypes and ndims under ``config``, or
+        False when such calls take the general path."""
+        requested, isa, threads = config
+        if requested not in ("auto", "native") or "native" not in self.backends:
+            return False
+        x = arrays[0]
+        if any(type(a).__module__ != "numpy" or a.dtype.kind != "f" for a in arrays) or any(
+                t is not None and a.ndim < t for a, t in zip(arrays, self._min_ndim)):
+            return False
+        native = _dispatch.backend("native")
+        if native.UNAVAILABLE is not None or native.cannot_serve(x, "numpy", self.kernel):
+            return False
+        fn = native.plan(self.kernel, [a.dtype for a in arrays], [a.ndim for a in arrays],
+                         Call(self.name, isa, threads))
+        return False if fn is None else (fn, native.NAME)
+
+
+def run(op, arrays, options, out=None, state=None):
+    """The general path of one call of ``op`` (see the module docstring)."""
+    opts = op.validate(options)
+    names = op.names(opts) if op.names else op._array_names
+    if op.ragged and isinstance(arrays[0], (list, tuple)):
+        return _ragged(op, names, arrays, opts, out)
+    xp, lib = common_namespace([*zip(names, arrays), ("out", out)])
+    for name, a, min_ndim, (_, text) in zip(names, arrays, op._min_ndim, op.arrays):
+        if min_ndim is not None:
+            if a.ndim < min_ndim:
+                dims = "dimension" if min_ndim == 1 else "dimensions"
+                raise ShapeError(f"{name} must have shape {text} with at least {min_ndim} "
+                                 f"{dims}; got shape {tuple(a.shape)}")
+            checked_size(a.shape, name)
+    cdt, rdt = _dtypes(op.dtype, xp, names, arrays)
+    requested, isa, threads = _current()
+    call = Call(op.name, isa, threads, state)
+    extra = {}
+    if op.shapes is not None:
+        arrays, extra = op.shapes(xp, call, names, arrays, opts, cdt)
+    arrays = [None if a is None else call.cast(xp, a, cdt) for a in arrays]
+    x = arrays[0]
+    if out is not None:
+        if tuple(out.shape) != tuple(x.shape):
+            raise ShapeError(f"out must have shape {tuple(x.shape)}; got {tuple(out.shape)}")
+        if out.dtype != rdt:
+            raise TypeError(f"out must have dtype {rdt}; got {out.dtype}")
+    backend = select_backend(x, lib, op.kernel, requested)
+    if backend.NAME not in op.backends:
+        backend = _dispatch.backend("array_api")
+    call.backend = backend.NAME
+    if op.out:
+        extra["out"] = out if (out is not None and cdt == rdt) else None
+    res = getattr(backend, op.kernel)(xp, *arrays, call=call, **opts, **extra)
+    if op.restore == "all":
+        if res.dtype != rdt:
+            res = xp.astype(res, rdt)
+    elif op.restore:
+        res = tuple(xp.astype(r, rdt) if i in op.restore and r.dtype != rdt else r
+                    for i, r in enumerate(res))
+    if out is not None and res is not out:
+        out[...] = res
+        res = out
+    call.done()
+    return res
+
+
+def _dtypes(rule, xp, names, arrays):
+    """(compute dtype, result dtype) of a call by the record's dtype rule; every
+    array's dtype is checked (complex refused, naming it)."""
+    found = [compute_dtype(xp, a, n) for n, a in zip(names, arrays) if a is not None]
+    cdt, rdt = found[0]
+    if rule == "common":
+        if any(c == xp.float64 for c, _ in found):
+            cdt = xp.float64
+        if any(r != rdt for _, r in found):
+            rdt = cdt
+    elif rule == "coefficients" and cdt != xp.float64 and rdt != xp.float64:
+        cdt = xp.float32
+    return cdt, rdt
+
+
+def _ragged(op, names, arrays, opts, out):
+    """A list of first arrays of different shapes: the call mapped over it (the
+    other array arguments and ``out`` are None or lists of the same length)."""
+    xs = arrays[0]
+    count = len(xs)
+    for name, seq in [*zip(names[1:], arrays[1:]), ("out", out)]:
+        if seq is not None and (not isinstance(seq, (list, tuple)) or len(seq) != count):
+            raise TypeError(f"with a list of matrices, {name} must be None or a list of "
+                            f"{count} arrays; got {type(seq).__name__}")
+    if count:
+        common_namespace([(f"{names[0]}[{i}]", a) for i, a in enumerate(xs)])
+    return [op(a, *(None if s is None else s[i] for s in arrays[1:]),
+               out=None if out is None else out[i], **opts)
+            for i, a in enumerate(xs)]

@@ -1,0 +1,132 @@
+"""The shape of the house: backends are adapters, public functions are records of
+one pipeline, results come back on the caller's device, ``python -m mhc_array``
+works from the repository root."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mhc_array as mx
+from mhc_array import _pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKENDS = os.path.join(ROOT, "backends")
+
+
+@pytest.mark.parametrize("module", sorted(f for f in os.listdir(BACKENDS) if f.endswith(".py")))
+def test_backends_import_only_the_errors_from_the_frontend(module):
+    """A backend may use mhc_array.errors, the compiled module and the package's
+    version string (to check the compiled module against it); nothing else of the
+    frontend (no config, stats or dispatch)."""
+    with open(os.path.join(BACKENDS, module)) as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 2 or (node.module or "").startswith("mhc_array"):
+                mod = (node.module or "").removeprefix("mhc_array").lstrip(".")
+                names = {a.name for a in node.names}
+                assert mod in ("errors", "_native") or (mod == "" and names == {"__version__"}), \
+                    f"{module} imports {names} from mhc_array.{mod}"
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                assert not a.name.startswith("mhc_array"), f"{module} imports {a.name}"
+
+
+PUBLIC = ["sinkhorn_knopp", "euclidean_distance", "poincare_distance", "spherical_distance",
+          "geometric_distance", "pairwise_distance", "check_manifold", "project_to_manifold",
+          "mhc_pre", "mhc_post"]
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_public_functions_are_records_of_the_pipeline(name):
+    """Each public function's body is one call of its record (an _pipeline.Op): no
+    function writes the pipeline's steps out again."""
+    import inspect
+    fn = getattr(mx, name)
+    tree = ast.parse(inspect.getsource(fn).strip())
+    body = [n for n in tree.body[0].body if not isinstance(n, ast.Expr)]  # docstring dropped
+    assert len(body) == 1 and isinstance(body[0], ast.Return), name
+    call = body[0].value
+    assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name), name
+    assert isinstance(fn.__globals__[call.func.id], _pipeline.Op), name
+
+
+def test_results_on_a_non_default_device():
+    """array_api_strict's second device: every function returns on the caller's device
+    (the native backend reads such arrays through DLPack and must put the result back)."""
+    xp = pytest.importorskip("array_api_strict")
+    dev = xp.Device("device1")
+    rng = np.random.default_rng(0)
+
+    def a(shape, scale=1.0):
+        return xp.asarray(rng.standard_normal(shape) * scale, device=dev)
+
+    n, C = 4, 8
+    x, w = a((5, n, C)), a((n * C, (2 + n) * n), 0.1)
+    b, al = a(((2 + n) * n,), 0.1), xp.asarray([0.5, 0.5, 0.5], device=dev)
+    p, q = a((6, 3), 0.1), a((4, 3), 0.1)
+    for backend in ("auto", "array_api"):
+        with mx.use_backend(backend):
+            h = mx.mhc_pre(x, w, b, al)
+            results = [
+                mx.sinkhorn_knopp(a((3, 4, 4)), logits=True),
+                mx.sinkhorn_knopp(xp.abs(a((3, 4, 4))), row_sums=xp.ones(4, device=dev),
+                                  col_sums=xp.ones(4, device=dev)),
+                mx.euclidean_distance(p, p[0, ...]), mx.poincare_distance(p, q[0, ...]),
+                mx.spherical_distance(p, q[0, ...]), mx.pairwise_distance(p, q),
+                mx.pairwise_distance(p[:0, ...], q),
+                mx.check_manifold(p, manifold="poincare"),
+                mx.project_to_manifold(p, manifold="spherical"),
+                *h, mx.mhc_post(x, h[0], h[2], h[3]),
+                mx.MHCLayer(n, C, seed=0).expand(h[0]),
+            ]
+            for r in results:
+                assert r.device == dev, (backend, r.shape, r.device)
+
+
+def test_op_records_validate_options_and_name_them():
+    """The record's validators run on the plan path too: a bad option on the fastest
+    call still raises, naming the option."""
+    x = np.ones((3, 4), np.float32)
+    mx.euclidean_distance(x, x[0])  # warm the plan
+    with pytest.raises(ValueError, match="curvature"):
+        mx.poincare_distance(x * 0.1, x[0] * 0.1, curvature=-1.0)
+    with pytest.raises(ValueError, match="on_domain_error"):
+        mx.spherical_distance(x, x[0], on_domain_error="ignore")
+    s = np.ones((8, 4, 4), np.float32)
+    mx.sinkhorn_knopp(s)
+    with pytest.raises(TypeError, match="iterations"):
+        mx.sinkhorn_knopp(s, iterations=2.0)
+    with pytest.raises(ValueError, match="order"):
+        mx.sinkhorn_knopp(s, order="columns")
+
+
+def test_plans_follow_the_configuration():
+    """A plan is cached per configuration: switching backend, ISA or threads takes
+    effect on the very next call, and stats() names the backend that ran."""
+    x = np.random.default_rng(1).random((16, 4, 4)).astype(np.float32)
+    mx.reset_stats()
+    for backend in ("native", "array_api", "auto", "array_api"):
+        if backend == "native" and not mx.config()["backends"]["native"]["available"]:
+            continue
+        with mx.use_backend(backend):
+            mx.sinkhorn_knopp(x)
+    used = set(mx.stats()["sinkhorn_knopp"])
+    assert "array_api" in used
+    assert used <= {"native", "array_api"}
+    if mx.config()["backends"]["native"]["available"]:
+        assert mx.stats()["sinkhorn_knopp"]["native"]["calls"] == 2
+    assert mx.stats()["sinkhorn_knopp"]["array_api"]["calls"] == 2
+
+
+def test_module_runs_from_the_repository_root():
+    """``python -m mhc_array info`` from the repository root (where the source
+    folder mhc_array/ shadows an installed package) finds the backends."""
+    p = subprocess.run([sys.executable, "-m", "mhc_array", "info"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "native" in p.stdout and "array_api" in p.stdout
