@@ -17,9 +17,7 @@ bin="$out/fuzz_abi"
 [ -n "${MHC_FUZZ_NO_BUILD:-}" ] && [ -x "$bin" ] || "$cc" -O1 -g -std=c11 -D_GNU_SOURCE -pthread -fno-omit-frame-pointer \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -DMHC_ARRAY_VERSION='"fuzz"' -I"$here/../include" -I"$src" \
-    "$here/fuzz_abi.c" "$src"/cpu_features.c "$src"/dispatch.c "$src"/kernels_portable.c \
-    "$src"/kernels_sse.c "$src"/kernels_avx2.c "$src"/kernels_avx512.c "$src"/probe.c \
-    -lm -o "$bin"
+    "$here/fuzz_abi.c" "$src"/*.c -lm -o "$bin"
 cd "$out"
 MHC_FUZZ_FAMILY="$family" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
     "$bin" -max_total_time="$secs" -max_len=4096 -timeout=20 -print_final_stats=1 \

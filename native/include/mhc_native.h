@@ -15,8 +15,13 @@
  *    batch over that many threads when the work is large enough to pay for it.
  *  - `err_index` (may be NULL) receives the flat index of the first offending
  *    element when MHC_ERR_DOMAIN is returned, else -1.
- *  - No global mutable state except the CPU feature table, filled once, and
- *    the two test-only allocation counters below (inert unless a test arms them).
+ *  - Global mutable state: the CPU feature table (filled once), the pool of
+ *    helper threads (started on demand by calls with n_threads > 1, kept for
+ *    the life of the process, restarted empty in a forked child) and the two
+ *    test-only allocation counters below (inert unless a test arms them).
+ *
+ * build_ffi.py turns this file into the cffi cdef: keep it plain C
+ * declarations, `typedef enum` with literal values and integer #defines.
  */
 #ifndef MHC_NATIVE_H
 #define MHC_NATIVE_H
@@ -61,6 +66,12 @@ int mhc_best_isa(void);               /* best mhc_isa usable here */
 int mhc_resolve_isa(int requested);   /* min(requested, best); <0 -> best */
 const char *mhc_build_info(void);     /* compiler and flags, static string */
 const char *mhc_version(void);        /* package version compiled in */
+/* Elements of elem_bytes bytes (4: float, 8: double) in one vector of the
+ * kernels at the level `isa` resolves to (mhc_resolve_isa): portable 1, sse 16
+ * bytes, avx2 32, avx512 64 (e.g. avx2: 8 floats, 4 doubles). Callers pad
+ * phi's columns (Kp) of mhc_hc_pre_* to a multiple of it. 0 for another
+ * elem_bytes. */
+int mhc_vector_lanes(int isa, int elem_bytes);
 
 /* ---- Sinkhorn-Knopp ------------------------------------------------------
  * For b in [0, batch): the matrix M_b (n x m) is read from
@@ -146,13 +157,17 @@ int mhc_pairwise_f64(int manifold, const double *x, int64_t nx, int64_t x_rstrid
  * hc_eps, comb = row softmax + hc_eps, columns, then (rows, columns) x
  * (iterations - 1), each denominator + hc_eps, and h_res = comb^T. h_in[t] =
  * sum_i h_pre[t, i] x_t[i, :]. Outputs are contiguous: h_in (tokens, C),
- * h_pre and h_post (tokens, n), h_res (tokens, n, n). 1 <= n <= 16.
+ * h_pre and h_post (tokens, n), h_res (tokens, n, n). 1 <= n <=
+ * MHC_HC_MAX_STREAMS. Kp a multiple of mhc_vector_lanes(isa, sizeof(T)) is
+ * fastest (whole-vector loads of phi's rows).
  * ws: a workspace from mhc_hc_ws_create (reused by every call, safe to share
  * between concurrent calls) or NULL (buffers allocated per call).
  * mhc_hc_post: out_t[i, :] = sum_j h_res[t, i, j] x_t[j, :] + h_post[t, i] f_t,
  * f_t = f + t*f_tstride (0: one f for all); out may be x (same strides), else
  * it must not overlap x.
  */
+#define MHC_HC_MAX_STREAMS 16   /* largest n of mhc_hc_pre_* / mhc_hc_post_* */
+
 typedef struct mhc_hc_ws mhc_hc_ws;
 mhc_hc_ws *mhc_hc_ws_create(void);   /* NULL when out of memory */
 void mhc_hc_ws_destroy(mhc_hc_ws *ws); /* NULL is a no-op */

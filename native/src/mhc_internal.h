@@ -1,6 +1,11 @@
 /*
- * mhc_internal.h -- private declarations shared by dispatch.c and the per-ISA
- * kernel files (kernels_<isa>.c, which all compile kernels.inc).
+ * mhc_internal.h -- private declarations shared by the C sources:
+ *   dispatch.c (+ *_abi_t.inc)  the public kernels: validation, ISA, threads
+ *   kernels_<isa>.c             kernels.inc compiled per ISA level
+ *   alloc.c                     mhc_malloc & co. (test-only fault hooks)
+ *   threads.c / threads.h       the helper-thread pool, mhc_run_chunks
+ *   workspace.c                 the mHC workspaces (mhc_hc_ws)
+ *   checked.h                   overflow-checked size arithmetic
  */
 #ifndef MHC_INTERNAL_H
 #define MHC_INTERNAL_H
@@ -17,8 +22,6 @@
 
 /* Matrices with n*m <= this go to the SoA kernel (one SIMD lane per matrix). */
 #define MHC_SK_SMALL_MAX 64
-/* Streams of the native mHC kernels (SPEC 2.3 uses 4). */
-#define MHC_HC_MAX_N 16
 
 /* Poincare clip radius factor: points with sqrt(K)|p| >= this are scaled to it. */
 #define MHC_CLIP_RADIUS (1.0 - 1e-5)
@@ -26,21 +29,22 @@
 /* Arguments of one Sinkhorn call (already validated, one dtype). */
 #define MHC_SK_ARGS(T)                                                      \
     struct {                                                                \
-        const T *x; int64_t xb, xr;                                         \
-        T *out; int64_t ob, orr;                                            \
+        const T *x; int64_t x_bstride, x_rstride;   /* matrix b, row i */    \
+        T *out; int64_t out_bstride, out_rstride;                           \
         int64_t n, m;                                                       \
-        const T *rs; int64_t rsb;                                           \
-        const T *cs; int64_t csb;                                           \
-        int64_t iters; T tau; int flags;                                    \
+        const T *rs; int64_t rs_bstride;   /* row targets, NULL: all 1 */    \
+        const T *cs; int64_t cs_bstride;   /* column targets, NULL: n/m */   \
+        int64_t iters; T tau; int flags;   /* flags: MHC_SK_* */             \
     }
 typedef MHC_SK_ARGS(float) mhc_sk_args_f32;
 typedef MHC_SK_ARGS(double) mhc_sk_args_f64;
 
-/* Arguments of one row-wise distance call: out[r] = dist(x + r*xr, c + r*cr). */
+/* Arguments of one row-wise distance call:
+ * out[r] = dist(x + r*x_rstride, c + r*c_rstride). */
 #define MHC_DIST_ARGS(T)                                                    \
     struct {                                                                \
-        int manifold; const T *x; int64_t xr;                               \
-        const T *c; int64_t cr; T *out;                                     \
+        int manifold; const T *x; int64_t x_rstride;                        \
+        const T *c; int64_t c_rstride; T *out;                              \
         int64_t d; double K; int mode;                                      \
     }
 typedef MHC_DIST_ARGS(float) mhc_dist_args_f32;
@@ -61,7 +65,7 @@ typedef struct {
     void (*sk_small_f64)(const mhc_sk_args_f64 *, int64_t, int64_t);
     void (*sk_large_f64)(const mhc_sk_args_f64 *, int64_t, int64_t, double *);
     int64_t (*dist_f64)(const mhc_dist_args_f64 *, int64_t, int64_t);
-    /* the mHC connection (see kernels_t.inc) */
+    /* the mHC connection (see mhc_t.inc) */
     void (*hc_proj_f32)(const float *, int64_t, int64_t, int64_t, const float *, int64_t, float *,
                         double *);
     void (*hc_mix_f32)(const float *, int64_t, int64_t, int64_t, int64_t, const float *, float *,
@@ -107,11 +111,18 @@ MHC_DECLARE_KERNELS(avx2)
 MHC_DECLARE_KERNELS(avx512)
 #endif
 
-/* Heap blocks of the library (dispatch.c): malloc/realloc/free with the
+/* Heap blocks of the library (alloc.c): malloc/realloc/free with the
  * test-only fault hook and live-block counter of mhc_native.h. */
 #include <stddef.h>
-void *mhc_malloc(size_t size);
-void *mhc_realloc(void *old, size_t size);
-void mhc_free(void *p);
+MHC_HIDDEN void *mhc_malloc(size_t size);
+MHC_HIDDEN void *mhc_realloc(void *old, size_t size);
+MHC_HIDDEN void mhc_free(void *p);
+
+/* Workspaces of the mHC kernels (workspace.c): a buffer of at least size
+ * bytes from a free slot of w (grown on demand, kept), or from the heap when w
+ * is NULL, all its slots are busy or it cannot grow; NULL when out of memory.
+ * *slot says which, for mhc_ws_give (which frees a heap buffer). */
+MHC_HIDDEN void *mhc_ws_take(mhc_hc_ws *w, size_t size, int *slot);
+MHC_HIDDEN void mhc_ws_give(mhc_hc_ws *w, int slot, void *buf);
 
 #endif /* MHC_INTERNAL_H */
