@@ -418,7 +418,7 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
 
 def plan(kernel, dtypes, ndims, call):
     """A fast callable for NumPy arrays of ``dtypes`` and ``ndims`` (the pipeline's
-    cached plan), or None. The callable takes the arrays and the validated
+    cached plan), or None. The callable takes the arrays and the dict of validated
     options and returns the result, or None to decline a call (a layout or a
     size it does not take, a status to report): the general path then serves
     it, with its errors."""
@@ -432,7 +432,7 @@ def plan(kernel, dtypes, ndims, call):
         sinkhorn_kernel = kernels[0]
         logits_flag = lib.MHC_SK_LOGITS
 
-        def run_sinkhorn(x, *, iterations, tau, logits, order):
+        def run_sinkhorn(x, options):
             shape = x.shape
             n, m = shape[-2], shape[-1]
             count = math.prod(shape[:-2])
@@ -444,9 +444,10 @@ def plan(kernel, dtypes, ndims, call):
                 return None
             res = empty(shape, dt)
             nm = n * m
-            flags = (logits_flag if logits else 0) | _ORDER_FLAG[order]
+            flags = (logits_flag if options["logits"] else 0) | _ORDER_FLAG[options["order"]]
             if sinkhorn_kernel(px, nm, m, from_buffer(array_type, res), nm, m, count, n, m,
-                               null, 0, null, 0, iterations, tau, flags, code, threads, null):
+                               null, 0, null, 0, options["iterations"], options["tau"], flags,
+                               code, threads, null):
                 return None
             return res
         return run_sinkhorn
@@ -454,7 +455,7 @@ def plan(kernel, dtypes, ndims, call):
         distance_kernel = kernels[1]
         two_d = ndims[0] == 2
 
-        def run_distance(x, c, *, manifold, curvature, on_domain_error):
+        def run_distance(x, c, options):
             d = c.shape[0]
             if x.shape[-1] != d or not d:
                 return None
@@ -463,9 +464,10 @@ def plan(kernel, dtypes, ndims, call):
                 px, pc = from_buffer(array_type, x), from_buffer(array_type, c)
             except ValueError:
                 return None
-            if distance_kernel(_MANIFOLD[manifold], px, d, pc, 0, from_buffer(array_type, res),
-                               x.shape[0] if two_d else 1, d, curvature,
-                               _DOMAIN_MODE[on_domain_error], code, threads, null):
+            if distance_kernel(_MANIFOLD[options["manifold"]], px, d, pc, 0,
+                               from_buffer(array_type, res), x.shape[0] if two_d else 1, d,
+                               options["curvature"], _DOMAIN_MODE[options["on_domain_error"]],
+                               code, threads, null):
                 return None  # a domain error, a misaligned pointer: the general path
             return res
         return run_distance

@@ -123,8 +123,7 @@ def sinkhorn_knopp(x, /, *, iterations=20, tau=0.0, logits=False, order="rows-fi
     Returns an array of the shape and dtype of ``x`` in the caller's library.
     Only the side normalised last is exact after finitely many iterations.
     """
-    return SINKHORN(x, row_sums, col_sums, out=out, iterations=iterations, tau=tau,
-                    logits=logits, order=order)
+    return SINKHORN((x, row_sums, col_sums), (iterations, tau, logits, order), out=out)
 
 
 # ---------------------------------------------------------------- distances
@@ -179,7 +178,7 @@ PAIRWISE = Op("pairwise_distance", kernel="pairwise", arrays=(("x", None), ("y",
 def euclidean_distance(x, c, /):
     """Euclidean distance ``|x - c|`` between the points ``x (..., d)`` and ``c``
     (broadcastable, e.g. ``(d,)`` for one reference point); result ``(...)``."""
-    return EUCLIDEAN(x, c, curvature=1.0, on_domain_error="raise")
+    return EUCLIDEAN((x, c), (1.0, "raise"))
 
 
 def poincare_distance(x, c, /, *, curvature=1.0, on_domain_error="raise"):
@@ -190,28 +189,26 @@ def poincare_distance(x, c, /, *, curvature=1.0, on_domain_error="raise"):
     ``K|p|^2 >= 1`` are a DomainError ("raise"), give NaN ("nan"), or are projected
     to radius ``(1-1e-5)/sqrt(K)`` ("clip").
     """
-    return POINCARE(x, c, curvature=curvature, on_domain_error=on_domain_error)
+    return POINCARE((x, c), (curvature, on_domain_error))
 
 
 def spherical_distance(x, c, /, *, on_domain_error="raise"):
     """The angle between ``x`` and ``c`` (any non-zero norms), accurate for tiny and
     near-pi angles. A zero vector is a DomainError ("raise") or gives NaN."""
-    return SPHERICAL(x, c, curvature=1.0, on_domain_error=on_domain_error)
+    return SPHERICAL((x, c), (1.0, on_domain_error))
 
 
 def geometric_distance(x, c, /, *, manifold="euclidean", curvature=1.0,
                        on_domain_error="raise"):
     """The distance on ``manifold`` ("euclidean", "poincare" or "spherical")."""
-    return GEOMETRIC(x, c, manifold=manifold, curvature=curvature,
-                     on_domain_error=on_domain_error)
+    return GEOMETRIC((x, c), (manifold, curvature, on_domain_error))
 
 
 def pairwise_distance(x, y, /, *, manifold="euclidean", curvature=1.0,
                       on_domain_error="raise"):
     """``(N, M)`` distances between the rows of ``x (N, d)`` and ``y (M, d)``, like
     ``scipy.spatial.distance.cdist``, computed directly (no ``|x|^2+|y|^2-2xy``)."""
-    return PAIRWISE(x, y, manifold=manifold, curvature=curvature,
-                    on_domain_error=on_domain_error)
+    return PAIRWISE((x, y), (manifold, curvature, on_domain_error))
 
 
 # ---------------------------------------------------------------- manifolds
@@ -228,11 +225,11 @@ def check_manifold(x, /, *, manifold, curvature=1.0, atol=1e-6):
 
     Sphere: ``abs(|x| - 1) <= atol``; ball: ``K|x|^2 < 1 - atol``; Euclidean: finite.
     """
-    return CHECK_MANIFOLD(x, manifold=manifold, curvature=curvature, atol=atol)
+    return CHECK_MANIFOLD((x,), (manifold, curvature, atol))
 
 
 def project_to_manifold(x, /, *, manifold, curvature=1.0):
     """``x (..., d)`` projected onto the unit sphere (a zero vector is a DomainError) or
     into the Poincare ball (points beyond radius ``(1-1e-5)/sqrt(K)`` scaled to it);
     Euclidean returns a copy. The input is not modified."""
-    return PROJECT(x, manifold=manifold, curvature=curvature)
+    return PROJECT((x,), (manifold, curvature))

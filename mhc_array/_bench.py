@@ -108,34 +108,29 @@ def _hf_v4_mhc(torch, n, C):
     return run
 
 
-def _numpy_distance(manifold):
+def _naive_distance(manifold, sqrt, acosh, acos, clip, norm):
+    """The textbook formulas a user would write in one library (the peers)."""
     def euclidean(x, c):
-        return np.sqrt(((x - c) ** 2).sum(-1))
+        return sqrt(((x - c) ** 2).sum(-1))
 
     def poincare(x, c):
         diff = ((x - c) ** 2).sum(-1)
         z = 2 * diff / ((1 - (x * x).sum(-1)) * (1 - (c * c).sum(-1)))
-        return np.arccosh(1 + z)
+        return acosh(1 + z)
 
     def spherical(x, c):
-        cos = (x * c).sum(-1) / (np.linalg.norm(x, axis=-1) * np.linalg.norm(c, axis=-1))
-        return np.arccos(np.clip(cos, -1, 1))
+        return acos(clip((x * c).sum(-1) / (norm(x) * norm(c)), -1, 1))
     return {"euclidean": euclidean, "poincare": poincare, "spherical": spherical}[manifold]
+
+
+def _numpy_distance(manifold):
+    return _naive_distance(manifold, np.sqrt, np.arccosh, np.arccos, np.clip,
+                           lambda a: np.linalg.norm(a, axis=-1))
 
 
 def _torch_distance(torch, manifold):
-    def euclidean(x, c):
-        return torch.sqrt(((x - c) ** 2).sum(-1))
-
-    def poincare(x, c):
-        diff = ((x - c) ** 2).sum(-1)
-        z = 2 * diff / ((1 - (x * x).sum(-1)) * (1 - (c * c).sum(-1)))
-        return torch.acosh(1 + z)
-
-    def spherical(x, c):
-        cos = (x * c).sum(-1) / (torch.linalg.norm(x, dim=-1) * torch.linalg.norm(c, dim=-1))
-        return torch.acos(torch.clamp(cos, -1, 1))
-    return {"euclidean": euclidean, "poincare": poincare, "spherical": spherical}[manifold]
+    return _naive_distance(manifold, torch.sqrt, torch.acosh, torch.acos, torch.clamp,
+                           lambda a: torch.linalg.norm(a, dim=-1))
 
 
 def _simsimd_distance(simsimd, manifold, threads):

@@ -57,39 +57,48 @@ _defaults = {
                              _available_cores()),
 }
 
-# None means "no override in this context: use the process default".
-_overrides = {key: contextvars.ContextVar(f"mhc_array_{key}", default=None) for key in _defaults}
+_KEYS = ("backend", "isa", "num_threads")
+_default = tuple(_defaults[k] for k in _KEYS)  # the process defaults, as one tuple
 
-
-def _get(key):
-    value = _overrides[key].get()
-    return _defaults[key] if value is None else value
-
-
-_ov_backend, _ov_isa, _ov_threads = (_overrides[k] for k in ("backend", "isa", "num_threads"))
+# This context's overrides: None (none at all, the common case), or a tuple with
+# one entry per key, None where that key is not overridden (the process default,
+# which a later set_* still changes, shows through).
+_overrides = contextvars.ContextVar("mhc_array_overrides", default=None)
 
 
 def current():
     """(backend, isa, num_threads) in force in this context, in one call (the
-    pipeline reads all three per call, as the key of its cached plans)."""
-    b, i, t = _ov_backend.get(), _ov_isa.get(), _ov_threads.get()
-    d = _defaults
-    return (d["backend"] if b is None else b, d["isa"] if i is None else i,
-            d["num_threads"] if t is None else t)
+    pipeline reads it on every call, as the key of its cached plans)."""
+    o = _overrides.get()
+    if o is None:
+        return _default
+    return tuple(d if v is None else v for d, v in zip(_default, o))
+
+
+def _get(key):
+    return current()[_KEYS.index(key)]
+
+
+def _set_default(key, value):
+    global _default
+    _defaults[key] = value
+    _default = tuple(_defaults[k] for k in _KEYS)
 
 
 @contextlib.contextmanager
 def _use(key, value):
-    token = _overrides[key].set(value)
+    o = list(_overrides.get() or (None,) * len(_KEYS))
+    o[_KEYS.index(key)] = value
+    token = _overrides.set(tuple(o))
     try:
         yield value
     finally:
-        _overrides[key].reset(token)
+        _overrides.reset(token)
 
 
 def set_backend(name):
     """Set the default backend: "auto", "native", "cupy" or "array_api"."""
-    _defaults["backend"] = _check_backend("backend", name)
+    _set_default("backend", _check_backend("backend", name))
 
 
 def get_backend():
@@ -107,7 +116,7 @@ def set_isa(level):
 
     A level the CPU lacks falls back to the best one it has, with a warning.
     """
-    _defaults["isa"] = _check_isa("isa", level)
+    _set_default("isa", _check_isa("isa", level))
 
 
 def get_isa():
@@ -122,7 +131,7 @@ def use_isa(level):
 
 def set_num_threads(n):
     """Set how many threads a native call may use (default: the cores this process may use)."""
-    _defaults["num_threads"] = positive_int("n", n)
+    _set_default("num_threads", positive_int("n", n))
 
 
 def get_num_threads():

@@ -125,8 +125,7 @@ def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=NORM_EPS, variant
         for float64 activations). ``h_res`` is doubly stochastic up to the
         iteration's exactness and acts on the raw (not normalised) streams.
     """
-    return MHC_PRE(x, phi, bias, alpha, iterations=iterations, norm_eps=norm_eps,
-                   variant=variant, hc_eps=hc_eps)
+    return MHC_PRE((x, phi, bias, alpha), (iterations, norm_eps, variant, hc_eps))
 
 
 def mhc_post(x, f_out, h_post, h_res, /, *, out=None):
@@ -136,7 +135,7 @@ def mhc_post(x, f_out, h_post, h_res, /, *, out=None):
     ``h_res (..., n, n)`` as returned by ``mhc_pre`` (batch axes broadcast).
     Computed in the coefficient dtype, returned in ``x``'s dtype (or written to
     ``out``, which may be ``x`` itself)."""
-    return MHC_POST(x, f_out, h_post, h_res, out=out)
+    return MHC_POST((x, f_out, h_post, h_res), out=out)
 
 
 class MHCLayer:
@@ -221,8 +220,8 @@ class MHCLayer:
         if (n, C) != (self.n, self.dim):
             raise ShapeError(f"x must have shape (..., {self.n}, {self.dim}) for this layer; "
                              f"got shape {tuple(x.shape)}")
-        return MHC_PRE(x, *self._params(x), state=self._state, iterations=self.iterations,
-                       norm_eps=NORM_EPS, variant=self.variant, hc_eps=HC_EPS)
+        return MHC_PRE((x, *self._params(x)), (self.iterations, NORM_EPS, self.variant, HC_EPS),
+                       state=self._state)
 
     def post(self, x, f_out, h_post, h_res, /, *, out=None):
         return mhc_post(x, f_out, h_post, h_res, out=out)

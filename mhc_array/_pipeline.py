@@ -24,18 +24,19 @@ computed once per such key and kept as a *plan* -- a callable the backend
 builds (``backend.plan``) that runs the kernel directly. A plan may decline a
 call (returns None: an unusual layout, a shape to report) and the call then
 takes the general path, which raises every error. Plans see validated options
-and record no statistics: the pipeline does both.
+(a dict) and record no statistics: the pipeline does both.
 """
 
+import operator
 import time
 
 from . import _config, _dispatch, _stats
 from ._dispatch import Call, checked_size, common_namespace, compute_dtype, select_backend
 from .errors import ShapeError
 
+_is = operator.is_
 _perf = time.perf_counter
 _current = _config.current
-_record = _stats.record
 
 ALL_BACKENDS = ("native", "cupy", "array_api")
 
@@ -49,7 +50,9 @@ class Op:
               in the error; None: optional, checked by ``shapes``
     kernel    the backend function to call:
               ``kernel(xp, *arrays, call=..., **options, **extra[, out=])``
-    options   ((name, validator), ...) keyword options, validated on every call
+    options   ((name, validator), ...) keyword options, validated on every call;
+              the record is called as ``op(arrays, options[, out=][, state=])``
+              with both as tuples in the record's order
     fixed     options the public function sets itself (not validated)
     dtype     "first": the first array's compute dtype (SPEC 2.6), the others
               only checked; "common": one dtype for all (float64 if any is);
@@ -73,7 +76,7 @@ class Op:
 
     __slots__ = ("name", "arrays", "kernel", "options", "fixed", "dtype", "shapes", "restore",
                  "out", "ragged", "names", "backends", "plan_arrays", "plans", "_min_ndim",
-                 "_array_names")
+                 "_array_names", "_no_more", "_valid", "_last_options", "_last_plan")
 
     def __init__(self, name, *, arrays, kernel, options=(), fixed=None, dtype="first",
                  shapes=None, restore="all", out=False, ragged=False, names=None,
@@ -84,6 +87,10 @@ class Op:
         self.out, self.ragged, self.names = out, ragged, names
         self.backends, self.plan_arrays = tuple(backends), plan_arrays
         self.plans = {}
+        self._valid = {}
+        self._last_options = ((object(),), None)  # (options, validated): matches nothing
+        self._last_plan = (None,) * 8             # (key..., plan): matches nothing
+        self._no_more = (None,) * (len(self.arrays) - plan_arrays)  # the other arrays, for a plan
         self._array_names = tuple(a for a, _ in self.arrays)
         self._min_ndim = tuple(None if text is None else text.count(",") for _, text in self.arrays)
 
@@ -91,43 +98,94 @@ class Op:
         return f"Op({self.name!r}, kernel={self.kernel!r})"
 
     def validate(self, options):
-        """The options, validated and normalised, with the fixed ones added."""
-        checked = {name: check(name, options[name]) for name, check in self.options}
+        """The options (a tuple, in the record's order), validated and normalised, as
+        a dict with the fixed ones added."""
+        checked = {name: check(name, v) for (name, check), v in zip(self.options, options)}
         if self.fixed:
             checked.update(self.fixed)
         return checked
 
-    def __call__(self, *arrays, out=None, state=None, **options):
-        if self.plan_arrays and out is None:
-            plan = self._plan(arrays)
-            if plan is not None:
+    def _validated(self, options):
+        """``validate(options)``, remembered: the last call's options when these are
+        the very same objects (the defaults of a public function always are), else
+        the last few distinct option tuples (with their types: 1, 1.0 and True are
+        equal but not the same option)."""
+        last = self._last_options
+        if len(options) == len(last[0]) and all(map(_is, options, last[0])):
+            return last[1]
+        try:
+            hit = self._valid.get(options)
+        except TypeError:  # an unhashable value: validation reports it
+            return self.validate(options)
+        types = tuple(map(type, options))
+        if hit is not None and hit[0] == types:
+            checked = hit[1]
+        else:
+            checked = self.validate(options)
+            if len(self._valid) >= 64:
+                self._valid.clear()
+            self._valid[options] = (types, checked)
+        self._last_options = (options, checked)
+        return checked
+
+    def __call__(self, arrays, options=(), out=None, state=None):
+        """One call: ``arrays`` and ``options`` are tuples in the record's order."""
+        k = self.plan_arrays
+        if k and out is None:  # a cached plan, when one serves these arrays
+            # the last plan and options used when these are the very same (inline:
+            # this is the latency of every small call), else _plan / _validated
+            x, last = arrays[0], self._last_plan
+            if k == 1:
+                plan = (last[4] if x.__class__ is last[0] and x.dtype is last[1]
+                        and x.ndim == last[2] and _current() is last[3] else self._plan(arrays))
+            else:
+                y = arrays[1]
+                plan = (last[7] if x.__class__ is last[0] and x.dtype is last[1]
+                        and x.ndim == last[2] and y.__class__ is last[4] and y.dtype is last[5]
+                        and y.ndim == last[6] and _current() is last[3]
+                        else self._plan(arrays))
+            if plan and all(map(_is, arrays[k:], self._no_more)):
+                last = self._last_options
+                opts = (last[1] if len(options) == len(last[0]) and all(map(_is, options, last[0]))
+                        else self._validated(options))
                 t0 = _perf()
-                res = plan[0](*arrays[:self.plan_arrays], **self.validate(options))
+                res = plan[0](*arrays[:k], opts)
                 if res is not None:
-                    _record(self.name, plan[1], 0, 0, _perf() - t0)
+                    seconds = plan[1]
+                    seconds.append(_perf() - t0)
+                    if len(seconds) > 4096:
+                        _stats.fold()
                     return res
         return run(self, arrays, options, out, state)
 
-    # ------------------------------------------------------------ plans
-
     def _plan(self, arrays):
-        """(callable, backend name) of the cached plan for these arrays, or None."""
-        k = self.plan_arrays
-        x = arrays[0]
+        """The cached plan for these arrays under the configuration in force: the
+        last one used when the arrays' type, dtype and ndim are the very same,
+        else looked up (or made) by that key; False when none serves them."""
+        x, cfg = arrays[0], _current()
         try:
-            if k == 1:
-                key = (x.__class__, x.dtype, x.ndim, _current())
+            if self.plan_arrays == 1:
+                last = self._last_plan
+                if (x.__class__ is last[0] and x.dtype is last[1] and x.ndim == last[2]
+                        and cfg is last[3]):
+                    return last[4]
+                key = (x.__class__, x.dtype, x.ndim, cfg)
             else:
-                y = arrays[1]
-                key = (x.__class__, x.dtype, x.ndim, y.__class__, y.dtype, y.ndim, _current())
+                y, last = arrays[1], self._last_plan
+                if (x.__class__ is last[0] and x.dtype is last[1] and x.ndim == last[2]
+                        and y.__class__ is last[4] and y.dtype is last[5] and y.ndim == last[6]
+                        and cfg is last[3]):
+                    return last[7]
+                key = (x.__class__, x.dtype, x.ndim, cfg, y.__class__, y.dtype, y.ndim)
         except AttributeError:  # not arrays (a list, None, ...): the general path
-            return None
+            return False
         plan = self.plans.get(key)
         if plan is None:
-            plan = self.plans[key] = self._make_plan(arrays[:k], key[-1])
-        if plan is False or any(a is not None for a in arrays[k:]):
-            return None
+            plan = self.plans[key] = self._make_plan(arrays[:self.plan_arrays], cfg)
+        self._last_plan = key + (plan,)
         return plan
+
+    # ------------------------------------------------------------ plans
 
     def _make_plan(self, arrays, config):
         """A plan for arrays of these types, dtypes and ndims under ``config``, or
@@ -144,7 +202,7 @@ class Op:
             return False
         fn = native.plan(self.kernel, [a.dtype for a in arrays], [a.ndim for a in arrays],
                          Call(self.name, isa, threads))
-        return False if fn is None else (fn, native.NAME)
+        return False if fn is None else (fn, _stats.zero_copy_queue(self.name, native.NAME))
 
 
 def run(op, arrays, options, out=None, state=None):
@@ -152,7 +210,7 @@ def run(op, arrays, options, out=None, state=None):
     opts = op.validate(options)
     names = op.names(opts) if op.names else op._array_names
     if op.ragged and isinstance(arrays[0], (list, tuple)):
-        return _ragged(op, names, arrays, opts, out)
+        return _ragged(op, names, arrays, options, out)
     xp, lib = common_namespace([*zip(names, arrays), ("out", out)])
     for name, a, min_ndim, (_, text) in zip(names, arrays, op._min_ndim, op.arrays):
         if min_ndim is not None:
@@ -209,7 +267,7 @@ def _dtypes(rule, xp, names, arrays):
     return cdt, rdt
 
 
-def _ragged(op, names, arrays, opts, out):
+def _ragged(op, names, arrays, options, out):
     """A list of first arrays of different shapes: the call mapped over it (the
     other array arguments and ``out`` are None or lists of the same length)."""
     xs = arrays[0]
@@ -220,6 +278,6 @@ def _ragged(op, names, arrays, opts, out):
                             f"{count} arrays; got {type(seq).__name__}")
     if count:
         common_namespace([(f"{names[0]}[{i}]", a) for i, a in enumerate(xs)])
-    return [op(a, *(None if s is None else s[i] for s in arrays[1:]),
-               out=None if out is None else out[i], **opts)
+    return [op((a, *(None if s is None else s[i] for s in arrays[1:])), options,
+               out=None if out is None else out[i])
             for i, a in enumerate(xs)]
