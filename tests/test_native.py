@@ -300,3 +300,219 @@ else:
     assert p.returncode == 0, p.stderr
     x = np.random.default_rng(0).random((6, 4, 4))
     np.testing.assert_allclose(np.load(tmp_path / "a.npy"), ref.sinkhorn(x), rtol=1e-10)
+
+
+# ---------------------------------------------------------------- the raw C ABI
+# Ported from native/tests/check_native.py (a script nothing ran). Status codes
+# are read from lib, never written as numbers.
+
+ISA_CODES = {"portable": 0, "sse": 1, "avx2": 2, "avx512": 3}
+SK_PARAMS = ("x", "x_bstride", "x_rstride", "out", "out_bstride", "out_rstride", "batch",
+             "n", "m", "row_sums", "rs_bstride", "col_sums", "cs_bstride", "iterations",
+             "tau", "flags", "isa", "n_threads", "err_index")
+DIST_PARAMS = ("manifold", "x", "x_rstride", "c", "c_rstride", "out", "rows", "d",
+               "curvature", "on_domain_error", "isa", "n_threads", "err_index")
+PAIR_PARAMS = ("manifold", "x", "nx", "x_rstride", "y", "ny", "y_rstride", "d", "out",
+               "curvature", "on_domain_error", "isa", "n_threads", "err_index")
+
+
+def _abi(dtype):
+    from mhc_array._native import ffi, lib
+    return ffi, lib, ("f32", "float") if dtype == "float32" else ("f64", "double")
+
+
+def _call(fn, params, args, **override):
+    args = dict(args, **override)
+    return fn(*[args[p] for p in params])
+
+
+def _sinkhorn_args(dtype, rng):
+    """A valid call on x (2, 3, 3) -> out (2, 3, 3); returns (ffi, lib, fn, args, x, out, err)."""
+    ffi, lib, (sfx, ct) = _abi(dtype)
+    x = rng.uniform(0.1, 1.0, (2, 3, 3)).astype(dtype)
+    out = np.full_like(x, 42)
+    err = ffi.new("int64_t *", 123)
+    args = dict(x=ffi.from_buffer(f"{ct}[]", x), x_bstride=9, x_rstride=3,
+                out=ffi.from_buffer(f"{ct}[]", out), out_bstride=9, out_rstride=3, batch=2,
+                n=3, m=3, row_sums=ffi.NULL, rs_bstride=0, col_sums=ffi.NULL, cs_bstride=0,
+                iterations=5, tau=0.0, flags=0, isa=-1, n_threads=1, err_index=err)
+    return ffi, lib, getattr(lib, f"mhc_sinkhorn_{sfx}"), args, x, out, err
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("override", [
+    dict(batch=-1), dict(iterations=-5), dict(tau=-1.0), dict(n_threads=-1),
+    dict(batch=2**40, n=2**20, m=2**20),      # batch*n*m overflows int64
+    dict(x_bstride=2**62, batch=3),           # an addressed offset overflows int64
+], ids=["neg-batch", "neg-iterations", "neg-tau", "neg-threads", "size-overflow",
+        "stride-overflow"])
+def test_abi_sinkhorn_rejects_invalid_arguments(dtype, override):
+    ffi, lib, fn, args, _, out, err = _sinkhorn_args(dtype, np.random.default_rng(20))
+    assert _call(fn, SK_PARAMS, args, **override) == lib.MHC_ERR_INVALID_DIMENSION
+    assert err[0] == -1
+    np.testing.assert_array_equal(out, 42)  # nothing written
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_abi_sinkhorn_null_input_empty_batch_and_null_err_index(dtype):
+    ffi, lib, fn, args, x, out, err = _sinkhorn_args(dtype, np.random.default_rng(21))
+    assert _call(fn, SK_PARAMS, args, x=ffi.NULL) == lib.MHC_ERR_NULL_POINTER
+    err[0] = 123
+    assert _call(fn, SK_PARAMS, args, batch=0) == lib.MHC_OK
+    assert err[0] == -1
+    np.testing.assert_array_equal(out, 42)
+    # err_index may be NULL: the call runs and computes the result
+    assert _call(fn, SK_PARAMS, args, err_index=ffi.NULL) == lib.MHC_OK
+    np.testing.assert_allclose(out, ref.sinkhorn(x.astype(np.float64), iterations=5),
+                               rtol=2e-5 if dtype == "float32" else 1e-10)
+
+
+def _distance_args(dtype):
+    """Valid calls on x, c (3, 3) -> out (3,) and pairwise x (3, 3) x c (3, 3) -> (3, 3)."""
+    ffi, lib, (sfx, ct) = _abi(dtype)
+    rng = np.random.default_rng(22)
+    x = (rng.standard_normal((3, 3)) * 0.2).astype(dtype)
+    c = (rng.standard_normal((3, 3)) * 0.2).astype(dtype)
+    out = np.full(9, 42, dtype)
+    err = ffi.new("int64_t *", 123)
+    px, pc, po = (ffi.from_buffer(f"{ct}[]", a) for a in (x, c, out))
+    common = dict(manifold=lib.MHC_POINCARE, d=3, curvature=1.0,
+                  on_domain_error=lib.MHC_DOM_RAISE, isa=-1, n_threads=1, err_index=err)
+    dist = dict(common, x=px, x_rstride=3, c=pc, c_rstride=3, out=po, rows=3)
+    pair = dict(common, x=px, nx=3, x_rstride=3, y=pc, ny=3, y_rstride=3, out=po)
+    return (ffi, lib, (getattr(lib, f"mhc_distance_{sfx}"), DIST_PARAMS, dist),
+            (getattr(lib, f"mhc_pairwise_{sfx}"), PAIR_PARAMS, pair), out, err)
+
+
+DIST_BAD = [("distance", dict(manifold=7)), ("distance", dict(rows=-3)),
+            ("distance", dict(curvature=-1.0)), ("distance", dict(curvature=0.0)),
+            ("distance", dict(n_threads=-1)), ("distance", dict(on_domain_error=3)),
+            ("pairwise", dict(manifold=7)), ("pairwise", dict(nx=-1)),
+            ("pairwise", dict(ny=-2)), ("pairwise", dict(curvature=0.0)),
+            ("pairwise", dict(nx=2**40, ny=2**40, x_rstride=0, y_rstride=0))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("which,override", DIST_BAD,
+                         ids=[f"{w}-{'-'.join(f'{k}={v}' for k, v in o.items())}"
+                              for w, o in DIST_BAD])
+def test_abi_distance_rejects_invalid_arguments(dtype, which, override):
+    ffi, lib, dist, pair, out, err = _distance_args(dtype)
+    fn, params, args = dist if which == "distance" else pair
+    assert _call(fn, params, args, **override) == lib.MHC_ERR_INVALID_DIMENSION
+    assert err[0] == -1
+    np.testing.assert_array_equal(out, 42)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_abi_distance_null_pointers_and_empty_calls(dtype):
+    ffi, lib, dist, pair, out, err = _distance_args(dtype)
+    for fn, params, args in (dist, pair):
+        for name in ("x", "c" if params is DIST_PARAMS else "y", "out"):
+            assert _call(fn, params, args, **{name: ffi.NULL}) == lib.MHC_ERR_NULL_POINTER
+    for fn, params, args, empty in ((*dist, dict(rows=0)), (*pair, dict(nx=0)),
+                                    (*pair, dict(ny=0))):
+        err[0] = 123
+        assert _call(fn, params, args, **empty) == lib.MHC_OK
+        assert err[0] == -1
+    np.testing.assert_array_equal(out, 42)
+    # a valid call with err_index NULL computes the distances
+    fn, params, args = dist
+    assert _call(fn, params, args, err_index=ffi.NULL) == lib.MHC_OK
+
+
+def test_resolve_isa_and_vector_lanes():
+    from mhc_array._native import lib
+    best = lib.mhc_best_isa()
+    assert best == ISA_CODES[mx.config()["isa_best"]]
+    assert lib.mhc_resolve_isa(-1) == best
+    assert lib.mhc_resolve_isa(99) == best
+    assert lib.mhc_resolve_isa(0) == 0
+    # elements per vector: portable 1, then 16-, 32- and 64-byte vectors
+    lanes = {4: (1, 4, 8, 16), 8: (1, 2, 4, 8)}
+    for name, isa in ISA_CODES.items():
+        level = isa if cpu_supports(name) else lib.mhc_resolve_isa(isa)
+        assert lib.mhc_resolve_isa(isa) == level
+        assert level <= isa
+        for elem in (4, 8):
+            assert lib.mhc_vector_lanes(isa, elem) == lanes[elem][level], (name, elem)
+        assert lib.mhc_vector_lanes(isa, 2) == 0
+    for isa in (-1, 99):
+        assert lib.mhc_vector_lanes(isa, 4) == lanes[4][best]
+
+
+# ---------------------------------------------------------------- through the public API
+
+
+def _edge_points(rng, rows, d, curvature):
+    """Random directions at radius sqrt(1 - 1e-4) / sqrt(K) (K|p|^2 = 1 - 1e-4)."""
+    v = rng.standard_normal((rows, d))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v * np.sqrt(1 - 1e-4) / np.sqrt(curvature)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("d", [1, 3, 15, 16, 17, 1024, 1031])
+def test_poincare_near_the_boundary_every_width_and_layout(isa, dtype, d):
+    """Points with K|p|^2 = 1 - 1e-4, far apart and 1e-6 apart, for widths around the
+    vector lengths; x and c contiguous, row-strided, and c one broadcast point."""
+    rng = np.random.default_rng(d)
+    rows = 40
+    tol = dict(rtol=1e-5) if dtype == "float32" else dict(rtol=1e-12)
+    for K in (1.0, 0.37):
+        edge = _edge_points(rng, rows, d, K)
+        noise = rng.standard_normal((rows, d))
+        cases = {"edge": (edge, _edge_points(rng, rows, d, K)),
+                 "edge-tiny": (edge, edge * (1 - 1e-6) + 1e-6 * noise / np.sqrt(d * K))}
+        for name, (a, b) in cases.items():
+            a, b = a.astype(dtype), b.astype(dtype)
+            wide_a = np.full((rows, d + 5), np.nan, dtype)
+            wide_b = np.full((rows, d + 2), np.nan, dtype)
+            wide_a[:, :d], wide_b[:, :d] = a, b
+            layouts = {"contiguous": (a, b), "row-strided": (wide_a[:, :d], wide_b[:, :d]),
+                       "c-broadcast": (a, b[0])}
+            for layout, (x, c) in layouts.items():
+                want = ref.poincare(x, c, K)
+                assert np.all(np.isfinite(want))
+                with mx.use_backend("native"), mx.use_isa(isa):
+                    got = mx.poincare_distance(x, c, curvature=K)
+                np.testing.assert_allclose(got, want, **tol, err_msg=f"{name} {layout} K={K}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kw", [
+    dict(iterations=20, logits=True),
+    dict(iterations=20, tau=0.1, order="cols-first"),
+    dict(iterations=0, logits=True),
+    dict(iterations=1, logits=True, order="cols-first"),
+], ids=["logits", "tau-cols-first", "zero-iterations", "one-iteration"])
+def test_sinkhorn_large_matrices(dtype, kw):
+    """Two 512 x 1024 matrices (the large-matrix kernel) at every ISA level."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 512, 1024))
+    if not kw.get("logits"):
+        x = np.abs(x)
+    x = x.astype(dtype)
+    want = ref.sinkhorn(x.astype(np.float64), **kw)
+    # entries are O(1/1024): an absolute slack far below them
+    tol = dict(rtol=2e-5, atol=1e-9) if dtype == "float32" else dict(rtol=1e-10, atol=1e-15)
+    for isa in ISAS:
+        with mx.use_backend("native"), mx.use_isa(isa):
+            got = mx.sinkhorn_knopp(x, **kw)
+        np.testing.assert_allclose(got, want, **tol, err_msg=isa)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sinkhorn_domain_error_index_with_threads(dtype):
+    """A negative entry (not logits) at matrix 3000, element 5 of 4096 4x4 matrices,
+    split over 2 threads: the error names that entry, and x is unchanged."""
+    x = np.abs(np.random.default_rng(6).standard_normal((4096, 4, 4))).astype(dtype)
+    x[3000, 1, 1] = -1
+    x[3500, 0, 0] = -2  # a later one, not the first
+    keep = x.copy()
+    with mx.use_backend("native"), mx.use_num_threads(2):
+        with pytest.raises(mx.DomainError, match=r"x\[3000, 1, 1\]") as info:
+            mx.sinkhorn_knopp(x)
+    assert info.value.index == (3000, 1, 1)
+    np.testing.assert_array_equal(x, keep)
