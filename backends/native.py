@@ -455,19 +455,25 @@ def plan(kernel, dtypes, ndims, call):
         distance_kernel = kernels[1]
         two_d = ndims[0] == 2
 
+        memo = [(None, None)]  # (the last options dict seen, its kernel codes): one tuple
+
         def run_distance(x, c, options):
             d = c.shape[0]
             if x.shape[-1] != d or not d:
                 return None
+            last = memo[0]
+            if last[0] is not options:  # the pipeline passes the same dict while unchanged
+                last = memo[0] = (options, (_MANIFOLD[options["manifold"]], options["curvature"],
+                                            _DOMAIN_MODE[options["on_domain_error"]]))
+            manifold, curvature, mode = last[1]
             res = empty(x.shape[:-1], dt)
             try:
                 px, pc = from_buffer(array_type, x), from_buffer(array_type, c)
             except ValueError:
                 return None
-            if distance_kernel(_MANIFOLD[options["manifold"]], px, d, pc, 0,
-                               from_buffer(array_type, res), x.shape[0] if two_d else 1, d,
-                               options["curvature"], _DOMAIN_MODE[options["on_domain_error"]],
-                               code, threads, null):
+            if distance_kernel(manifold, px, d, pc, 0, from_buffer(array_type, res),
+                               x.shape[0] if two_d else 1, d, curvature, mode, code, threads,
+                               null):
                 return None  # a domain error, a misaligned pointer: the general path
             return res
         return run_distance

@@ -60,10 +60,18 @@ _defaults = {
 _KEYS = ("backend", "isa", "num_threads")
 _default = tuple(_defaults[k] for k in _KEYS)  # the process defaults, as one tuple
 
-# This context's overrides: None (none at all, the common case), or a tuple with
-# one entry per key, None where that key is not overridden (the process default,
-# which a later set_* still changes, shows through).
+# This context's overrides: None (none at all, the common case), or
+# (overrides, defaults, merged): the overrides a tuple with one entry per key,
+# None where that key is not overridden (the process default, which a later
+# set_* still changes, shows through), and the merged tuple as of the
+# defaults tuple they were merged with (current() returns that very object
+# while the defaults are unchanged: the pipeline's plan cache compares by
+# identity).
 _overrides = contextvars.ContextVar("mhc_array_overrides", default=None)
+
+
+def _merge(overrides):
+    return tuple(d if v is None else v for d, v in zip(_default, overrides))
 
 
 def current():
@@ -72,7 +80,9 @@ def current():
     o = _overrides.get()
     if o is None:
         return _default
-    return tuple(d if v is None else v for d, v in zip(_default, o))
+    if o[1] is _default:
+        return o[2]
+    return _merge(o[0])
 
 
 def _get(key):
@@ -87,9 +97,9 @@ def _set_default(key, value):
 
 @contextlib.contextmanager
 def _use(key, value):
-    o = list(_overrides.get() or (None,) * len(_KEYS))
+    o = list((_overrides.get() or ((None,) * len(_KEYS),))[0])
     o[_KEYS.index(key)] = value
-    token = _overrides.set(tuple(o))
+    token = _overrides.set((tuple(o), _default, _merge(o)))
     try:
         yield value
     finally:

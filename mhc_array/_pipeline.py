@@ -35,6 +35,7 @@ from ._dispatch import Call, checked_size, common_namespace, compute_dtype, sele
 from .errors import ShapeError
 
 _is = operator.is_
+_overrides_get = _config._overrides.get
 _perf = time.perf_counter
 _current = _config.current
 
@@ -90,7 +91,12 @@ class Op:
         self._valid = {}
         self._last_options = ((object(),), None)  # (options, validated): matches nothing
         self._last_plan = (None,) * 8             # (key..., plan): matches nothing
-        self._no_more = (None,) * (len(self.arrays) - plan_arrays)  # the other arrays, for a plan
+        # a plan serves calls whose other (optional) arrays are None: at most two
+        # such arrays for a one-array plan, none for a two-array plan
+        self._no_more = (None,) * (len(self.arrays) - plan_arrays)
+        if plan_arrays and len(self._no_more) not in ((2,) if plan_arrays == 1 else (0,)):
+            raise ValueError(f"{name}: a plan keyed by {plan_arrays} array(s) cannot be "
+                             f"used with {len(self._no_more)} more")
         self._array_names = tuple(a for a, _ in self.arrays)
         self._min_ndim = tuple(None if text is None else text.count(",") for _, text in self.arrays)
 
@@ -100,6 +106,9 @@ class Op:
     def validate(self, options):
         """The options (a tuple, in the record's order), validated and normalised, as
         a dict with the fixed ones added."""
+        if len(options) != len(self.options):
+            raise TypeError(f"{self.name}: {len(self.options)} options expected, "
+                            f"got {len(options)}")
         checked = {name: check(name, v) for (name, check), v in zip(self.options, options)}
         if self.fixed:
             checked.update(self.fixed)
@@ -132,30 +141,51 @@ class Op:
         """One call: ``arrays`` and ``options`` are tuples in the record's order."""
         k = self.plan_arrays
         if k and out is None:  # a cached plan, when one serves these arrays
-            # the last plan and options used when these are the very same (inline:
-            # this is the latency of every small call), else _plan / _validated
+            # The last plan and options used, when the arrays' type, dtype and ndim,
+            # the configuration and the option objects are the very same (written
+            # out inline: this is the latency of every small call); else _plan and
+            # _validated look them up.
             x, last = arrays[0], self._last_plan
+            o = _overrides_get()  # _config.current(), inline: None means the defaults
+            cfg = _config._default if o is None else _current()
             if k == 1:
-                plan = (last[4] if x.__class__ is last[0] and x.dtype is last[1]
-                        and x.ndim == last[2] and _current() is last[3] else self._plan(arrays))
+                if (x.__class__ is last[0] and x.dtype is last[1] and x.ndim == last[2]
+                        and cfg is last[3]):
+                    plan = last[4]
+                else:
+                    plan = self._plan(arrays)
+                if plan and arrays[1] is None and arrays[2] is None:
+                    last = self._last_options
+                    opts = (last[1] if all(map(_is, options, last[0]))
+                            else self._validated(options))
+                    t0 = _perf()
+                    res = plan[0](x, opts)
+                    if res is not None:
+                        seconds = plan[1]
+                        seconds.append(_perf() - t0)
+                        if len(seconds) > 4096:
+                            _stats.fold()
+                        return res
             else:
                 y = arrays[1]
-                plan = (last[7] if x.__class__ is last[0] and x.dtype is last[1]
-                        and x.ndim == last[2] and y.__class__ is last[4] and y.dtype is last[5]
-                        and y.ndim == last[6] and _current() is last[3]
-                        else self._plan(arrays))
-            if plan and all(map(_is, arrays[k:], self._no_more)):
-                last = self._last_options
-                opts = (last[1] if len(options) == len(last[0]) and all(map(_is, options, last[0]))
-                        else self._validated(options))
-                t0 = _perf()
-                res = plan[0](*arrays[:k], opts)
-                if res is not None:
-                    seconds = plan[1]
-                    seconds.append(_perf() - t0)
-                    if len(seconds) > 4096:
-                        _stats.fold()
-                    return res
+                if (x.__class__ is last[0] and x.dtype is last[1] and x.ndim == last[2]
+                        and y.__class__ is last[4] and y.dtype is last[5]
+                        and y.ndim == last[6] and cfg is last[3]):
+                    plan = last[7]
+                else:
+                    plan = self._plan(arrays)
+                if plan:
+                    last = self._last_options
+                    opts = (last[1] if all(map(_is, options, last[0]))
+                            else self._validated(options))
+                    t0 = _perf()
+                    res = plan[0](x, y, opts)
+                    if res is not None:
+                        seconds = plan[1]
+                        seconds.append(_perf() - t0)
+                        if len(seconds) > 4096:
+                            _stats.fold()
+                        return res
         return run(self, arrays, options, out, state)
 
     def _plan(self, arrays):

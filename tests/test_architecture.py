@@ -130,3 +130,28 @@ def test_module_runs_from_the_repository_root():
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "native" in p.stdout and "array_api" in p.stdout
+
+
+def test_plans_under_threads_with_different_options():
+    """Threads calling the same function with different options at once: each call
+    gets its own options (the remembered last options and kernel codes are swapped
+    as one object, never half-updated)."""
+    from conftest import run_in_threads
+    import reference as ref
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((64, 16)) * 0.05).astype(np.float64)
+    c = x[0].copy()
+    curvatures = [0.5, 1.0, 2.0, 4.0]
+    wants = [ref.poincare(x, c, K) for K in curvatures]
+    failures = []
+
+    def worker(k):
+        for _ in range(300):
+            got = mx.poincare_distance(x, c, curvature=curvatures[k % 4],
+                                       on_domain_error=("raise", "nan")[k % 2])
+            if not np.allclose(got, wants[k % 4], rtol=1e-12, atol=0):
+                failures.append(k)
+                return
+
+    run_in_threads(worker, 8)
+    assert not failures
