@@ -61,16 +61,17 @@ def _balance_targets(xp, rs, cs, n, m, cdt, device):
     check that two given totals agree to 1e-6 relative."""
     if rs is None and cs is None:
         return None, None
-    ones_n = xp.ones((n,), dtype=cdt, device=device)
-    ones_m = xp.ones((m,), dtype=cdt, device=device)
+
+    def ones(k):
+        return xp.ones((k,), dtype=cdt, device=device)
     if rs is not None and rs.shape[-1] == 1 and n != 1:
-        rs = rs * ones_n
+        rs = rs * ones(n)
     if cs is not None and cs.shape[-1] == 1 and m != 1:
-        cs = cs * ones_m
+        cs = cs * ones(m)
     if cs is None:
-        return rs, xp.expand_dims(xp.sum(rs, axis=-1), axis=-1) / m * ones_m
+        return rs, xp.expand_dims(xp.sum(rs, axis=-1), axis=-1) / m * ones(m)
     if rs is None:
-        return xp.expand_dims(xp.sum(cs, axis=-1), axis=-1) / n * ones_n, cs
+        return xp.expand_dims(xp.sum(cs, axis=-1), axis=-1) / n * ones(n), cs
     tr, tc = xp.sum(rs, axis=-1), xp.sum(cs, axis=-1)
     scale = xp.maximum(xp.abs(tr), xp.abs(tc))
     if not bool(xp.all(xp.abs(tr - tc) <= 1e-6 * scale)):

@@ -77,7 +77,7 @@ class Op:
 
     __slots__ = ("name", "arrays", "kernel", "options", "fixed", "dtype", "shapes", "restore",
                  "out", "ragged", "names", "backends", "plan_arrays", "plans", "_min_ndim",
-                 "_array_names", "_no_more", "_valid", "_last_options", "_last_plan")
+                 "_array_names", "_no_more", "_valid", "_last_options", "_last_plan", "_core")
 
     def __init__(self, name, *, arrays, kernel, options=(), fixed=None, dtype="first",
                  shapes=None, restore="all", out=False, ragged=False, names=None,
@@ -99,6 +99,9 @@ class Op:
                              f"used with {len(self._no_more)} more")
         self._array_names = tuple(a for a, _ in self.arrays)
         self._min_ndim = tuple(None if text is None else text.count(",") for _, text in self.arrays)
+        # (index, min ndim, shape text) of the arrays with a core shape
+        self._core = tuple((i, k, text) for i, (k, (_, text)) in
+                           enumerate(zip(self._min_ndim, self.arrays)) if k is not None)
 
     def __repr__(self):
         return f"Op({self.name!r}, kernel={self.kernel!r})"
@@ -241,14 +244,15 @@ def run(op, arrays, options, out=None, state=None):
     names = op.names(opts) if op.names else op._array_names
     if op.ragged and isinstance(arrays[0], (list, tuple)):
         return _ragged(op, names, arrays, options, out)
-    xp, lib = common_namespace([*zip(names, arrays), ("out", out)])
-    for name, a, min_ndim, (_, text) in zip(names, arrays, op._min_ndim, op.arrays):
-        if min_ndim is not None:
-            if a.ndim < min_ndim:
-                dims = "dimension" if min_ndim == 1 else "dimensions"
-                raise ShapeError(f"{name} must have shape {text} with at least {min_ndim} "
-                                 f"{dims}; got shape {tuple(a.shape)}")
-            checked_size(a.shape, name)
+    xp, lib = common_namespace(zip(names, arrays) if out is None
+                               else [*zip(names, arrays), ("out", out)])
+    for i, min_ndim, text in op._core:
+        a = arrays[i]
+        if a.ndim < min_ndim:
+            dims = "dimension" if min_ndim == 1 else "dimensions"
+            raise ShapeError(f"{names[i]} must have shape {text} with at least {min_ndim} "
+                             f"{dims}; got shape {tuple(a.shape)}")
+        checked_size(a.shape, names[i])
     cdt, rdt = _dtypes(op.dtype, xp, names, arrays)
     requested, isa, threads = _current()
     call = Call(op.name, isa, threads, state)
@@ -285,14 +289,21 @@ def run(op, arrays, options, out=None, state=None):
 def _dtypes(rule, xp, names, arrays):
     """(compute dtype, result dtype) of a call by the record's dtype rule; every
     array's dtype is checked (complex refused, naming it)."""
-    found = [compute_dtype(xp, a, n) for n, a in zip(names, arrays) if a is not None]
-    cdt, rdt = found[0]
+    cdt, rdt = compute_dtype(xp, arrays[0], names[0])
     if rule == "common":
-        if any(c == xp.float64 for c, _ in found):
-            cdt = xp.float64
-        if any(r != rdt for _, r in found):
+        for name, a in zip(names[1:], arrays[1:]):
+            c, r = compute_dtype(xp, a, name)
+            if c == xp.float64:
+                cdt = xp.float64
+            if r != rdt:
+                rdt = None
+        if rdt is None:
             rdt = cdt
-    elif rule == "coefficients" and cdt != xp.float64 and rdt != xp.float64:
+        return cdt, rdt
+    for name, a in zip(names[1:], arrays[1:]):
+        if a is not None:
+            compute_dtype(xp, a, name)
+    if rule == "coefficients" and cdt != xp.float64 and rdt != xp.float64:
         cdt = xp.float32
     return cdt, rdt
 
