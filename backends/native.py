@@ -110,7 +110,7 @@ def resolve_isa(level):
             _warned_isa.add(level)
         if first:
             warnings.warn(f"mhc_array: this CPU (or OS) does not support {level}; "
-                          f"using {BEST_ISA}", RuntimeWarning, stacklevel=7)
+                          f"using {BEST_ISA}", RuntimeWarning, stacklevel=6)
         return best
     return code
 

@@ -192,24 +192,15 @@ class Op:
         return run(self, arrays, options, out, state)
 
     def _plan(self, arrays):
-        """The cached plan for these arrays under the configuration in force: the
-        last one used when the arrays' type, dtype and ndim are the very same,
-        else looked up (or made) by that key; False when none serves them."""
+        """The cached plan for these arrays under the configuration in force, looked
+        up (or made) by the arrays' type, dtype and ndim and the configuration, and
+        remembered as the last one used; False when none serves them."""
         x, cfg = arrays[0], _current()
         try:
-            if self.plan_arrays == 1:
-                last = self._last_plan
-                if (x.__class__ is last[0] and x.dtype is last[1] and x.ndim == last[2]
-                        and cfg is last[3]):
-                    return last[4]
-                key = (x.__class__, x.dtype, x.ndim, cfg)
-            else:
-                y, last = arrays[1], self._last_plan
-                if (x.__class__ is last[0] and x.dtype is last[1] and x.ndim == last[2]
-                        and y.__class__ is last[4] and y.dtype is last[5] and y.ndim == last[6]
-                        and cfg is last[3]):
-                    return last[7]
-                key = (x.__class__, x.dtype, x.ndim, cfg, y.__class__, y.dtype, y.ndim)
+            key = (x.__class__, x.dtype, x.ndim, cfg)
+            if self.plan_arrays == 2:
+                y = arrays[1]
+                key += (y.__class__, y.dtype, y.ndim)
         except AttributeError:  # not arrays (a list, None, ...): the general path
             return False
         plan = self.plans.get(key)
