@@ -155,3 +155,23 @@ def test_plans_under_threads_with_different_options():
 
     run_in_threads(worker, 8)
     assert not failures
+
+
+def test_every_public_function_is_counted_in_stats():
+    """check_manifold and project_to_manifold used to bypass dispatch and stats: every
+    public function now goes through the pipeline and is counted."""
+    x = np.random.default_rng(2).random((5, 3)) * 0.1
+    h = np.random.default_rng(3).standard_normal((2, 4, 8))
+    layer = mx.MHCLayer(4, 8, seed=0)
+    mx.reset_stats()
+    mx.check_manifold(x, manifold="poincare")
+    mx.project_to_manifold(x, manifold="spherical")
+    mx.euclidean_distance(x, x[0])
+    mx.pairwise_distance(x, x)
+    mx.sinkhorn_knopp(np.ones((2, 3, 3)))
+    h_in, _, h_post, h_res = layer.pre(h)
+    layer.post(h, h_in, h_post, h_res)
+    counted = mx.stats()
+    for name in ("check_manifold", "project_to_manifold", "euclidean_distance",
+                 "pairwise_distance", "sinkhorn_knopp", "mhc_pre", "mhc_post"):
+        assert sum(b["calls"] for b in counted[name].values()) == 1, (name, counted.get(name))
