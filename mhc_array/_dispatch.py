@@ -61,7 +61,8 @@ def device_type(x):
 
 def common_namespace(args):
     """Check that every (name, array) in ``args`` (None skipped) shares one library and
-    device; return (xp, library) of the first."""
+    device; return (xp, library) of the first. Dask arrays may come with NumPy ones
+    (a reference point, parameters: broadcast to every block); the call is then lazy."""
     first = None
     for name, arr in args:
         if arr is None:
@@ -71,6 +72,10 @@ def common_namespace(args):
             first = (name, arr, xp, lib)
             continue
         fname, farr, fxp, flib = first
+        if {lib, flib} == {"dask", "numpy"}:
+            if lib == "dask":
+                first = (name, arr, xp, lib)
+            continue
         if lib != flib:
             raise TypeError(f"{fname} is a {flib} array but {name} is a {lib} array; "
                             "pass arrays of one library")

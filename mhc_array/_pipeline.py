@@ -40,6 +40,14 @@ _perf = time.perf_counter
 _current = _config.current
 
 ALL_BACKENDS = ("native", "cupy", "array_api")
+_RECORDS = {}  # name -> Op: records pickle by name (dask sends calls to worker processes)
+
+
+def record(name):
+    """The record of the public function ``name`` (what an Op unpickles to)."""
+    if name not in _RECORDS:
+        import mhc_array  # noqa: F401 - defines every record
+    return _RECORDS[name]
 
 
 class Op:
@@ -87,6 +95,7 @@ class Op:
         self.dtype, self.shapes, self.restore = dtype, shapes, restore
         self.out, self.ragged, self.names = out, ragged, names
         self.backends, self.plan_arrays = tuple(backends), plan_arrays
+        _RECORDS[name] = self
         self.plans = {}
         self._valid = {}
         self._last_options = ((object(),), None)  # (options, validated): matches nothing
@@ -105,6 +114,9 @@ class Op:
 
     def __repr__(self):
         return f"Op({self.name!r}, kernel={self.kernel!r})"
+
+    def __reduce__(self):
+        return record, (self.name,)
 
     def validate(self, options):
         """The options (a tuple, in the record's order), validated and normalised, as
@@ -245,6 +257,10 @@ def run(op, arrays, options, out=None, state=None):
                              f"{dims}; got shape {tuple(a.shape)}")
         checked_size(a.shape, names[i])
     cdt, rdt = _dtypes(op.dtype, xp, names, arrays)
+    if lib == "dask":  # lazy: the same call mapped over the blocks (mhc_array/dask.py)
+        from . import dask as lazy
+        _check_shapes_of(op, names, arrays, opts, cdt)
+        return lazy.run(op, names, arrays, options, out, cdt, rdt)
     requested, isa, threads = _current()
     call = Call(op.name, isa, threads, state)
     extra = {}
@@ -275,6 +291,22 @@ def run(op, arrays, options, out=None, state=None):
         res = out
     call.done()
     return res
+
+
+def _check_shapes_of(op, names, arrays, opts, cdt):
+    """The record's shape relations checked on stand-ins of the arrays' shapes (zeros
+    broadcast from one element, no memory), for arrays whose values are not at hand
+    (lazy arrays); skipped where a shape is unknown."""
+    if op.shapes is None:
+        return
+    import array_api_compat.numpy as npx
+    import numpy as np
+    shapes = [None if a is None else tuple(a.shape) for a in arrays]
+    if any(s is not None and any(not isinstance(d, int) for d in s) for s in shapes):
+        return  # unknown chunk sizes: checked when the blocks are computed
+    stand_ins = [None if s is None else np.broadcast_to(np.zeros((), np.dtype(cdt)), s)
+                 for s in shapes]
+    op.shapes(npx, Call(op.name, "auto", 1), names, stand_ins, opts, np.dtype(cdt))
 
 
 def _dtypes(rule, xp, names, arrays):

@@ -1,0 +1,104 @@
+"""Dask arrays: the pipeline's calls mapped block-wise over the batch axes.
+
+Imported by the pipeline only when a call's arrays are ``dask.array`` arrays
+(``import mhc_array`` never imports dask). The options, the arrays' core
+dimensions, dtypes and the relations between shapes are checked when the graph
+is built, as for any array; values (a negative entry, a point outside the
+ball) are checked where they are computed, on the workers, and raise the same
+errors at ``.compute()``.
+
+Each kernel's core dimensions are stated once, as a generalised-ufunc
+signature (``SIGNATURES``): the batch axes are broadcast and mapped over
+chunk by chunk with ``dask.array.apply_gufunc``, each block computed by the
+same public function (so by the native or CuPy kernels on the workers); core
+axes split over several chunks are first rechunked whole, with a warning
+(that costs a shuffle). Small arguments given as NumPy arrays (a reference
+point, the mHC parameters) become single-chunk dask arrays: one key in the
+graph, passed to every block, not a constant copied into every task.
+``pairwise_distance`` is blocked over both inputs (``blockwise``).
+"""
+
+import warnings
+
+import dask.array as da
+import numpy as np
+from dask.array.utils import meta_from_array
+
+__all__ = ["run", "SIGNATURES"]
+
+# kernel -> (core dims of each array argument, core dims of each result)
+SIGNATURES = {
+    "sinkhorn": (("n,m", "n", "m"), ("n,m",)),
+    "distance": (("d", "d"), ("",)),
+    "check_manifold": (("d",), ("",)),
+    "project_to_manifold": (("d",), ("d",)),
+    "mhc_pre": (("n,c", "p,q", "k", "t"), ("c", "n", "n", "n,n")),
+    "mhc_post": (("n,c", "c", "n", "n,n"), ("n,c",)),
+}
+
+
+class ChunkWarning(RuntimeWarning):
+    """A core axis of a dask array was split over chunks and had to be rechunked."""
+
+
+def _whole_core(name, a, core):
+    """``a`` with its last ``core`` axes in one chunk each (rechunked with a warning)."""
+    if core == 0 or not isinstance(a, da.Array):
+        return a
+    split = [ax for ax in range(a.ndim - core, a.ndim) if len(a.chunks[ax]) > 1]
+    if not split:
+        return a
+    warnings.warn(f"mhc_array: {name} is split over chunks along its core axes {split} "
+                  f"(chunks {a.chunks}); rechunking them whole, which moves data between "
+                  "workers: chunk only the batch axes", ChunkWarning, stacklevel=6)
+    return a.rechunk({ax: -1 for ax in split})
+
+
+def _single_chunk(a):
+    """A NumPy (or other non-dask) argument as a one-chunk dask array: one key."""
+    if a is None or isinstance(a, da.Array):
+        return a
+    return da.from_array(np.asarray(a), chunks=a.shape if a.ndim else ())
+
+
+def run(op, names, arrays, options, out, cdt, rdt):
+    """The lazy result of ``op`` on dask arrays (validated by the pipeline)."""
+    if out is not None:
+        raise TypeError("out= is not supported for dask arrays: results are lazy dask "
+                        "arrays; assign the result instead")
+    if op.kernel == "pairwise":
+        return _pairwise(arrays, options, rdt)
+    cores, results = SIGNATURES[op.kernel]
+    present = [(n, a, c) for n, a, c in zip(names, arrays, cores) if a is not None]
+    args = [_whole_core(n, _single_chunk(a), len(c.split(",")) if c else 0)
+            for n, a, c in present]
+    where = [i for i, a in enumerate(arrays) if a is not None]
+    count = len(arrays)
+
+    def block(*blocks):
+        full = [None] * count
+        for i, b in zip(where, blocks):
+            full[i] = b
+        return op(tuple(full), options)
+
+    signature = (",".join(f"({c})" for _, _, c in present) + "->"
+                 + ",".join(f"({c})" for c in results))
+    if op.restore == "all":
+        dtypes = rdt
+    elif op.restore == ():
+        dtypes = np.bool_ if op.kernel == "check_manifold" else cdt
+    else:
+        dtypes = tuple(rdt if i in op.restore else cdt for i in range(len(results)))
+    like = arrays[0]._meta
+    metas = tuple(meta_from_array(like, 0, dtype=np.dtype(dt)) for dt in
+                  (dtypes if isinstance(dtypes, tuple) else (dtypes,)))
+    return da.apply_gufunc(block, signature, *args, allow_rechunk=True,  # batch chunks unified
+                           meta=metas if len(metas) > 1 else metas[0])
+
+
+def _pairwise(arrays, options, rdt):
+    from ._api import PAIRWISE
+    x, y = (_whole_core(n, _single_chunk(a), 1) for n, a in zip(("x", "y"), arrays))
+    meta = meta_from_array(x._meta, 2, dtype=np.dtype(rdt))
+    return da.blockwise(lambda a, b: PAIRWISE((a, b), options), "ij", x, "ik", y, "jk",
+                        concatenate=True, dtype=rdt, meta=meta)
