@@ -21,11 +21,17 @@ def main(argv=None):
     bench.add_argument("--compile", dest="compile_peers", action="store_true", default=None,
                        help="include torch.compile peers (default: only in the full run)")
     bench.add_argument("--no-compile", dest="compile_peers", action="store_false")
+    bench.add_argument("--dask", metavar="ROWS", type=int,
+                       help="instead: W2 on ROWS x 1024 float32 generated on a local "
+                            "2-worker dask.distributed cluster (e.g. 2000000: 8 GB)")
     args = parser.parse_args(argv)
     if args.command == "info":
         from . import show_config
         show_config()
         return 0
+    if args.dask:
+        from ._bench import run_dask
+        return run_dask(rows=args.dask)
     from ._bench import run
     return run(quick=args.quick, json_path=args.json, plot_path=args.plot, only=args.only,
                threads=args.threads, compile_peers=args.compile_peers)

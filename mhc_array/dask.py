@@ -18,6 +18,7 @@ graph, passed to every block, not a constant copied into every task.
 ``pairwise_distance`` is blocked over both inputs (``blockwise``).
 """
 
+import functools
 import warnings
 
 import dask.array as da
@@ -61,25 +62,33 @@ def _single_chunk(a):
     return da.from_array(np.asarray(a), chunks=a.shape if a.ndim else ())
 
 
+def _block(op, where, count, options, *blocks):
+    """One block: the record called on the blocks (at positions ``where`` of its
+    ``count`` array arguments, None elsewhere). A module-level function with small
+    arguments: cheap to send with every task."""
+    full = [None] * count
+    for i, b in zip(where, blocks):
+        full[i] = b
+    return op(tuple(full), options)
+
+
+def _pairwise_block(op, options, a, b):
+    return op((a, b), options)
+
+
 def run(op, names, arrays, options, out, cdt, rdt):
     """The lazy result of ``op`` on dask arrays (validated by the pipeline)."""
     if out is not None:
         raise TypeError("out= is not supported for dask arrays: results are lazy dask "
                         "arrays; assign the result instead")
     if op.kernel == "pairwise":
-        return _pairwise(arrays, options, rdt)
+        return _pairwise(op, arrays, options, rdt)
     cores, results = SIGNATURES[op.kernel]
     present = [(n, a, c) for n, a, c in zip(names, arrays, cores) if a is not None]
     args = [_whole_core(n, _single_chunk(a), len(c.split(",")) if c else 0)
             for n, a, c in present]
-    where = [i for i, a in enumerate(arrays) if a is not None]
-    count = len(arrays)
-
-    def block(*blocks):
-        full = [None] * count
-        for i, b in zip(where, blocks):
-            full[i] = b
-        return op(tuple(full), options)
+    where = tuple(i for i, a in enumerate(arrays) if a is not None)
+    block = functools.partial(_block, op, where, len(arrays), options)
 
     signature = (",".join(f"({c})" for _, _, c in present) + "->"
                  + ",".join(f"({c})" for c in results))
@@ -96,9 +105,8 @@ def run(op, names, arrays, options, out, cdt, rdt):
                            meta=metas if len(metas) > 1 else metas[0])
 
 
-def _pairwise(arrays, options, rdt):
-    from ._api import PAIRWISE
+def _pairwise(op, arrays, options, rdt):
     x, y = (_whole_core(n, _single_chunk(a), 1) for n, a in zip(("x", "y"), arrays))
     meta = meta_from_array(x._meta, 2, dtype=np.dtype(rdt))
-    return da.blockwise(lambda a, b: PAIRWISE((a, b), options), "ij", x, "ik", y, "jk",
+    return da.blockwise(functools.partial(_pairwise_block, op, options), "ij", x, "ik", y, "jk",
                         concatenate=True, dtype=rdt, meta=meta)
