@@ -82,6 +82,49 @@ def sinkhorn(xp, x, row_sums, col_sums, *, iterations, tau, logits, order, out, 
     return out
 
 
+def sinkhorn_backward(xp, x, row_sums, col_sums, grad, *, iterations, tau, logits, order, call):
+    """The gradient of ``sum(grad * sinkhorn(x))`` w.r.t. ``x`` (targets held fixed):
+    the iterates recomputed, then each normalisation step undone in reverse. For a
+    row step ``Y = diag(t / D) M`` (``D = rowsum + tau``):
+    ``dM_ij = (t_i dY_ij - sum_k dY_ik Y_ik) / D_i``, 0 where ``D_i == 0``;
+    columns likewise. Logits: ``dx = dM0 * M0`` minus ``sum(dM0 * M0)`` at the
+    first maximal entry (C order) of each matrix (the max's term)."""
+    n, m = x.shape[-2], x.shape[-1]
+    if math.prod(x.shape) == 0:
+        return xp.zeros(x.shape, dtype=x.dtype, device=device(x))
+    if logits:
+        top = xp.max(x, axis=(-2, -1), keepdims=True)
+        M = xp.exp(x - top)
+    else:
+        bad = _first_true(xp, x < 0)
+        if bad is not None:
+            raise DomainError.at("x", x.shape, bad, "is negative; sinkhorn_knopp needs x >= 0 "
+                                                  "(or logits=True)")
+        M = x
+    M0 = M
+    r = 1.0 if row_sums is None else xp.expand_dims(row_sums, axis=-1)
+    c = n / m if col_sums is None else xp.expand_dims(col_sums, axis=-2)
+    steps = []  # (axis, target, denominator, output) of each normalisation step
+    for _ in range(iterations):
+        for axis in ((-2, -1) if order == "cols-first" else (-1, -2)):
+            t = r if axis == -1 else c
+            D = xp.sum(M, axis=axis, keepdims=True) + tau
+            M = M * _safe_div(xp, t, D)
+            steps.append((axis, t, D, M))
+    G = grad
+    for axis, t, D, Y in reversed(steps):
+        G = _safe_div(xp, t * G - xp.sum(G * Y, axis=axis, keepdims=True), D)
+    if not logits:
+        return xp.astype(G, x.dtype, copy=True)
+    G = G * M0
+    shape = x.shape
+    flat = xp.reshape(x, shape[:-2] + (n * m,))
+    first = xp.expand_dims(xp.argmax(flat, axis=-1), axis=-1)
+    idx = xp.arange(n * m, device=device(x))
+    hot = xp.astype(xp.reshape(idx == first, shape), G.dtype)
+    return G - hot * xp.sum(G, axis=(-2, -1), keepdims=True)
+
+
 # ---------------------------------------------------------------- distances
 
 def _sq_norm(xp, a):

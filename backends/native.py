@@ -65,10 +65,12 @@ if lib is not None:
     _KERNELS = {
         np.dtype(np.float32): ((ffi.typeof("float[]"), ffi.typeof("float *")),
                                lib.mhc_sinkhorn_f32, lib.mhc_distance_f32, lib.mhc_pairwise_f32,
-                               lib.mhc_hc_pre_f32, lib.mhc_hc_post_f32),
+                               lib.mhc_hc_pre_f32, lib.mhc_hc_post_f32,
+                               lib.mhc_sinkhorn_backward_f32),
         np.dtype(np.float64): ((ffi.typeof("double[]"), ffi.typeof("double *")),
                                lib.mhc_sinkhorn_f64, lib.mhc_distance_f64, lib.mhc_pairwise_f64,
-                               lib.mhc_hc_pre_f64, lib.mhc_hc_post_f64),
+                               lib.mhc_hc_pre_f64, lib.mhc_hc_post_f64,
+                               lib.mhc_sinkhorn_backward_f64),
     }
 else:
     ISA_CODES, ISA_NAMES, BEST_ISA, MAX_STREAMS, _KERNELS = {}, {}, None, 0, {}
@@ -256,14 +258,7 @@ def sinkhorn(xp, x, row_sums, col_sums, *, iterations, tau, logits, order, out, 
     if dst is None:
         dst = np.empty(shape, a.dtype)
     _, out_bstride, out_rstride = _layout(dst, 2, call)
-    targets, keep = [], []  # keep: arrays whose addresses are passed, alive until the call
-    for t in (row_sums, col_sums):
-        if t is None:
-            targets += [ffi.NULL, 0]
-            continue
-        tb, t_bstride, _ = _layout(_to_numpy(t), 1, call, batch)
-        targets += [_ptr(tb, ctype), t_bstride]
-        keep.append(tb)
+    targets, keep = _targets(row_sums, col_sums, batch, ctype, call)
     err = ffi.new("int64_t *", -1)
     flags = (lib.MHC_SK_LOGITS if logits else 0) | _ORDER_FLAG[order]
     status = kernel(_ptr(src, ctype), x_bstride, x_rstride, _ptr(dst, ctype), out_bstride,
@@ -274,6 +269,46 @@ def sinkhorn(xp, x, row_sums, col_sums, *, iterations, tau, logits, order, out, 
                                                  "(or logits=True)")
     _check(status)
     return _finish(xp, x, out, dst)
+
+
+def _targets(row_sums, col_sums, batch, ctype, call):
+    """([pointer, batch stride] * 2 of the targets (NULL, 0 for None), the arrays
+    behind the pointers, to keep alive until the call)."""
+    targets, keep = [], []
+    for t in (row_sums, col_sums):
+        if t is None:
+            targets += [ffi.NULL, 0]
+            continue
+        tb, t_bstride, _ = _layout(_to_numpy(t), 1, call, batch)
+        targets += [_ptr(tb, ctype), t_bstride]
+        keep.append(tb)
+    return targets, keep
+
+
+def sinkhorn_backward(xp, x, row_sums, col_sums, grad, *, iterations, tau, logits, order, call):
+    """The gradient of ``sum(grad * sinkhorn(x))`` w.r.t. ``x`` (targets held fixed)."""
+    a = _to_numpy(x)
+    shape = a.shape
+    n, m = shape[-2], shape[-1]
+    batch = shape[:-2]
+    count = math.prod(batch)
+    res = np.empty(shape, a.dtype)
+    if count == 0 or n == 0 or m == 0:
+        return _back(xp, x, res)
+    ctype, kernel = _KERNELS[a.dtype][0], _KERNELS[a.dtype][6]
+    src, x_bstride, x_rstride = _layout(a, 2, call)
+    g, g_bstride, g_rstride = _layout(_to_numpy(grad), 2, call, batch)
+    targets, keep = _targets(row_sums, col_sums, batch, ctype, call)
+    err = ffi.new("int64_t *", -1)
+    flags = (lib.MHC_SK_LOGITS if logits else 0) | _ORDER_FLAG[order]
+    status = kernel(_ptr(src, ctype), x_bstride, x_rstride, _ptr(g, ctype), g_bstride,
+                    g_rstride, _ptr(res, ctype), n * m, m, count, n, m, *targets, iterations,
+                    tau, flags, resolve_isa(call.isa), call.threads, err)
+    if status == lib.MHC_ERR_DOMAIN:
+        raise DomainError.at("x", shape, err[0], "is negative; sinkhorn_knopp needs x >= 0 "
+                                                 "(or logits=True)")
+    _check(status)
+    return _back(xp, x, res)
 
 
 # ---------------------------------------------------------------- distances

@@ -127,6 +127,25 @@ def sinkhorn_knopp(x, /, *, iterations=20, tau=0.0, logits=False, order="rows-fi
     return SINKHORN((x, row_sums, col_sums), (iterations, tau, logits, order), out=out)
 
 
+def _sinkhorn_backward_shapes(xp, call, names, arrays, opts, cdt):
+    """The forward's checks of x and the targets, and ``grad`` of x's shape."""
+    x, row_sums, col_sums, grad = arrays
+    if tuple(grad.shape) != tuple(x.shape):
+        raise ShapeError(f"grad must have the shape of x {tuple(x.shape)}; "
+                         f"got shape {tuple(grad.shape)}")
+    arrays, extra = _sinkhorn_shapes(xp, call, names[:3], [x, row_sums, col_sums], opts, cdt)
+    return [*arrays, grad], extra
+
+
+# The gradient of sinkhorn_knopp w.r.t. x (not public: mhc_array.torch's autograd
+# calls it): sum(grad * sinkhorn_knopp(x)) differentiated, targets held fixed.
+SINKHORN_BACKWARD = Op(
+    "sinkhorn_knopp_backward", kernel="sinkhorn_backward",
+    arrays=(("x", "(..., n, m)"), ("row_sums", None), ("col_sums", None),
+            ("grad", "(..., n, m)")),
+    options=SINKHORN.options, shapes=_sinkhorn_backward_shapes, plan_arrays=0)
+
+
 # ---------------------------------------------------------------- distances
 
 def _distance_shapes(xp, call, names, arrays, opts, cdt):

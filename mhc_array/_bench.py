@@ -533,7 +533,7 @@ def run_dask(rows=2_000_000, d=1024, chunk_rows=50_000, repeats=3):
     for workers, n_rows in ((2, rows), (1, rows // 2)):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                           host="127.0.0.1", dashboard_address=":0",
-                          silence_logs=40) as cluster, Client(cluster) as client:
+                          silence_logs=40) as cluster, Client(cluster):
             x = da.random.default_rng(0).standard_normal((n_rows, d), chunks=(chunk_rows, d),
                                                          dtype=np.float32)
             x = x.persist()

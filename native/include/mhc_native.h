@@ -106,6 +106,38 @@ int mhc_sinkhorn_f64(const double *x, int64_t x_bstride, int64_t x_rstride,
                      int64_t iterations, double tau, int flags,
                      int isa, int n_threads, int64_t *err_index);
 
+/* ---- Sinkhorn-Knopp, backward -------------------------------------------
+ * grad_x = d<grad_out, sinkhorn(x)>/dx: the exact gradient of the unrolled
+ * iterations of mhc_sinkhorn_* with the same x, batch, n, m, targets,
+ * iterations, tau and flags (gradients w.r.t. the targets are not computed).
+ * grad_out (the upstream gradient) is read from
+ *   grad_out + b*g_bstride + i*g_rstride + j
+ * and grad_x written to grad_x + b*gx_bstride + i*gx_rstride + j; grad_x must
+ * not overlap x, grad_out or the targets. The forward is recomputed per
+ * matrix (its scaling vectors kept in a per-thread workspace of about
+ * (2*iterations + 3)*(n + m) + 2*n*m elements; MHC_ERR_OUT_OF_MEMORY if it
+ * cannot be had), then propagated backward: a row (column) whose sum + tau is
+ * 0 passes no gradient. With MHC_SK_LOGITS the max's term goes to the first
+ * maximal entry in C order; without it a negative x is MHC_ERR_DOMAIN as in
+ * mhc_sinkhorn_* (nothing written).
+ */
+int mhc_sinkhorn_backward_f32(const float *x, int64_t x_bstride, int64_t x_rstride,
+                              const float *grad_out, int64_t g_bstride, int64_t g_rstride,
+                              float *grad_x, int64_t gx_bstride, int64_t gx_rstride,
+                              int64_t batch, int64_t n, int64_t m,
+                              const float *row_sums, int64_t rs_bstride,
+                              const float *col_sums, int64_t cs_bstride,
+                              int64_t iterations, double tau, int flags,
+                              int isa, int n_threads, int64_t *err_index);
+int mhc_sinkhorn_backward_f64(const double *x, int64_t x_bstride, int64_t x_rstride,
+                              const double *grad_out, int64_t g_bstride, int64_t g_rstride,
+                              double *grad_x, int64_t gx_bstride, int64_t gx_rstride,
+                              int64_t batch, int64_t n, int64_t m,
+                              const double *row_sums, int64_t rs_bstride,
+                              const double *col_sums, int64_t cs_bstride,
+                              int64_t iterations, double tau, int flags,
+                              int isa, int n_threads, int64_t *err_index);
+
 /* ---- Distances ----------------------------------------------------------
  * out[r] = dist(x + r*x_rstride, c + r*c_rstride) for r < rows, vectors of
  * length d (a stride of 0 repeats one vector). out is contiguous.

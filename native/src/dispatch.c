@@ -3,7 +3,7 @@
  * ISA resolution (one kernel table per level), splitting over threads
  * (threads.h). The type-generic ABI functions are in one file per family,
  * each included once for float and once for double:
- *   sinkhorn_abi_t.inc  mhc_sinkhorn_*
+ *   sinkhorn_abi_t.inc  mhc_sinkhorn_*, mhc_sinkhorn_backward_*
  *   distance_abi_t.inc  mhc_distance_*, mhc_pairwise_*
  *   mhc_abi_t.inc       mhc_hc_pre_*, mhc_hc_post_*
  */
@@ -22,7 +22,9 @@
 
 #define MHC_TABLE(isa)                                                                 \
     {#isa, mhc_sk_small_f32_##isa, mhc_sk_large_f32_##isa, mhc_dist_f32_##isa,        \
+     mhc_sk_bwd_f32_##isa,                                                             \
      mhc_sk_small_f64_##isa, mhc_sk_large_f64_##isa, mhc_dist_f64_##isa,               \
+     mhc_sk_bwd_f64_##isa,                                                             \
      mhc_hc_proj_f32_##isa, mhc_hc_mix_f32_##isa, mhc_hc_post_f32_##isa,               \
      mhc_hc_proj_f64_##isa, mhc_hc_mix_f64_##isa, mhc_hc_post_f64_##isa}
 

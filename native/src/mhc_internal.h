@@ -39,6 +39,19 @@
 typedef MHC_SK_ARGS(float) mhc_sk_args_f32;
 typedef MHC_SK_ARGS(double) mhc_sk_args_f64;
 
+/* Arguments of one Sinkhorn backward call: the forward's (out unused) plus the
+ * upstream gradient g and the result gx, matrix b, row i. */
+#define MHC_SK_BWD_ARGS(T)                                                  \
+    struct {                                                                \
+        MHC_SK_ARGS(T) f;                                                   \
+        const T *g; int64_t g_bstride, g_rstride;                           \
+        T *gx; int64_t gx_bstride, gx_rstride;                              \
+    }
+typedef MHC_SK_BWD_ARGS(float) mhc_sk_bwd_args_f32;
+typedef MHC_SK_BWD_ARGS(double) mhc_sk_bwd_args_f64;
+/* Workspace elements of sk_bwd for one matrix (the ABI checks it for overflow). */
+#define MHC_SK_BWD_WS(n, m, iters) (2 * (n) * (m) + (2 * (iters) + 3) * ((n) + (m)))
+
 /* Arguments of one row-wise distance call:
  * out[r] = dist(x + r*x_rstride, c + r*c_rstride). */
 #define MHC_DIST_ARGS(T)                                                    \
@@ -56,15 +69,19 @@ typedef MHC_DIST_ARGS(double) mhc_dist_args_f64;
  *  sk_large(a, b0, b1, ws)   matrices [b0, b1), ws holds n + 2m elements
  *  dist(a, r0, r1)           rows [r0, r1); returns the first row with a
  *                            domain error in MHC_DOM_RAISE mode, else -1
+ *  sk_bwd(a, b0, b1, ws)     Sinkhorn backward of matrices [b0, b1), ws holds
+ *                            MHC_SK_BWD_WS(n, m, iters) elements
  */
 typedef struct {
     const char *name;
     void (*sk_small_f32)(const mhc_sk_args_f32 *, int64_t, int64_t);
     void (*sk_large_f32)(const mhc_sk_args_f32 *, int64_t, int64_t, float *);
     int64_t (*dist_f32)(const mhc_dist_args_f32 *, int64_t, int64_t);
+    void (*sk_bwd_f32)(const mhc_sk_bwd_args_f32 *, int64_t, int64_t, float *);
     void (*sk_small_f64)(const mhc_sk_args_f64 *, int64_t, int64_t);
     void (*sk_large_f64)(const mhc_sk_args_f64 *, int64_t, int64_t, double *);
     int64_t (*dist_f64)(const mhc_dist_args_f64 *, int64_t, int64_t);
+    void (*sk_bwd_f64)(const mhc_sk_bwd_args_f64 *, int64_t, int64_t, double *);
     /* the mHC connection (see mhc_t.inc) */
     void (*hc_proj_f32)(const float *, int64_t, int64_t, int64_t, const float *, int64_t, float *,
                         double *);
@@ -86,9 +103,11 @@ typedef struct {
     MHC_HIDDEN void mhc_sk_small_f32_##isa(const mhc_sk_args_f32 *, int64_t, int64_t);             \
     MHC_HIDDEN void mhc_sk_large_f32_##isa(const mhc_sk_args_f32 *, int64_t, int64_t, float *);    \
     MHC_HIDDEN int64_t mhc_dist_f32_##isa(const mhc_dist_args_f32 *, int64_t, int64_t);            \
+    MHC_HIDDEN void mhc_sk_bwd_f32_##isa(const mhc_sk_bwd_args_f32 *, int64_t, int64_t, float *);  \
     MHC_HIDDEN void mhc_sk_small_f64_##isa(const mhc_sk_args_f64 *, int64_t, int64_t);             \
     MHC_HIDDEN void mhc_sk_large_f64_##isa(const mhc_sk_args_f64 *, int64_t, int64_t, double *);   \
     MHC_HIDDEN int64_t mhc_dist_f64_##isa(const mhc_dist_args_f64 *, int64_t, int64_t);            \
+    MHC_HIDDEN void mhc_sk_bwd_f64_##isa(const mhc_sk_bwd_args_f64 *, int64_t, int64_t, double *); \
     MHC_HIDDEN void mhc_hc_proj_f32_##isa(const float *, int64_t, int64_t, int64_t, const float *,  \
                                           int64_t, float *, double *);                              \
     MHC_HIDDEN void mhc_hc_mix_f32_##isa(const float *, int64_t, int64_t, int64_t, int64_t,         \
