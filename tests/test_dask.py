@@ -37,6 +37,10 @@ def test_distances_match_the_reference(client, manifold):
     c = x[3].copy()
     lazy = mx.geometric_distance(_chunked(x, 100), c, manifold=manifold)
     assert isinstance(lazy, da.Array) and lazy.chunks == ((100,) * 5,)
+    assert lazy.dtype == np.float64 and type(lazy._meta) is np.ndarray  # known unevaluated
+    as32 = mx.geometric_distance(_chunked(x.astype(np.float32), 100), c.astype(np.float32),
+                                 manifold=manifold)
+    assert as32.dtype == np.float32 and as32._meta.dtype == np.float32
     np.testing.assert_allclose(lazy.compute(), ref.distance(manifold, x, c), rtol=1e-12)
     pw = mx.pairwise_distance(_chunked(x[:90], 30), _chunked(x[:70], 35), manifold=manifold)
     assert pw.shape == (90, 70) and pw.numblocks == (3, 2)
@@ -65,6 +69,8 @@ def test_mhc_connection(client):
     lazy = mx.mhc_pre(_chunked(x, 16), layer.phi.astype(np.float64),
                       layer.bias.astype(np.float64), layer.alpha.astype(np.float64))
     want = ref.mhc_pre(x, layer.phi, layer.bias, layer.alpha)
+    assert [g.dtype for g in lazy] == [np.float64] * 4
+    assert [g.chunks[0] for g in lazy] == [(16,) * 4] * 4
     for g, w in zip(lazy, want):
         assert isinstance(g, da.Array)
         np.testing.assert_allclose(g.compute(), w, rtol=1e-10, atol=1e-12)
