@@ -1,7 +1,8 @@
 /*
  * fuzz_abi.c -- libFuzzer harness for the C ABI of mhc_native.h.
  *
- * Each input picks a kernel family (MHC_FUZZ_FAMILY fixes one: 0 Sinkhorn,
+ * Each input picks a kernel family (MHC_FUZZ_FAMILY fixes one: 0 Sinkhorn
+ * (forward and backward),
  * 1 distances (rows and pairwise), 2 the mHC connection (pre and post); -1 or
  * unset: all), then a kernel of that family,
  * a dtype, an ISA level, a thread count, sizes, strides, flags and options,
@@ -122,11 +123,11 @@ static void check_status(int st)
         FAIL("status %d is not an mhc_status", st);
 }
 
-static void fuzz_sinkhorn(src_t *s, int f64, int isa, int nth, int mis)
+static void fuzz_sinkhorn(src_t *s, int f64, int isa, int nth, int mis, int backward)
 {
     const int64_t batch = pick(s, 0, 40), n = pick(s, 0, 12), m = pick(s, 0, 12);
     const int64_t xr = m + pick(s, 0, 3), xb = n * xr + pick(s, 0, 5) * (pick(s, 0, 3) != 0);
-    const int inplace = (int)pick(s, 0, 3) == 0;
+    const int inplace = !backward && (int)pick(s, 0, 3) == 0;
     const int64_t orr = inplace ? xr : m + pick(s, 0, 2), ob = inplace ? xb : n * orr + pick(s, 0, 2);
     const int flags = (int)pick(s, 0, 3);
     const int targets = (int)pick(s, 0, 2); /* 0 none, 1 per matrix, 2 broadcast */
@@ -138,9 +139,23 @@ static void fuzz_sinkhorn(src_t *s, int f64, int isa, int nth, int mis)
     const int64_t tb = targets == 2 ? 0 : n, tcb = targets == 2 ? 0 : m;
     arr_t rs = arr_new(s, targets ? extent(targets == 2 ? 1 : batch, tb, n) : 0, es, 0, 1);
     arr_t cs = arr_new(s, targets ? extent(targets == 2 ? 1 : batch, tcb, m) : 0, es, 0, 1);
+    /* backward: the upstream gradient in x's layout, the gradient written to o */
+    arr_t g = arr_new(s, backward ? extent(batch, xb, extent(n, xr, m)) : 0, es, mis == 3, 0);
     int64_t err = -7;
     int st;
-    if (f64)
+    if (backward && f64)
+        st = mhc_sinkhorn_backward_f64((const double *)x.data, xb, xr, (const double *)g.data, xb,
+                                       xr, (double *)o.data, ob, orr, batch, n, m,
+                                       targets ? (const double *)rs.data : NULL, tb,
+                                       targets ? (const double *)cs.data : NULL, tcb, iters,
+                                       tau, flags, isa, nth, &err);
+    else if (backward)
+        st = mhc_sinkhorn_backward_f32((const float *)x.data, xb, xr, (const float *)g.data, xb,
+                                       xr, (float *)o.data, ob, orr, batch, n, m,
+                                       targets ? (const float *)rs.data : NULL, tb,
+                                       targets ? (const float *)cs.data : NULL, tcb, iters,
+                                       tau, flags, isa, nth, &err);
+    else if (f64)
         st = mhc_sinkhorn_f64((const double *)x.data, xb, xr, (double *)o.data, ob, orr, batch,
                               n, m, targets ? (const double *)rs.data : NULL, tb,
                               targets ? (const double *)cs.data : NULL, tcb, iters, tau, flags,
@@ -151,7 +166,8 @@ static void fuzz_sinkhorn(src_t *s, int f64, int isa, int nth, int mis)
                               targets ? (const float *)cs.data : NULL, tcb, iters, tau, flags,
                               isa, nth, &err);
     check_status(st);
-    if ((mis == 1 || (mis == 2 && !inplace)) && st != MHC_ERR_MISALIGNED)
+    if ((mis == 1 || (mis == 2 && !inplace) || (mis == 3 && backward)) &&
+        st != MHC_ERR_MISALIGNED)
         FAIL("misaligned sinkhorn pointer accepted (status %d)", st);
     if (st == MHC_ERR_DOMAIN && (err < 0 || err >= batch * n * m))
         FAIL("sinkhorn domain error index %lld outside the batch", (long long)err);
@@ -161,6 +177,8 @@ static void fuzz_sinkhorn(src_t *s, int f64, int isa, int nth, int mis)
         arr_same(&x, "x");
     arr_same(&rs, "row_sums");
     arr_same(&cs, "col_sums");
+    arr_same(&g, "grad_out");
+    arr_free(&g);
     arr_free(&x);
     if (!inplace)
         arr_free(&o);
@@ -334,7 +352,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     switch (fam) {
-    case 0: fuzz_sinkhorn(&s, f64, isa, nth, mis); break;
+    case 0: fuzz_sinkhorn(&s, f64, isa, nth, mis, sub); break;
     case 1: fuzz_distance(&s, f64, isa, nth, mis, sub); break;
     default: fuzz_hc(&s, f64, isa, nth, mis, sub); break;
     }
