@@ -61,6 +61,7 @@ from ._config import (  # noqa: E402
     use_num_threads,
 )
 from ._mhc import MHCLayer, mhc_post, mhc_pre  # noqa: E402
+from ._curvature import estimate_curvature, ollivier_ricci_curvature  # noqa: E402
 from ._info import config, cpu_features, empty_aligned, show_config  # noqa: E402
 from ._stats import reset_stats, stats  # noqa: E402
 from .errors import (  # noqa: E402
@@ -78,6 +79,7 @@ __all__ = [
     "euclidean_distance", "poincare_distance", "spherical_distance",
     "geometric_distance", "pairwise_distance", "check_manifold", "project_to_manifold",
     "mhc_pre", "mhc_post", "MHCLayer",
+    "ollivier_ricci_curvature", "estimate_curvature",
     "set_backend", "get_backend", "use_backend",
     "set_isa", "get_isa", "use_isa",
     "set_num_threads", "get_num_threads", "use_num_threads",

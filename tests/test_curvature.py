@@ -1,0 +1,273 @@
+"""Ollivier-Ricci curvature (SPEC 2.4) against an exact linear-programming W1,
+known values, the manifold suggestion and argument errors."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.optimize import linprog
+from scipy.sparse.csgraph import shortest_path
+from scipy.spatial.distance import cdist
+
+import mhc_array as mx
+from mhc_array import _curvature
+
+# ---------------------------------------------------------------- exact reference
+
+def lp_kappa(A, alpha):
+    """{(u, v): kappa} of every edge of the weighted adjacency ``A`` (dense, 0 = no
+    edge): W1 by linear programming over the transport plans, all-pairs shortest
+    paths as costs, d(u, v) the shortest-path distance."""
+    A = np.asarray(A, dtype=np.float64)
+    n = A.shape[0]
+    D = shortest_path(sp.csr_array(A), directed=False)
+
+    def measure(x):
+        p = np.zeros(n)
+        nb = np.flatnonzero(A[x])
+        p[nb] = (1 - alpha) / len(nb)
+        p[x] += alpha
+        return p
+
+    out = {}
+    for u in range(n):
+        for v in range(u + 1, n):
+            if A[u, v] == 0:
+                continue
+            mu, mv = measure(u), measure(v)
+            rows, cols = np.flatnonzero(mu), np.flatnonzero(mv)
+            C = D[np.ix_(rows, cols)]
+            a, b = len(rows), len(cols)
+            A_eq = np.zeros((a + b, a * b))
+            for i in range(a):
+                A_eq[i, i * b:(i + 1) * b] = 1
+            for j in range(b):
+                A_eq[a + j, j::b] = 1
+            res = linprog(C.ravel(), A_eq=A_eq, b_eq=np.concatenate([mu[rows], mv[cols]]),
+                          bounds=(0, None), method="highs")
+            assert res.status == 0
+            out[(u, v)] = 1 - res.fun / D[u, v]
+    return out
+
+
+def cycle(n):
+    A = np.zeros((n, n))
+    i = np.arange(n)
+    A[i, (i + 1) % n] = A[(i + 1) % n, i] = 1
+    return A
+
+
+def grid(r, c):
+    A = np.zeros((r * c, r * c))
+    for i in range(r):
+        for j in range(c):
+            if i + 1 < r:
+                A[i * c + j, (i + 1) * c + j] = 1
+            if j + 1 < c:
+                A[i * c + j, i * c + j + 1] = 1
+    return A + A.T
+
+
+def binary_tree_edges(internal, seed=0):
+    """A random binary tree: ``internal`` times, a random leaf gets two children."""
+    rng = np.random.default_rng(seed)
+    edges, leaves, n = [], [0], 1
+    for _ in range(internal):
+        p = leaves.pop(int(rng.integers(len(leaves))))
+        edges += [(p, n), (p, n + 1)]
+        leaves += [n, n + 1]
+        n += 2
+    return np.array(edges)
+
+
+def adjacency(edges, weights=None, n=None):
+    n = int(edges.max()) + 1 if n is None else n
+    A = np.zeros((n, n))
+    w = np.ones(len(edges)) if weights is None else weights
+    A[edges[:, 0], edges[:, 1]] = w
+    A[edges[:, 1], edges[:, 0]] = w
+    return A
+
+
+def weighted_random(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    W = rng.uniform(0.5, 2, (n, n)) * (rng.random((n, n)) < 0.4)
+    W = np.triu(W, 1)
+    W[np.arange(n - 1), np.arange(1, n)] = 1.0  # connected
+    return W + W.T
+
+
+def knn_adjacency(points, k):
+    D = cdist(points, points)
+    np.fill_diagonal(D, np.inf)
+    A = np.zeros_like(D)
+    idx = np.argsort(D, axis=1)[:, :k]
+    r = np.repeat(np.arange(len(points)), k)
+    A[r, idx.ravel()] = D[r, idx.ravel()]
+    return np.maximum(A, A.T)
+
+
+GRAPHS = {
+    "cycle": cycle(8),
+    "grid": grid(4, 4),
+    "tree": adjacency(binary_tree_edges(6)),
+    "complete": np.ones((5, 5)) - np.eye(5),
+    "weighted": weighted_random(),
+}
+
+
+def max_error(edges, kappa, ref):
+    got = dict(zip(map(tuple, edges.tolist()), kappa))
+    assert set(got) == set(ref)
+    return max(abs(got[e] - ref[e]) for e in ref)
+
+
+# ---------------------------------------------------------------- against the LP
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_matches_linear_programming(name, alpha):
+    A = GRAPHS[name]
+    ref = lp_kappa(A, alpha)
+    errors = {}
+    for reg in (1e-1, 1e-3):
+        edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, alpha=alpha, reg=reg)
+        assert edges.dtype == np.int64 and kappa.dtype == np.float64
+        assert np.all(edges[:, 0] < edges[:, 1])
+        errors[reg] = max_error(edges, kappa, ref)
+    assert errors[1e-3] < 1e-2, errors
+    assert errors[1e-3] <= errors[1e-1] + 1e-12, errors
+
+
+def test_knn_graph_of_points_matches_linear_programming():
+    """Edge lengths are the Euclidean distances, costs shortest paths on the graph."""
+    pts = np.random.default_rng(3).random((25, 2))
+    A = knn_adjacency(pts, 4)
+    ref = lp_kappa(A, 0.5)
+    edges, kappa = mx.ollivier_ricci_curvature(pts, k=4, reg=1e-3)
+    assert max_error(edges, kappa, ref) < 1e-2
+    e01, k01 = mx.ollivier_ricci_curvature(pts, k=4, reg=1e-1)
+    assert max_error(edges, kappa, ref) < max_error(e01, k01, ref)
+
+
+def test_log_domain_below_1e_3_is_tighter():
+    A = GRAPHS["weighted"]
+    ref = lp_kappa(A, 0.5)
+    edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, reg=1e-4, iterations=300)
+    assert max_error(edges, kappa, ref) < 1e-3
+
+
+def test_knn_in_blocks_and_graph_forms_agree(monkeypatch):
+    pts = np.random.default_rng(4).standard_normal((40, 3))
+    e1, k1 = mx.ollivier_ricci_curvature(pts, k=5)
+    monkeypatch.setattr(_curvature, "KNN_BLOCK", 7)
+    monkeypatch.setattr(_curvature, "EDGE_CHUNK", 11)
+    e2, k2 = mx.ollivier_ricci_curvature(pts.tolist(), k=5)
+    np.testing.assert_array_equal(e1, e2)
+    np.testing.assert_allclose(k1, k2, atol=1e-5)  # batches stop at other times
+    A = knn_adjacency(pts, 5)
+    for graph in (A, sp.csr_array(A), (e1, A[e1[:, 0], e1[:, 1]])):
+        e3, k3 = mx.ollivier_ricci_curvature(None, graph=graph)
+        np.testing.assert_array_equal(e1, e3)
+        np.testing.assert_allclose(k1, k3, atol=1e-5)
+
+
+def test_other_manifolds_run():
+    rng = np.random.default_rng(5)
+    ball = rng.standard_normal((30, 2)) * 0.2
+    edges, kappa = mx.ollivier_ricci_curvature(ball, k=4, manifold="poincare", curvature=2.0)
+    assert np.all(np.isfinite(kappa)) and len(edges) >= 30 * 4 // 2
+    s = rng.standard_normal((30, 3))
+    edges, kappa = mx.ollivier_ricci_curvature(s, k=4, manifold="spherical")
+    assert np.all(np.isfinite(kappa))
+
+
+# ---------------------------------------------------------------- known values
+
+@pytest.mark.parametrize("n", [4, 5, 8])
+def test_complete_graph(n):
+    """K_n, alpha = 0: m_u and m_v share n-2 atoms; 1/(n-1) moves from v to u, so
+    W1 = 1/(n-1) and kappa = (n-2)/(n-1)."""
+    edges, kappa = mx.ollivier_ricci_curvature(None, graph=np.ones((n, n)) - np.eye(n),
+                                               alpha=0.0, reg=1e-3)
+    assert len(edges) == n * (n - 1) // 2
+    np.testing.assert_allclose(kappa, (n - 2) / (n - 1), atol=1e-3)
+
+
+@pytest.mark.parametrize("n", [6, 7, 10])
+def test_cycle_is_flat(n):
+    _, kappa = mx.ollivier_ricci_curvature(None, graph=cycle(n), alpha=0.0, reg=1e-3)
+    np.testing.assert_allclose(kappa, 0.0, atol=1e-3)
+
+
+def test_tree_internal_edges_negative_leaf_edges_not():
+    edges = binary_tree_edges(15, seed=2)
+    deg = np.bincount(edges.ravel())
+    e, kappa = mx.ollivier_ricci_curvature(None, graph=(edges, np.ones(len(edges))),
+                                           reg=1e-3)
+    leaf = (deg[e[:, 0]] == 1) | (deg[e[:, 1]] == 1)
+    internal = (deg[e[:, 0]] == 3) & (deg[e[:, 1]] == 3)
+    assert internal.sum() > 3 and leaf.sum() > 3
+    np.testing.assert_allclose(kappa[internal], -1 / 3, atol=1e-3)  # degrees 3, 3
+    assert np.all(kappa[leaf] > 0)  # alpha = 0.5: 1/3 at a degree-3 parent
+    _, k0 = mx.ollivier_ricci_curvature(None, graph=(edges, np.ones(len(edges))), alpha=0.0,
+                                        reg=1e-3)
+    assert np.all(k0[internal] < -0.5) and np.allclose(k0[leaf], 0.0, atol=1e-3)
+
+
+# ---------------------------------------------------------------- the suggestion
+
+def fibonacci_sphere(n):
+    i = np.arange(n) + 0.5
+    phi, theta = np.arccos(1 - 2 * i / n), np.pi * (1 + 5 ** 0.5) * i
+    return np.c_[np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)]
+
+
+def test_estimate_sphere_spherical():
+    """A coarse sphere sample (neighbourhoods of about a third of the sphere)."""
+    r = mx.estimate_curvature(fibonacci_sphere(20), k=12)
+    assert r["suggested"] == "spherical", r
+    assert set(r["quantiles"]) == {5, 25, 75, 95}
+    assert r["quantiles"][5] <= r["quantiles"][25] <= r["median"] <= r["quantiles"][75]
+    assert "spherical" in r["rule"] and "poincare" in r["rule"]
+
+
+def test_estimate_flat_grid_euclidean():
+    g = np.stack(np.meshgrid(np.arange(15.0), np.arange(15.0)), -1).reshape(-1, 2)
+    r = mx.estimate_curvature(g, k=4)
+    assert r["suggested"] == "euclidean", r
+    assert abs(r["median"]) < 1e-2
+
+
+def test_estimate_tree_poincare():
+    edges = binary_tree_edges(60, seed=1)
+    r = mx.estimate_curvature(None, graph=(edges, np.ones(len(edges))))
+    assert r["suggested"] == "poincare", r
+    assert r["median"] < -0.2
+
+
+# ---------------------------------------------------------------- errors
+
+def test_bad_arguments_are_named():
+    pts = np.random.default_rng(0).random((10, 2))
+    f = mx.ollivier_ricci_curvature
+    for kw, exc, name in [
+        ({"k": 0}, ValueError, "k"), ({"k": 10}, ValueError, "k"),
+        ({"k": 2.0}, TypeError, "k"), ({"alpha": 1.0}, ValueError, "alpha"),
+        ({"alpha": -0.1}, ValueError, "alpha"), ({"reg": 0.0}, ValueError, "reg"),
+        ({"reg": "x"}, TypeError, "reg"), ({"iterations": 0}, ValueError, "iterations"),
+        ({"manifold": "hyperbolic"}, ValueError, "manifold"),
+    ]:
+        with pytest.raises(exc, match=name):
+            f(pts, **kw)
+    with pytest.raises(ValueError, match="points"):
+        f(pts[0])
+    with pytest.raises(TypeError, match="points"):
+        f(pts.astype(np.complex128))
+    with pytest.raises(ValueError, match="points"):
+        f(np.array([[np.nan, 0.0], [1.0, 1.0], [2.0, 2.0]]), k=1)
+    with pytest.raises(ValueError, match="graph"):
+        f(None, graph=-np.ones((3, 3)))
+    with pytest.raises(ValueError, match="graph"):
+        f(None, graph=np.ones((3, 4)))
+    with pytest.raises(ValueError, match="alpha"):
+        mx.estimate_curvature(pts, alpha=2)
