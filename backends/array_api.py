@@ -53,19 +53,23 @@ def _safe_div(xp, num, den):
 
 # ---------------------------------------------------------------- Sinkhorn
 
+def _start(xp, x, logits, copy):
+    """The start matrix: ``exp(x - max)`` per matrix, or ``x`` itself (checked >= 0;
+    copied with ``copy``)."""
+    if logits:
+        return xp.exp(x - xp.max(x, axis=(-2, -1), keepdims=True))
+    bad = _first_true(xp, x < 0)
+    if bad is not None:
+        raise DomainError.at("x", x.shape, bad, "is negative; sinkhorn_knopp needs x >= 0 "
+                                                "(or logits=True)")
+    return xp.asarray(x, copy=True) if copy else x
+
+
 def sinkhorn(xp, x, row_sums, col_sums, *, iterations, tau, logits, order, out, call):
     """Sinkhorn-Knopp on ``x (..., n, m)``; ``row_sums (..., n)`` / ``col_sums
     (..., m)``: broadcastable targets, None for SPEC's defaults (1 and n/m)."""
     cols_first = order == "cols-first"
-    if logits:
-        top = xp.max(x, axis=(-2, -1), keepdims=True)
-        M = xp.exp(x - top)
-    else:
-        bad = _first_true(xp, x < 0)
-        if bad is not None:
-            raise DomainError.at("x", x.shape, bad, "is negative; sinkhorn_knopp needs x >= 0 "
-                                                  "(or logits=True)")
-        M = xp.asarray(x, copy=True)
+    M = _start(xp, x, logits, copy=True)
     n, m = x.shape[-2], x.shape[-1]
     r = 1.0 if row_sums is None else xp.expand_dims(row_sums, axis=-1)
     c = n / m if col_sums is None else xp.expand_dims(col_sums, axis=-2)
@@ -92,15 +96,7 @@ def sinkhorn_backward(xp, x, row_sums, col_sums, grad, *, iterations, tau, logit
     n, m = x.shape[-2], x.shape[-1]
     if math.prod(x.shape) == 0:
         return xp.zeros(x.shape, dtype=x.dtype, device=device(x))
-    if logits:
-        top = xp.max(x, axis=(-2, -1), keepdims=True)
-        M = xp.exp(x - top)
-    else:
-        bad = _first_true(xp, x < 0)
-        if bad is not None:
-            raise DomainError.at("x", x.shape, bad, "is negative; sinkhorn_knopp needs x >= 0 "
-                                                  "(or logits=True)")
-        M = x
+    M = _start(xp, x, logits, copy=False)
     M0 = M
     r = 1.0 if row_sums is None else xp.expand_dims(row_sums, axis=-1)
     c = n / m if col_sums is None else xp.expand_dims(col_sums, axis=-2)

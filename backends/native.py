@@ -453,8 +453,8 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
 
 def plan(kernel, dtypes, ndims, call):
     """A fast callable for NumPy arrays of ``dtypes`` and ``ndims`` (the pipeline's
-    cached plan), or None. The callable takes the arrays and the dict of validated
-    options and returns the result, or None to decline a call (a layout or a
+    cached plan), or None. The callable takes the tuple of arrays and the dict of
+    validated options and returns the result, or None to decline a call (a layout or a
     size it does not take, a status to report): the general path then serves
     it, with its errors."""
     if any(dt not in _KERNELS for dt in dtypes) or len(set(dtypes)) != 1:
@@ -467,7 +467,8 @@ def plan(kernel, dtypes, ndims, call):
         sinkhorn_kernel = kernels[0]
         logits_flag = lib.MHC_SK_LOGITS
 
-        def run_sinkhorn(x, options):
+        def run_sinkhorn(arrays, options):
+            x = arrays[0]
             shape = x.shape
             n, m = shape[-2], shape[-1]
             count = math.prod(shape[:-2])
@@ -492,7 +493,8 @@ def plan(kernel, dtypes, ndims, call):
 
         memo = [(None, None)]  # (the last options dict seen, its kernel codes): one tuple
 
-        def run_distance(x, c, options):
+        def run_distance(arrays, options):
+            x, c = arrays
             d = c.shape[0]
             if x.shape[-1] != d or not d:
                 return None

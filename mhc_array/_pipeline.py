@@ -169,18 +169,9 @@ class Op:
                     plan = last[4]
                 else:
                     plan = self._plan(arrays)
-                if plan and arrays[1] is None and arrays[2] is None:
-                    last = self._last_options
-                    opts = (last[1] if all(map(_is, options, last[0]))
-                            else self._validated(options))
-                    t0 = _perf()
-                    res = plan[0](x, opts)
-                    if res is not None:
-                        seconds = plan[1]
-                        seconds.append(_perf() - t0)
-                        if len(seconds) > 4096:
-                            _stats.fold()
-                        return res
+                if arrays[1] is not None or arrays[2] is not None:
+                    plan = False  # targets given: the general path
+                args = (x,)
             else:
                 y = arrays[1]
                 if (x.__class__ is last[0] and x.dtype is last[1] and x.ndim == last[2]
@@ -189,18 +180,19 @@ class Op:
                     plan = last[7]
                 else:
                     plan = self._plan(arrays)
-                if plan:
-                    last = self._last_options
-                    opts = (last[1] if all(map(_is, options, last[0]))
-                            else self._validated(options))
-                    t0 = _perf()
-                    res = plan[0](x, y, opts)
-                    if res is not None:
-                        seconds = plan[1]
-                        seconds.append(_perf() - t0)
-                        if len(seconds) > 4096:
-                            _stats.fold()
-                        return res
+                args = (x, y)
+            if plan:
+                last = self._last_options
+                opts = (last[1] if all(map(_is, options, last[0]))
+                        else self._validated(options))
+                t0 = _perf()
+                res = plan[0](args, opts)
+                if res is not None:
+                    seconds = plan[1]
+                    seconds.append(_perf() - t0)
+                    if len(seconds) > 4096:
+                        _stats.fold()
+                    return res
         return run(self, arrays, options, out, state)
 
     def _plan(self, arrays):
