@@ -27,7 +27,8 @@ import torch
 from ._api import EUCLIDEAN, GEOMETRIC, PAIRWISE, POINCARE, SINKHORN, SINKHORN_BACKWARD, SPHERICAL
 
 __all__ = ["sinkhorn_knopp", "euclidean_distance", "poincare_distance", "spherical_distance",
-           "geometric_distance", "pairwise_distance"]
+           "geometric_distance", "pairwise_distance", "mhc_pre", "mhc_post", "MHCConnection",
+           "DeepseekV4Connection", "DeepseekV4Head", "replace_hyper_connections"]
 
 Tensor = torch.Tensor
 
@@ -364,3 +365,8 @@ def pairwise_distance(x, y, *, manifold="euclidean", curvature=1.0, on_domain_er
     _check_points(x=x, y=y)
     return _pairwise_op(x, y, opts["manifold"], float(opts["curvature"]),
                         str(opts["on_domain_error"]))
+
+
+# The mHC connection: ops, modules and the DeepSeek-V4 drop-in (they use the helpers above).
+from ._torch_mhc import (DeepseekV4Connection, DeepseekV4Head, MHCConnection,  # noqa: E402
+                         mhc_post, mhc_pre, replace_hyper_connections)

@@ -1,0 +1,406 @@
+"""The mHC connection for PyTorch (SPEC 2.3, 2.7), re-exported by ``mhc_array.torch``:
+differentiable ``mhc_pre`` / ``mhc_post`` (both variants), the ``nn.Module``s
+(the paper's connection with ``phi, bias, alpha``; DeepSeek-V4's connection and
+head with V4's parameter names) and ``replace_hyper_connections``.
+
+Forward: the library's records (the native fused kernels for CPU tensors).
+Backward (per token ``t``, ``v = x_t`` flattened to ``P = n*C`` values, ``W`` the
+projection as ``(P, K)``: ``phi`` or ``fn^T``, ``K = (2+n)*n``)::
+
+    r = rsqrt(mean(v^2) + norm_eps),  p = v @ W,  y = r * p,  z = a_group * y + b
+    g_hpre += x_t @ g_hin                          (h_in = sum_i h_pre[i] x_t[i])
+    g_z: sigmoid'(z) for pre and post; for h_res the Sinkhorn backward
+         (the native kernel, exact gradient of the unrolled iterations)
+    g_alpha[group] = sum_t g_z * y,  g_bias = sum_t g_z,  g_y = g_z * a_group
+    g_p = r * g_y,  g_r = g_y . p
+    g_v = g_p @ W^T - (g_r r^3 / P) v + h_pre (x) g_hin,   g_W = sum_t v^T g_p
+
+The Sinkhorn part runs in the native backward kernel (``mhc_array::sinkhorn_knopp_
+backward``): for the paper's variant directly (cols-first, from logits); for V4 as
+the composition it is -- ``comb = SK_rows-first(C(S), iterations - 1, tau = hc_eps)``
+with ``S = softmax(z) + hc_eps`` and ``C`` V4's first column step -- with the
+softmax and that first step undone in torch operations. The two GEMMs of the
+backward are torch matmuls (BLAS). ``mhc_post``'s backward is four small batched
+products.
+"""
+
+import torch
+from torch import nn
+
+from ._mhc import HC_EPS, MHC_POST, MHC_PRE, NORM_EPS, MHCLayer
+# mhc_array.torch imports this module after defining these
+from .torch import _fresh, _plain, _reduce_to, _sinkhorn_backward_op
+
+Tensor = torch.Tensor
+
+
+def _coeff_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _grad_or_zeros(g, like, dtype=None):
+    return torch.zeros_like(like, dtype=dtype) if g is None else g
+
+
+# ---------------------------------------------------------------- mhc_pre
+
+@torch.library.custom_op("mhc_array::mhc_pre", mutates_args=())
+def _mhc_pre_op(x: Tensor, phi: Tensor, bias: Tensor, alpha: Tensor, iterations: int,
+                norm_eps: float, variant: str, hc_eps: float
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    res = MHC_PRE((_plain(x), _plain(phi), _plain(bias), _plain(alpha)),
+                  (iterations, norm_eps, variant, hc_eps))
+    return tuple(_fresh(r, x, phi, bias, alpha) for r in res)
+
+
+@_mhc_pre_op.register_fake
+def _(x, phi, bias, alpha, iterations, norm_eps, variant, hc_eps):
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    cdt = _coeff_dtype(x)
+    return (x.new_empty(batch + (C,)), x.new_empty(batch + (n,), dtype=cdt),
+            x.new_empty(batch + (n,), dtype=cdt), x.new_empty(batch + (n, n), dtype=cdt))
+
+
+def _mhc_pre_setup(ctx, inputs, output):
+    x, phi, bias, alpha, iterations, norm_eps, variant, hc_eps = inputs
+    _, h_pre, h_post, _ = output
+    ctx.save_for_backward(x, phi, bias, alpha, h_pre, h_post)
+    ctx.options = (iterations, norm_eps, variant, hc_eps)
+
+
+def _sk_backward(grad, x, iterations, tau, logits, order):
+    if iterations == 0 and not logits:
+        return grad
+    return _sinkhorn_backward_op(grad.contiguous(), x.contiguous(), None, None, iterations,
+                                 tau, logits, order)
+
+
+def _res_backward(variant, z, g_hres, iterations, hc_eps):
+    """d<g_hres, h_res>/dz for the logits ``z (T, n, n)`` of h_res (comb for V4)."""
+    if variant == "paper":
+        return _sk_backward(g_hres, z, iterations, 0.0, True, "cols-first")
+    # V4: S = softmax(z) + eps; S1 = S / (colsum(S) + eps); comb = SK_rf(S1, it - 1)
+    P = torch.softmax(z, dim=-1)
+    S = P + hc_eps
+    D = S.sum(-2, keepdim=True) + hc_eps
+    S1 = S / D
+    g_comb = g_hres.transpose(-1, -2)                   # h_res = comb^T
+    g_S1 = _sk_backward(g_comb, S1, max(iterations - 1, 0), hc_eps, False, "rows-first")
+    g_S = (g_S1 - (g_S1 * S1).sum(-2, keepdim=True)) / D
+    return P * (g_S - (g_S * P).sum(-1, keepdim=True))
+
+
+def _mhc_pre_backward(ctx, g_hin, g_hpre, g_hpost, g_hres):
+    x, phi, bias, alpha, h_pre, h_post = ctx.saved_tensors
+    iterations, norm_eps, variant, hc_eps = ctx.options
+    n, C = x.shape[-2], x.shape[-1]
+    P, K = n * C, (2 + n) * n
+    cdt = h_pre.dtype
+    T = h_pre.numel() // n
+    xs = x.reshape(T, n, C).to(cdt)
+    v = xs.reshape(T, P)
+    W = phi.to(cdt) if variant == "paper" else phi.to(cdt).t()      # (P, K)
+    r = torch.rsqrt((v * v).mean(-1, keepdim=True) + norm_eps)      # (T, 1)
+    p = v @ W                                                         # (T, K)
+    y = p * r
+    hp = h_pre.reshape(T, n)
+    hq = h_post.reshape(T, n)
+    g_pre = _grad_or_zeros(g_hpre, hp).reshape(T, n).to(cdt)
+    g_in = None
+    if g_hin is not None:
+        g_in = g_hin.reshape(T, C).to(cdt)
+        g_pre = g_pre + torch.bmm(xs, g_in.unsqueeze(-1)).squeeze(-1)
+    s = hp if variant == "paper" else hp - hc_eps
+    gz_pre = g_pre * s * (1 - s)
+    gz_post = _grad_or_zeros(g_hpost, hq).reshape(T, n).to(cdt) * hq * (1 - hq / 2)
+    al = alpha.to(cdt)
+    b = bias.to(cdt)
+    if g_hres is None:
+        gz_res = torch.zeros(T, n * n, dtype=cdt, device=x.device)
+    else:
+        z = (y[:, 2 * n:] * al[2] + b[2 * n:]).reshape(T, n, n)
+        gz_res = _res_backward(variant, z, g_hres.reshape(T, n, n).to(cdt), iterations,
+                               hc_eps).reshape(T, n * n)
+    gz = torch.cat([gz_pre, gz_post, gz_res], dim=-1)                # (T, K)
+    g_alpha = torch.stack([(gz_pre * y[:, :n]).sum(), (gz_post * y[:, n:2 * n]).sum(),
+                           (gz_res * y[:, 2 * n:]).sum()])
+    g_bias = gz.sum(0)
+    a_k = torch.cat([al[0].expand(n), al[1].expand(n), al[2].expand(n * n)])
+    g_y = gz * a_k
+    g_p = g_y * r
+    g_r = (g_y * p).sum(-1, keepdim=True)
+    gx = gphi = None
+    if ctx.needs_input_grad[0]:
+        g_v = g_p @ W.t() - (g_r * r ** 3 / P) * v
+        g_xs = g_v.reshape(T, n, C)
+        if g_in is not None:
+            g_xs = g_xs + hp.unsqueeze(-1) * g_in.unsqueeze(-2)
+        gx = g_xs.reshape(x.shape).to(x.dtype)
+    if ctx.needs_input_grad[1]:
+        gphi = (v.t() @ g_p if variant == "paper" else g_p.t() @ v).to(phi.dtype)
+    return (gx, gphi, g_bias.to(bias.dtype), g_alpha.to(alpha.dtype),
+            None, None, None, None)
+
+
+_mhc_pre_op.register_autograd(_mhc_pre_backward, setup_context=_mhc_pre_setup)
+
+
+# ---------------------------------------------------------------- mhc_post
+
+@torch.library.custom_op("mhc_array::mhc_post", mutates_args=())
+def _mhc_post_op(x: Tensor, f_out: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
+    res = MHC_POST((_plain(x), _plain(f_out), _plain(h_post), _plain(h_res)))
+    return _fresh(res, x, f_out, h_post, h_res)
+
+
+@_mhc_post_op.register_fake
+def _(x, f_out, h_post, h_res):
+    return x.new_empty(x.shape)
+
+
+def _mhc_post_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _mhc_post_backward(ctx, g):
+    x, f_out, h_post, h_res = ctx.saved_tensors
+    cdt = _coeff_dtype(x)
+    gc = g.to(cdt)
+    gx = gf = ghp = ghr = None
+    if ctx.needs_input_grad[0]:
+        gx = (h_res.to(cdt).transpose(-1, -2) @ gc).to(x.dtype)
+    if ctx.needs_input_grad[1]:
+        gf = _reduce_to((h_post.to(cdt).unsqueeze(-1) * gc).sum(-2), f_out)
+    if ctx.needs_input_grad[2]:
+        ghp = _reduce_to((gc * f_out.to(cdt).unsqueeze(-2)).sum(-1), h_post)
+    if ctx.needs_input_grad[3]:
+        ghr = _reduce_to(gc @ x.to(cdt).transpose(-1, -2), h_res)
+    return gx, gf, ghp, ghr
+
+
+_mhc_post_op.register_autograd(_mhc_post_backward, setup_context=_mhc_post_setup)
+
+
+# ---------------------------------------------------------------- functions
+
+def _tensors(**arrays):
+    for name, t in arrays.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor; got {t.dtype}")
+
+
+def mhc_pre(x, phi, bias, alpha, *, iterations=20, norm_eps=NORM_EPS, variant="paper",
+            hc_eps=HC_EPS):
+    """``mhc_array.mhc_pre`` for torch tensors, differentiable w.r.t. ``x`` and the
+    three parameters (``phi, bias, alpha``, or V4's ``fn, base, scale``). Returns
+    ``(h_in, h_pre, h_post, h_res)`` (coefficients in float32, float64 for float64
+    ``x``); the backward runs the Sinkhorn part in the native backward kernel."""
+    opts = MHC_PRE.validate((iterations, norm_eps, variant, hc_eps))
+    names = ("x", "phi", "bias", "alpha") if opts["variant"] == "paper" else \
+        ("x", "fn", "base", "scale")
+    _tensors(**dict(zip(names, (x, phi, bias, alpha))))
+    return _mhc_pre_op(x, phi, bias, alpha, int(opts["iterations"]), float(opts["norm_eps"]),
+                       str(opts["variant"]), float(opts["hc_eps"]))
+
+
+def mhc_post(x, f_out, h_post, h_res):
+    """``mhc_array.mhc_post`` for torch tensors, differentiable w.r.t. all four:
+    ``x_next[i] = sum_j h_res[i, j] x[j] + h_post[i] f_out`` in ``x``'s dtype."""
+    _tensors(x=x, f_out=f_out, h_post=h_post, h_res=h_res)
+    return _mhc_post_op(x, f_out, h_post, h_res)
+
+
+# ---------------------------------------------------------------- modules
+
+def _expand(h, n):
+    return h.unsqueeze(-2).expand(*h.shape[:-1], n, h.shape[-1]).contiguous()
+
+
+class MHCConnection(nn.Module):
+    """One mHC connection (the paper's variant) as an ``nn.Module``: parameters
+    ``phi (n*C, 2n + n*n)``, ``bias (2n + n*n,)``, ``alpha (3,)``, initialised like
+    ``mhc_array.MHCLayer`` (close to the identity residual). ``forward(x, fn)`` =
+    ``post(x, fn(h_in), h_post, h_res)``; ``pre``, ``post``, ``expand`` (first layer:
+    one stream copied into ``n``) and ``reduce`` (last layer: the ``n`` streams
+    summed) as in ``MHCLayer``. Differentiable through the native kernels."""
+
+    def __init__(self, n_streams, dim, *, iterations=20, norm_eps=NORM_EPS, seed=None,
+                 dtype=torch.float32, device=None):
+        super().__init__()
+        layer = MHCLayer(n_streams, dim, iterations=iterations, variant="paper",
+                         dtype="float64", seed=seed)
+        self.n_streams, self.dim = n_streams, dim
+        self.iterations, self.norm_eps = layer.iterations, float(norm_eps)
+        kw = dict(dtype=dtype, device=device)
+        self.phi = nn.Parameter(torch.tensor(layer.phi, **kw))
+        self.bias = nn.Parameter(torch.tensor(layer.bias, **kw))
+        self.alpha = nn.Parameter(torch.tensor(layer.alpha, **kw))
+
+    def extra_repr(self):
+        return f"n_streams={self.n_streams}, dim={self.dim}, iterations={self.iterations}"
+
+    def pre(self, x):
+        return mhc_pre(x, self.phi, self.bias, self.alpha, iterations=self.iterations,
+                       norm_eps=self.norm_eps)
+
+    def post(self, x, f_out, h_post, h_res):
+        return mhc_post(x, f_out, h_post, h_res)
+
+    def forward(self, x, fn):
+        h_in, _, h_post, h_res = self.pre(x)
+        return self.post(x, fn(h_in), h_post, h_res)
+
+    def expand(self, h):
+        return _expand(h, self.n_streams)
+
+    def reduce(self, x):
+        return x.sum(-2)
+
+
+class DeepseekV4Connection(nn.Module):
+    """DeepSeek-V4's hyper-connection (transformers' ``DeepseekV4HyperConnection``) on
+    mhc_array's kernels: the same parameters ``fn ((2+n)*n, n*C)``, ``base``,
+    ``scale (3,)`` (V4 checkpoints load with ``load_state_dict``), and the same
+    ``forward(hidden_streams) -> (post, comb, collapsed)``: ``post (..., n)`` and
+    ``comb (..., n, n)`` in float32 in V4's orientation (V4 mixes with ``comb^T``),
+    ``collapsed (..., C)`` in the streams' dtype. Parameters are left uninitialised
+    (``torch.empty``) as V4's are unless ``init=True`` (V4's ``_init_weights``:
+    ``fn`` normal with std ``initializer_range``, ``base`` 0, ``scale`` 1)."""
+
+    def __init__(self, hc_mult=4, hidden_size=None, *, hc_sinkhorn_iters=20, hc_eps=HC_EPS,
+                 rms_norm_eps=NORM_EPS, init=False, initializer_range=0.02, dtype=None,
+                 device=None):
+        super().__init__()
+        if hidden_size is None:
+            raise TypeError("hidden_size is required")
+        k = (2 + hc_mult) * hc_mult
+        kw = dict(dtype=dtype, device=device)
+        self.hc_mult, self.hc_sinkhorn_iters = int(hc_mult), int(hc_sinkhorn_iters)
+        self.hc_eps, self.rms_norm_eps = float(hc_eps), float(rms_norm_eps)
+        self.fn = nn.Parameter(torch.empty(k, hc_mult * hidden_size, **kw))
+        self.base = nn.Parameter(torch.empty(k, **kw))
+        self.scale = nn.Parameter(torch.empty(3, **kw))
+        if init:
+            with torch.no_grad():
+                self.fn.normal_(0.0, initializer_range)
+                self.base.zero_()
+                self.scale.fill_(1.0)
+
+    @classmethod
+    def from_module(cls, m):
+        """A connection holding ``m``'s own Parameter objects (a transformers
+        ``DeepseekV4HyperConnection``)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.hc_mult, new.hc_sinkhorn_iters = int(m.hc_mult), int(m.hc_sinkhorn_iters)
+        new.hc_eps = float(m.hc_eps)
+        new.rms_norm_eps = _norm_eps(m)
+        new.fn, new.base, new.scale = m.fn, m.base, m.scale
+        new.train(m.training)
+        return new
+
+    def extra_repr(self):
+        return (f"hc_mult={self.hc_mult}, hidden_size={self.fn.shape[1] // self.hc_mult}, "
+                f"hc_sinkhorn_iters={self.hc_sinkhorn_iters}")
+
+    def forward(self, hidden_streams):
+        collapsed, _, post, h_res = mhc_pre(
+            hidden_streams, self.fn, self.base, self.scale, iterations=self.hc_sinkhorn_iters,
+            norm_eps=self.rms_norm_eps, variant="deepseek-v4", hc_eps=self.hc_eps)
+        return post, h_res.transpose(-1, -2), collapsed
+
+
+class DeepseekV4Head(nn.Module):
+    """DeepSeek-V4's final stream collapse (transformers' ``DeepseekV4HyperHead``) on
+    mhc_array's kernels: parameters ``hc_fn (n, n*C)``, ``hc_base (n,)``,
+    ``hc_scale (1,)``; ``forward(x) -> sum_i (sigmoid(scale * y_i + base_i) + eps) x_i``
+    with ``y`` the projection of the RMS-normalised flattened streams. Computed by
+    the V4 ``mhc_pre`` kernel with the head's rows as its ``pre`` block (the
+    ``post`` / ``comb`` rows zero, one Sinkhorn iteration, results unused)."""
+
+    def __init__(self, hc_mult=4, hidden_size=None, *, hc_eps=HC_EPS, rms_norm_eps=NORM_EPS,
+                 init=False, initializer_range=0.02, dtype=None, device=None):
+        super().__init__()
+        if hidden_size is None:
+            raise TypeError("hidden_size is required")
+        kw = dict(dtype=dtype, device=device)
+        self.hc_mult, self.eps, self.rms_norm_eps = int(hc_mult), float(hc_eps), \
+            float(rms_norm_eps)
+        self.hc_fn = nn.Parameter(torch.empty(hc_mult, hc_mult * hidden_size, **kw))
+        self.hc_base = nn.Parameter(torch.empty(hc_mult, **kw))
+        self.hc_scale = nn.Parameter(torch.empty(1, **kw))
+        if init:
+            with torch.no_grad():
+                self.hc_fn.normal_(0.0, initializer_range)
+                self.hc_base.zero_()
+                self.hc_scale.fill_(1.0)
+
+    @classmethod
+    def from_module(cls, m):
+        """A head holding ``m``'s own Parameter objects (a transformers
+        ``DeepseekV4HyperHead``)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.hc_mult, new.eps = int(m.hc_mult), float(m.eps)
+        new.rms_norm_eps = _norm_eps(m)
+        new.hc_fn, new.hc_base, new.hc_scale = m.hc_fn, m.hc_base, m.hc_scale
+        new.train(m.training)
+        return new
+
+    def extra_repr(self):
+        return f"hc_mult={self.hc_mult}, hidden_size={self.hc_fn.shape[1] // self.hc_mult}"
+
+    def forward(self, x):
+        n = self.hc_mult
+        fn = self.hc_fn.float()
+        fn = torch.cat([fn, fn.new_zeros((n + 1) * n, fn.shape[1])])
+        base = torch.cat([self.hc_base.float(), fn.new_zeros((n + 1) * n)])
+        scale = torch.cat([self.hc_scale.float(), fn.new_ones(2)])
+        collapsed, _, _, _ = mhc_pre(x, fn, base, scale, iterations=1,
+                                     norm_eps=self.rms_norm_eps, variant="deepseek-v4",
+                                     hc_eps=self.eps)
+        return collapsed
+
+
+def _norm_eps(m):
+    """The epsilon of a V4 module's ``input_norm`` (``eps`` or, in later transformers
+    releases, ``variance_epsilon``)."""
+    norm = m.input_norm
+    for attr in ("variance_epsilon", "eps"):
+        if hasattr(norm, attr):
+            return float(getattr(norm, attr))
+    raise TypeError(f"{type(m).__name__}.input_norm has neither eps nor variance_epsilon")
+
+
+_REPLACEMENTS = {"DeepseekV4HyperConnection": DeepseekV4Connection,
+                 "DeepseekV4HyperHead": DeepseekV4Head}
+
+
+def replace_hyper_connections(model):
+    """Replace, in place, every ``DeepseekV4HyperConnection`` and ``DeepseekV4HyperHead``
+    submodule of ``model`` (a transformers DeepSeek-V4 model; matched by class name,
+    transformers is not imported) by ``DeepseekV4Connection`` / ``DeepseekV4Head``,
+    which hold the *same* Parameter objects (``state_dict`` keys and values unchanged,
+    optimizers keep working) and return what the replaced modules returned, computed
+    by mhc_array's kernels forward and backward. Returns the number of modules
+    replaced (0 for a model without them; a second call replaces nothing)::
+
+        model = DeepseekV4ForCausalLM.from_pretrained(...)
+        mhc_array.torch.replace_hyper_connections(model)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    targets = [(name, m) for name, m in model.named_modules()
+               if type(m).__name__ in _REPLACEMENTS]
+    for name, m in targets:
+        new = _REPLACEMENTS[type(m).__name__].from_module(m)
+        if not name:
+            raise TypeError("model is itself a hyper-connection module; pass the model "
+                            "that contains it")
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, new)
+    return len(targets)
