@@ -20,21 +20,24 @@ __all__ = ["estimate_curvature", "ollivier_ricci_curvature"]
 
 #: rows of points per ``pairwise_distance`` block when building the k-NN graph
 KNN_BLOCK = 1024
-#: at most this many edges' transport problems are held at once
-EDGE_CHUNK = 8192
-#: sources per Dijkstra search (sorted by how far each must search)
-DIJKSTRA_SOURCES = 256
-#: below this ``reg`` the plain-domain kernel ``exp(-C/eps)`` loses entries to
-#: underflow and Sinkhorn converges slowly: a log-domain loop (NumPy) is used
-LOG_DOMAIN_BELOW = 1e-3
+#: at most this many edges, and this many (padded) transport-plan entries, per chunk
+#: of edges whose costs are gathered together
+EDGE_CHUNK = 1 << 20
+CHUNK_ELEMENTS = 1 << 23
+#: ... and at most this many plan entries in one Sinkhorn batch
+EDGE_ELEMENTS = 1 << 21
+#: Dijkstra searches: at most this many dense distance entries (sources x N) at once
+DIST_ELEMENTS = 1 << 22
 #: epsilon scaling: each stage's reg at most this many times below the last
 STAGE_RATIO = 3.0
-#: Sinkhorn stops early when every row sum is this close (relative) to its target,
-#: checked every CHECK_EVERY iterations
-TOLERANCE = 1e-7
-#: ... and this close in the stages before the last
-STAGE_TOLERANCE = 1e-4
-CHECK_EVERY = 50
+#: a matrix leaves the Sinkhorn loop when its row sums are this close (L1, the
+#: total mass is 1) to their targets (columns are exact after each iteration) ...
+TOLERANCE = 1e-6
+#: ... and this close in the stages before the last (a warm start only)
+STAGE_TOLERANCE = 1e-3
+#: iterations before the first check; the interval doubles up to CHECK_EVERY
+FIRST_CHECK = 4
+CHECK_EVERY = 64
 
 #: thresholds of ``estimate_curvature`` on the median kappa (see docs/curvature.md)
 NEGATIVE_BELOW = -0.1
@@ -162,49 +165,79 @@ def _given_graph(graph):
 
 # ---------------------------------------------------------------- transport
 
+def _pad_to(x, base):
+    """``x`` rounded up to a multiple of ``base`` below 4 * base, of a quarter of its
+    power of two above (padding waste <= 25 %, few distinct sizes)."""
+    x = np.maximum(x, 1)
+    step = np.maximum(base, 2 ** np.floor(np.log2(x)).astype(np.int64) // 4)
+    return -(-x // step) * step
+
+
 def _sinkhorn_w1(C, mu, mv, reg, iterations):
-    """Entropic W1 of (g, n, m) cost matrices: sum(P * C) of the plan rounded onto
-    the transport polytope (an upper bound of the exact W1)."""
-    scale = C.max(axis=(1, 2), keepdims=True) - C.min(axis=(1, 2), keepdims=True)
-    scale = np.where(scale > 0, scale, 1.0)
+    """Entropic W1 of a batch of (g, a, b) cost matrices with masses mu (g, a) and
+    mv (g, b): sum(P * C) of the plan rounded onto the transport polytope (an upper
+    bound of the exact W1). Zero masses are padding: their rows / columns of the
+    plan stay 0 (a row whose sum is 0 stays 0 in ``sinkhorn_knopp``)."""
+    valid = (mu > 0)[:, :, None] & (mv > 0)[:, None, :]
+    big = np.where(valid, C, np.inf)
+    low = np.where(valid, C, -np.inf)
     # reduced costs (row then column minima removed): the same Sinkhorn solution
     # (a diagonal scaling of the kernel), but every row and column keeps an entry
-    # exp(0) = 1, so none underflows to all zeros; Z in [0, 1]
-    Z = C - C.min(axis=2, keepdims=True)
-    Z = (Z - Z.min(axis=1, keepdims=True)) / scale
-    # epsilon scaling: solve at reg 0.1, ... down to reg (STAGE_RATIO apart), each
-    # stage started from the previous one's dual potentials: plain Sinkhorn at a
-    # small reg alone converges very slowly
-    stages = _stages(reg)
-    if reg >= LOG_DOMAIN_BELOW:
-        P, prev = None, None
-        for r in stages:
-            # P = exp((f + g - Z) / prev) with potentials f, g in units of Z: the
-            # next stage starts from exp((f + g - Z) / r) = P ** (prev / r)
-            K = np.exp(-Z / r) if P is None else P ** (prev / r)
-            P = K.copy()
-            active = np.arange(len(P))
-            done = 0
-            tol = TOLERANCE if r == reg else STAGE_TOLERANCE
-            while done < iterations and len(active):  # each matrix stops once its rows'
-                step = min(CHECK_EVERY, iterations - done)  # sums are met
-                Q = np.asarray(sinkhorn_knopp(P[active], row_sums=mu[active],
-                                              col_sums=mv[active], iterations=step))
-                P[active] = Q
-                done += step
-                active = active[~_converged(Q, mu[active], tol)]
+    # exp(0) = 1; scaled by the cost range so that ``reg`` is relative, Z in [0, 1]
+    cmin = big.min(axis=(1, 2), keepdims=True)
+    scale = low.max(axis=(1, 2), keepdims=True) - cmin
+    scale = np.where(scale > 0, scale, 1.0)
+    m = big.min(axis=2, keepdims=True)
+    Z = big - np.where(np.isfinite(m), m, 0.0)         # inf on padding
+    m = Z.min(axis=1, keepdims=True)
+    Z -= np.where(np.isfinite(m), m, 0.0)
+    Z /= scale
+    del big, low
+    # epsilon scaling: stages from reg 0.1 down to reg (STAGE_RATIO apart). Each
+    # stage starts from the last one's plan P = exp((f + g - Z) / prev) (the
+    # potentials absorbed, the "scaled domain"): exp((f + g - Z) / r) = P ** (prev / r),
+    # so the entries the plan needs stay near the masses' size whatever ``reg``,
+    # and none underflows the way exp(-Z / reg) does for reg << 1
+    P, prev = None, None
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        for r in _stages(reg):
+            if P is None:
+                P = np.exp(Z * (-1.0 / r))
+            else:
+                np.power(P, prev / r, out=P)
+            P[~valid] = 0.0
+            _iterate(P, mu, mv, iterations, TOLERANCE if r == reg else STAGE_TOLERANCE)
             prev = r
-    else:
-        P = _log_sinkhorn(Z, mu, mv, stages, iterations)
-    P = np.where(np.isfinite(P), P, 0.0)
+    del Z, valid
     P = _round_plan(P, mu, mv)
-    return np.sum(P * C, axis=(1, 2))
+    return np.einsum("gab,gab->g", P, np.where(np.isfinite(C), C, 0.0))
 
 
-def _converged(P, mu, tolerance):
-    """Per matrix: rows' sums within ``tolerance`` (relative) of their targets
-    (columns are exact after a rows-first iteration)."""
-    return np.all(np.abs(P.sum(axis=2) - mu) <= tolerance * mu, axis=1)
+def _iterate(P, mu, mv, iterations, tolerance):
+    """Sinkhorn on the batch P in place (rows first) until each matrix's row sums
+    are within ``tolerance`` (L1, the total mass is 1) of ``mu`` or ``iterations``
+    are done; converged matrices leave the active set."""
+    active = None  # all
+    Pa, ra, ca = P, mu, mv
+    done, step = 0, FIRST_CHECK
+    while done < iterations:
+        step = min(step, iterations - done)
+        sinkhorn_knopp(Pa, row_sums=ra, col_sums=ca, iterations=step, out=Pa)
+        done += step
+        err = np.abs(Pa.sum(axis=2) - ra).sum(axis=1)
+        more = ~(err <= tolerance)
+        if not more.any():
+            break
+        if not more.all():
+            if active is None:
+                active = np.flatnonzero(more)
+            else:
+                P[active] = Pa
+                active = active[more]
+            Pa, ra, ca = P[active], mu[active], mv[active]
+        step = min(2 * step, CHECK_EVERY)
+    if active is not None:
+        P[active] = Pa
 
 
 def _stages(reg):
@@ -216,94 +249,28 @@ def _stages(reg):
     return [0.1 * (reg / 0.1) ** (i / count) for i in range(count)] + [reg]
 
 
-def _log_sinkhorn(Z, mu, mv, stages, iterations):
-    """Sinkhorn in the log domain on ``exp(-Z / r)`` for each ``r`` of ``stages``
-    (rows first, then columns), the potentials (in units of Z) carried over."""
-    with np.errstate(divide="ignore"):
-        lmu, lmv = np.log(mu), np.log(mv)
-    F = np.zeros(Z.shape[:2])
-    G = np.zeros((Z.shape[0], Z.shape[2]))
-    for r in stages:
-        for i in range(iterations):
-            F = r * (lmu - _lse((G[:, None, :] - Z) / r, axis=2))
-            G = r * (lmv - _lse((F[:, :, None] - Z) / r, axis=1))
-            if (i + 1) % CHECK_EVERY == 0 and np.all(_converged(
-                    np.exp((F[:, :, None] + G[:, None, :] - Z) / r), mu,
-                    TOLERANCE if r == stages[-1] else STAGE_TOLERANCE)):
-                break
-    return np.exp((F[:, :, None] + G[:, None, :] - Z) / stages[-1])
-
-
-def _lse(a, axis):
-    m = np.max(a, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    return np.log(np.sum(np.exp(a - m), axis=axis)) + np.squeeze(m, axis)
-
-
 def _round_plan(P, r, c):
     """Altschuler-Weed-Rigollet rounding: a plan with exactly the marginals r, c."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.minimum(np.where(P.sum(2) > 0, r / P.sum(2), 0.0), 1.0)
-        P = P * x[:, :, None]
-        y = np.minimum(np.where(P.sum(1) > 0, c / P.sum(1), 0.0), 1.0)
-        P = P * y[:, None, :]
+        s = P.sum(2)
+        x = np.minimum(np.where(s > 0, r / s, 0.0), 1.0)
+        P *= x[:, :, None]
+        s = P.sum(1)
+        y = np.minimum(np.where(s > 0, c / s, 0.0), 1.0)
+        P *= y[:, None, :]
     er = r - P.sum(2)
     ec = c - P.sum(1)
     tot = er.sum(1)
     tot = np.where(tot > 0, tot, 1.0)
-    return P + er[:, :, None] * ec[:, None, :] / tot[:, None, None]
+    P += er[:, :, None] * (ec / tot[:, None])[:, None, :]
+    return P
 
 
 # ---------------------------------------------------------------- curvature
 
-def _chunk_distances(adj, indptr, indices, maxw, cu, cv, cw, dijkstra):
-    """Shortest-path distances d(x, y) for x in supp(u), y in supp(v) of the edges
-    (cu, cv) of lengths cw, as a lookup ``(x, y) -> d``; memory ~ the pairs needed.
-
-    d(x, y) <= w(x, u) + w(u, v) + maxw[v] =: need[x] bounds every cost asked of the
-    source x, so each source's search stops there (``limit=``), and a path that
-    short stays in the ball of that radius around the sources: Dijkstra runs on
-    that subgraph only, a few sources of similar ``need`` at a time.
-    """
-    n = adj.shape[0]
-    reach_u = np.zeros(n)
-    np.maximum.at(reach_u, cu, cw + maxw[cv])          # from u itself
-    us = np.unique(cu)
-    deg = indptr[us + 1] - indptr[us]
-    rows = np.repeat(us, deg)
-    first = np.repeat(np.cumsum(deg) - deg, deg)
-    offs = np.repeat(indptr[us], deg) + (np.arange(deg.sum()) - first)
-    need = reach_u.copy()
-    np.maximum.at(need, indices[offs], adj.data[offs] + reach_u[rows])  # from u's neighbours
-    sources = np.flatnonzero(need > 0)
-    sources = sources[np.argsort(need[sources], kind="stable")]
-    keys, vals = [], []
-    for start in range(0, len(sources), DIJKSTRA_SOURCES):
-        batch = np.sort(sources[start:start + DIJKSTRA_SOURCES])
-        limit = float(need[batch].max()) * (1 + 1e-9)
-        reach = dijkstra(adj, directed=False, indices=batch, limit=limit, min_only=True)
-        ball = np.flatnonzero(np.isfinite(reach))
-        local = np.full(n, -1, dtype=np.int64)
-        local[ball] = np.arange(len(ball))
-        D = dijkstra(adj[ball][:, ball], directed=False, indices=local[batch], limit=limit)
-        r, c = np.nonzero(np.isfinite(D))
-        keys.append(batch[r].astype(np.int64) * n + ball[c])
-        vals.append(D[r, c])
-    keys, vals = np.concatenate(keys), np.concatenate(vals)
-    order = np.argsort(keys)
-    keys, vals = keys[order], vals[order]
-
-    def lookup(x, y):
-        key = x.astype(np.int64) * n + y
-        i = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
-        found = keys[i] == key
-        if not np.all(found):  # cannot happen: need[] bounds every distance asked
-            raise RuntimeError("internal error: a shortest-path distance was not computed")
-        return vals[i]
-    return lookup
-
-
 def _curvature_of_graph(edges, weights, n, alpha, reg, iterations):
+    """kappa of every edge: transport problems padded into batches of one shape,
+    their costs gathered from bounded Dijkstra searches, W1 by ``_sinkhorn_w1``."""
     import scipy.sparse as sp
     from scipy.sparse.csgraph import dijkstra
     E = edges.shape[0]
@@ -315,45 +282,106 @@ def _curvature_of_graph(edges, weights, n, alpha, reg, iterations):
                         (np.concatenate([u_all, v_all]), np.concatenate([v_all, u_all]))),
                        shape=(n, n))
     adj.sort_indices()
-    indptr, indices = adj.indptr, adj.indices
+    indptr, indices, data = adj.indptr, adj.indices, adj.data
     deg = np.diff(indptr)
     maxw = np.zeros(n)
-    np.maximum.at(maxw, np.repeat(np.arange(n), deg), adj.data)
+    np.maximum.at(maxw, np.repeat(np.arange(n), deg), data)
     own = 1 if alpha > 0 else 0  # u itself in its support (mass alpha)
+    size = deg + own
 
-    def support(nodes, size):
-        """(len(nodes), size): [node] + neighbours (or neighbours only)."""
-        out = np.empty((len(nodes), size), dtype=np.int64)
+    def support(nodes, width):
+        """(len(nodes), width) supports ([node] + neighbours, or neighbours only)
+        padded with the support's first vertex, their masses (0 on padding) and
+        the lengths of the edges node-vertex (0 for the node itself)."""
+        count = size[nodes]
+        j = np.arange(width)[None, :]
+        real = j < count[:, None]
+        offs = indptr[nodes][:, None] + np.clip(j - own, 0, (count - own - 1)[:, None])
+        out, length = indices[offs], data[offs]
+        mass = np.where(real, ((1 - alpha) / deg[nodes])[:, None], 0.0)
         if own:
-            out[:, 0] = nodes
-        offs = indptr[nodes][:, None] + np.arange(size - own)[None, :]
-        out[:, own:] = indices[offs]
-        return out
+            out[:, 0], length[:, 0], mass[:, 0] = nodes, 0.0, alpha
+        return np.where(real, out, out[:, :1]), np.where(real, length, 0.0), mass
 
-    def masses(nodes, size):
-        m = np.empty((len(nodes), size))
-        m[:, own:] = ((1 - alpha) / deg[nodes])[:, None]
-        if own:
-            m[:, 0] = alpha
-        return m
-
-    for start in range(0, E, EDGE_CHUNK):
-        cu, cv = u_all[start:start + EDGE_CHUNK], v_all[start:start + EDGE_CHUNK]
-        cw = weights[start:start + EDGE_CHUNK]
-        lookup = _chunk_distances(adj, indptr, indices, maxw, cu, cv, cw, dijkstra)
-        nu, nv = deg[cu] + own, deg[cv] + own
-        groups = {}
-        for i, key in enumerate(zip(nu.tolist(), nv.tolist())):
-            groups.setdefault(key, []).append(i)
-        for (a, b), members in groups.items():
-            members = np.asarray(members)
-            gu, gv = cu[members], cv[members]
-            su, sv = support(gu, a), support(gv, b)
-            C = lookup(su[:, :, None], sv[:, None, :])
-            duv = lookup(gu, gv)
-            W = _sinkhorn_w1(C, masses(gu, a), masses(gv, b), reg, iterations)
-            kappa[start + members] = 1.0 - W / duv
+    # Each transport problem is padded to (rows, cols): cols a multiple of 16 (the
+    # batched kernel's fast widths), the larger support as the columns; the edges of
+    # one padded shape are one batch. Chunks of edges (in their u-sorted order, so
+    # that a chunk's supports overlap) hold at most CHUNK_ELEMENTS plan entries.
+    flip_all = size[u_all] > size[v_all]
+    p_all = np.where(flip_all, v_all, u_all)
+    q_all = np.where(flip_all, u_all, v_all)
+    rows_all, cols_all = _pad_to(size[p_all], 4), _pad_to(size[q_all], 16)
+    ends = np.cumsum(rows_all * cols_all)
+    start = 0
+    while start < E:
+        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - rows_all[start] *
+                                                  cols_all[start] + CHUNK_ELEMENTS, "right")))
+        stop = min(stop, start + EDGE_CHUNK)
+        _chunk(slice(start, stop), p_all, q_all, rows_all, cols_all, weights, maxw, n,
+               support, adj, dijkstra, kappa, alpha, reg, iterations)
+        start = stop
     return kappa
+
+
+def _chunk(sl, p_all, q_all, rows_all, cols_all, weights, maxw, n, support, adj, dijkstra,
+           kappa, alpha, reg, iterations):
+    base = sl.start
+    p, q, w = p_all[sl], q_all[sl], weights[sl]
+    rows, cols = rows_all[sl], cols_all[sl]
+    key = rows * (int(cols.max()) + 1) + cols
+    order = np.argsort(key, kind="stable")
+    groups = []
+    need = np.zeros(n)
+    np.maximum.at(need, p, w)  # d(p, q) <= w(p, q): p is always a source
+    for members in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
+        a, b = int(rows[members[0]]), int(cols[members[0]])
+        X, wx, mp = support(p[members], a)
+        Y, _, mq = support(q[members], b)
+        # every cost asked of the source x is d(x, y) <= w(x, p) + w(p, q) + maxw[q]
+        np.maximum.at(need, X.ravel(), (wx + (w[members] + maxw[q[members]])[:, None]).ravel())
+        groups.append([members, X, Y, mp, mq, np.empty((len(members), a, b)),
+                       np.empty(len(members))])
+    # bounded Dijkstra from the sources (sorted by how far each must search), a
+    # batch of dense rows (DIST_ELEMENTS at most) at a time; every cost is gathered
+    # from the rows of its source
+    sources = np.flatnonzero(need > 0)
+    sources = sources[np.argsort(need[sources], kind="stable")]
+    per = max(1, DIST_ELEMENTS // max(n, 1))
+    batch_of = np.full(n, -1, dtype=np.int64)
+    local = np.zeros(n, dtype=np.int64)
+    count = -(-len(sources) // per)
+    batch_of[sources] = np.arange(len(sources)) // per
+    local[sources] = np.arange(len(sources)) % per
+    splits = []
+    for members, X, Y, *_ in groups:
+        bid = batch_of[X.ravel()]
+        o = np.argsort(bid, kind="stable")
+        pb = batch_of[p[members]]
+        po = np.argsort(pb, kind="stable")
+        splits.append((o, np.searchsorted(bid[o], np.arange(count + 1)),
+                       po, np.searchsorted(pb[po], np.arange(count + 1))))
+    for j in range(count):
+        batch = sources[j * per:(j + 1) * per]
+        limit = float(need[batch].max()) * (1 + 1e-9)
+        D = dijkstra(adj, directed=False, indices=batch, limit=limit)
+        for (members, X, Y, mp, mq, C, duv), (o, cut, po, pcut) in zip(groups, splits):
+            r = o[cut[j]:cut[j + 1]]
+            if len(r):
+                a = X.shape[1]
+                e = r // a
+                C.reshape(-1, C.shape[2])[r] = D[local[X.ravel()[r]][:, None], Y[e]]
+            r = po[pcut[j]:pcut[j + 1]]
+            if len(r):
+                duv[r] = D[local[p[members[r]]], q[members[r]]]
+    for members, X, Y, mp, mq, C, duv in groups:
+        if not np.all(np.isfinite(C)) or not np.all(np.isfinite(duv)):
+            # cannot happen: need[] bounds every distance asked
+            raise RuntimeError("internal error: a shortest-path distance was not computed")
+        a, b = C.shape[1:]
+        step = max(1, EDGE_ELEMENTS // (a * b))
+        for s in range(0, len(members), step):
+            W = _sinkhorn_w1(C[s:s + step], mp[s:s + step], mq[s:s + step], reg, iterations)
+            kappa[base + members[s:s + step]] = 1.0 - W / duv[s:s + step]
 
 
 def ollivier_ricci_curvature(points, /, *, k=10, alpha=0.5, manifold="euclidean",
