@@ -24,11 +24,16 @@ def main(argv=None):
     bench.add_argument("--dask", metavar="ROWS", type=int,
                        help="instead: W2 on ROWS x 1024 float32 generated on a local "
                             "2-worker dask.distributed cluster (e.g. 2000000: 8 GB)")
+    bench.add_argument("--curvature", action="store_true",
+                       help="instead: Ollivier-Ricci curvature against GraphRicciCurvature")
     args = parser.parse_args(argv)
     if args.command == "info":
         from . import show_config
         show_config()
         return 0
+    if args.curvature:
+        from ._bench import run_curvature
+        return run_curvature(json_path=args.json)
     if args.dask:
         from ._bench import run_dask
         return run_dask(rows=args.dask)

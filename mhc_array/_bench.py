@@ -562,3 +562,10 @@ def run_dask(rows=2_000_000, d=1024, chunk_rows=50_000, repeats=3):
     print(f"  2 workers / 1 worker: {results[2] / results[1]:.2f}x; "
           f"2 workers / one process: {results[2] / single:.2f}x")
     return 0
+
+
+def run_curvature(*, reg=0.01, json_path=None):
+    """``bench --curvature``: Ollivier-Ricci curvature against GraphRicciCurvature
+    (mhc_array/_curvature_bench.py; prints "skipped" when it is not installed)."""
+    from ._curvature_bench import run as run_curvature_bench
+    return run_curvature_bench(reg=reg, json_path=json_path)
