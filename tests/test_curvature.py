@@ -271,3 +271,38 @@ def test_bad_arguments_are_named():
         f(None, graph=np.ones((3, 4)))
     with pytest.raises(ValueError, match="alpha"):
         mx.estimate_curvature(pts, alpha=2)
+
+
+# ---------------------------------------------------------------- GraphRicciCurvature
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_against_graph_ricci_curvature_and_the_lp(name):
+    """GraphRicciCurvature with ``exp_power=0`` (its default spreads a vertex's
+    mass over its neighbours by exp(-length^2); 0 spreads it evenly, like ours).
+    The exact LP is the reference for both: GraphRicciCurvature's exact method
+    (POT's ot.emd2) agrees with it, ours within the 1e-2 of reg=1e-3."""
+    pytest.importorskip("GraphRicciCurvature",
+                        reason="GraphRicciCurvature not installed (not a dependency: "
+                               "0.6.1 pins scipy<=1.13.1)")
+    nx = pytest.importorskip("networkx")
+    from GraphRicciCurvature.OllivierRicci import OllivierRicci
+    A = GRAPHS[name]
+    ref = lp_kappa(A, 0.5)
+    G = nx.Graph()
+    G.add_nodes_from(range(A.shape[0]))
+    r, c = np.nonzero(np.triu(A))
+    G.add_weighted_edges_from(zip(r.tolist(), c.tolist(), A[r, c].tolist()))
+    grc = OllivierRicci(G, alpha=0.5, method="OTD", exp_power=0, proc=1, verbose="ERROR")
+    theirs = {tuple(sorted(map(int, e))): k for e, k in grc.compute_ricci_curvature_edges().items()}
+    assert set(theirs) == set(ref)
+    assert max(abs(theirs[e] - ref[e]) for e in ref) < 1e-6
+    edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, alpha=0.5, reg=1e-3)
+    ours = dict(zip(map(tuple, edges.tolist()), kappa))
+    assert max(abs(ours[e] - theirs[e]) for e in ref) < 1e-2
+
+
+def test_bench_curvature_says_skipped_without_graph_ricci_curvature(monkeypatch, capsys):
+    from mhc_array import _curvature_bench
+    monkeypatch.setattr(_curvature_bench, "grc_available", lambda: "ModuleNotFoundError: x")
+    assert _curvature_bench.run(cases=()) == 0
+    assert "skipped: GraphRicciCurvature not installed" in capsys.readouterr().out
