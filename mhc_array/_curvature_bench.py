@@ -148,8 +148,9 @@ def run(*, cases=CASES, reg=0.01, json_path=None):
     print(f"Ollivier-Ricci curvature, alpha={ALPHA}, reg={reg}; one core each; "
           f"{model or platform.processor()}")
     if why:
-        print(f"skipped: GraphRicciCurvature not installed ({why}); "
-              "pip install 'mhc_array[curvature-bench]'")
+        print(f"skipped: GraphRicciCurvature not installed ({why}); it is not a "
+              "dependency of mhc_array: 'pip install GraphRicciCurvature' (0.6.1 pins "
+              "scipy<=1.13.1 and may replace your SciPy / NumPy)")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:
