@@ -1,19 +1,465 @@
-"""The CUDA backend: kernels launched through CuPy for arrays on a CUDA device.
+"""The CUDA backend: the kernels of ``native/cuda/*.cu`` launched through CuPy,
+for arrays on a CUDA device (CuPy arrays, PyTorch CUDA tensors, any library
+that speaks DLPack).
 
-Not built yet (the CUDA kernels are the subject of a later change): every call
-it would serve falls back (``auto``) to the ``array_api`` backend, which runs
-in CuPy/PyTorch on the device itself, and forcing it is a
-``BackendUnavailableError`` carrying ``UNAVAILABLE``.
+A pure adapter, like ``native``: it receives validated arrays in the compute
+dtype and plain scalars, hands them to CUDA zero-copy (``cupy.from_dlpack``),
+allocates the results once with CuPy on the input's device and gives them back
+in the caller's library (``xp.from_dlpack``, no copy).
+
+- The sources are compiled with NVRTC (``cupy.RawModule``) on first use, once
+  per file, with ``NVRTC_OPTIONS``; ``source(name)`` is the exact text compiled
+  (the shared header inlined), which CI also compiles with nvcc and NVRTC and
+  runs on the CPU (``native/cuda/harness``).
+- Streams: CuPy arrays run on CuPy's current stream; PyTorch tensors on
+  torch's current stream of their device (``cupy.cuda.ExternalStream``), so
+  that the caller's ordering holds without any synchronisation. The only
+  device-to-host read is the domain flag of the Poincare and spherical
+  distances under ``on_domain_error="raise"``.
+- A CUDA out-of-memory is a :class:`CudaOutOfMemoryError` (a ``NativeError``
+  and a ``MemoryError``); what was allocated for the call is released.
+
+The kernels only need an *engine*: an array module that allocates (CuPy here)
+and a launcher. The computing functions (``_sinkhorn`` ...) take one, so that
+the tests run this very code on the CPU with NumPy and the CPU harness.
 """
+
+import importlib.util
+import math
+import os
+
+import numpy as np
+
+from ..errors import DomainError, NativeError
 
 NAME = "cupy"
 
-UNAVAILABLE = "the CUDA kernels are not part of this build yet"
+_HERE = os.path.dirname(os.path.abspath(__file__))
+#: where the .cu sources are: the repository's native/cuda, or the installed copy
+SOURCE_DIRS = (os.path.join(_HERE, os.pardir, "native", "cuda"),
+               os.path.join(_HERE, os.pardir, "_cuda"))
+SOURCES = ("sinkhorn.cu", "distance.cu", "mhc.cu")
+HEADER = "mhc_cuda.cuh"
+#: the options NVRTC compiles the sources with (CuPy adds the architecture)
+NVRTC_OPTIONS = ("-std=c++17",)
+BLOCK = 256                     # threads per block
+MAX_GRID = 1 << 16              # blocks per launch (the kernels stride over the rest)
+SHARED_LIMIT = 48 * 1024        # dynamic shared memory without an opt-in
+MAX_STREAMS = 16                # mhc.cu's MHC_HC_MAX_STREAMS
+SMALL_MAX = 64                  # sinkhorn.cu's MHC_SK_SMALL_MAX
+_MANIFOLD = {"euclidean": 0, "poincare": 1, "spherical": 2}
+_MODE = {"raise": 0, "nan": 1, "clip": 2}
+_DL_CUDA = (2, 13)              # kDLCUDA, kDLCUDAManaged
+
+
+class CudaOutOfMemoryError(NativeError, MemoryError):
+    """The GPU ran out of memory during a call (nothing of the call stays allocated)."""
+
+
+def _source_dir():
+    for d in SOURCE_DIRS:
+        if os.path.isfile(os.path.join(d, HEADER)):
+            return os.path.normpath(d)
+    return None
+
+
+def source(name):
+    """The text NVRTC compiles for ``name`` (a file of SOURCES): the file with the
+    shared header inlined (no include paths needed)."""
+    d = _source_dir()
+    with open(os.path.join(d, HEADER)) as f:
+        header = f.read()
+    with open(os.path.join(d, name)) as f:
+        text = f.read()
+    return text.replace(f'#include "{HEADER}"', header)
+
+
+def _probe():
+    """None if CuPy imports and sees a CUDA device, else why not."""
+    if _source_dir() is None:
+        return "the CUDA sources (native/cuda) are not part of this installation"
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed (pip install 'mhc_array[cuda]')"
+    try:
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 - any driver/runtime failure is a reason
+        return f"CuPy cannot use CUDA here ({type(exc).__name__}: {exc})"
+    if count < 1:
+        return "CuPy sees no CUDA device"
+    return None
+
+
+UNAVAILABLE = _probe()
 
 
 def cannot_serve(x, library, kernel):
-    return UNAVAILABLE
+    """None if this backend can compute ``kernel`` on ``x``, else the reason."""
+    if UNAVAILABLE is not None:
+        return UNAVAILABLE
+    if getattr(x, "requires_grad", False):
+        return ("the tensor requires grad: the CUDA kernels have no autograd here "
+                "(use mhc_array.torch, or detach())")
+    dev = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else None
+    if dev not in _DL_CUDA:
+        return f"it computes on CUDA devices, and this {library} array is not on one"
+    if kernel.startswith("mhc") and x.ndim >= 2 and x.shape[-2] > MAX_STREAMS:
+        return f"its mHC kernels take at most {MAX_STREAMS} streams; x has {x.shape[-2]}"
+    if kernel == "sinkhorn_backward" and x.ndim >= 2 and \
+            (BLOCK + max(x.shape[-2], x.shape[-1])) * 8 > SHARED_LIMIT:
+        return "its Sinkhorn backward takes matrices of at most 5888 rows and columns"
+    return None
 
 
 def silent_reason(why):
-    return False
+    """Reasons that are a choice of the caller, not a missing fast backend."""
+    return why.startswith("the tensor requires grad")
+
+
+# ---------------------------------------------------------------- engines
+
+class Engine:
+    """What the kernels run with: ``xp`` allocates (CuPy, or NumPy for the CPU
+    harness), ``launch(name, grid, block, args, shared_mem)`` runs a kernel."""
+
+    def __init__(self, xp, launch, block=BLOCK, max_grid=MAX_GRID):
+        self.xp, self.launch, self.block, self.max_grid = xp, launch, block, max_grid
+
+    def grid(self, units):
+        return max(1, min(units, self.max_grid))
+
+
+_modules = {}
+_engine = None
+
+
+def _cupy_engine():
+    global _engine
+    if _engine is None:
+        import cupy
+
+        def launch(name, grid, block, args, shared_mem):
+            fname = {"sk": "sinkhorn.cu", "dist": "distance.cu"}.get(name.split("_")[1],
+                                                                     "mhc.cu")
+            mod = _modules.get(fname)
+            if mod is None:
+                mod = _modules[fname] = cupy.RawModule(code=source(fname),
+                                                       options=NVRTC_OPTIONS)
+            mod.get_function(name)((grid,), (block,), args, shared_mem=shared_mem)
+        _engine = Engine(cupy, launch)
+    return _engine
+
+
+def _suffix(dtype):
+    return "_f32" if np.dtype(dtype) == np.float32 else "_f64"
+
+
+_NULL = np.uint64(0)      # a NULL pointer argument
+
+
+# ---------------------------------------------------------------- the calls
+
+def _stream_for(x, cupy):
+    """The stream to run on for ``x``: torch's current stream for a tensor, else
+    None (CuPy's current stream)."""
+    if not type(x).__module__.startswith("torch"):
+        return None
+    import torch  # the caller has a tensor: torch is imported already
+    ptr = torch.cuda.current_stream(x.device).cuda_stream
+    if ptr == 0:
+        return cupy.cuda.Stream.null           # torch's legacy default stream
+    try:
+        return cupy.cuda.ExternalStream(ptr, x.device.index)
+    except TypeError:                          # an older CuPy without device_id
+        return cupy.cuda.ExternalStream(ptr)
+
+
+def _call(x, body):
+    """``body(engine, to_cupy, back)`` on x's device and stream, with CUDA
+    out-of-memory reported as CudaOutOfMemoryError."""
+    import cupy
+    eng = _cupy_engine()
+    dev = x.__dlpack_device__()[1]
+
+    def to_cupy(a):
+        return a if type(a) is cupy.ndarray else cupy.from_dlpack(a)
+
+    try:
+        with cupy.cuda.Device(dev):
+            stream = _stream_for(x, cupy)
+            if stream is None:
+                return body(eng, to_cupy)
+            with stream:
+                return body(eng, to_cupy)
+    except cupy.cuda.memory.OutOfMemoryError as exc:
+        raise CudaOutOfMemoryError(f"the cupy backend ran out of GPU memory ({exc})") from None
+
+
+def _back(xp, like, res):
+    """``res`` (CuPy) as an array of the caller's library, on ``like``'s device."""
+    if type(like) is type(res):
+        return res
+    return xp.from_dlpack(res)
+
+
+def _contiguous(eng, a, call):
+    if a.flags.c_contiguous:
+        return a
+    call.copied(a.nbytes)
+    return eng.xp.ascontiguousarray(a)
+
+
+def _rows(eng, a, batch, inner, call):
+    """``a (..., *inner)`` against ``batch``: (contiguous array, stride between
+    batch entries in elements): stride 0 for one entry repeated, else the
+    batch materialised (a reported copy when it had to be broadcast)."""
+    size = math.prod(inner)
+    own = tuple(a.shape[:a.ndim - len(inner)])
+    if own != batch and all(s == 1 for s in own):
+        return _contiguous(eng, a, call), 0
+    if own != batch:
+        a = eng.xp.broadcast_to(a, batch + tuple(inner))
+        call.copied(math.prod(batch) * size * a.itemsize)
+        return eng.xp.ascontiguousarray(a), size
+    return _contiguous(eng, a, call), size
+
+
+# ---------------------------------------------------------------- Sinkhorn
+
+def _sinkhorn(eng, x, rs, cs, *, iterations, tau, logits, order, out, call):
+    """Sinkhorn-Knopp of ``x (..., n, m)`` (an eng.xp array); ``out``: an eng.xp
+    array to write (C-contiguous, x's dtype) or None. Returns the result."""
+    xp = eng.xp
+    shape = tuple(x.shape)
+    n, m = shape[-2], shape[-1]
+    batch = shape[:-2]
+    count = math.prod(batch)
+    res = out if out is not None else xp.empty(shape, x.dtype)
+    if count == 0 or n == 0 or m == 0:
+        return res
+    a = _contiguous(eng, x, call)
+    targets = []
+    for t, k in ((rs, n), (cs, m)):
+        if t is None:
+            targets += [_NULL, np.int64(0)]
+        else:
+            tb, stride = _rows(eng, t, batch, (k,), call)
+            targets += [tb, np.int64(stride)]
+    flags = (1 if logits else 0) | (2 if order == "cols-first" else 0)
+    sfx = _suffix(x.dtype)
+    common = [a, res, *targets, np.int64(count), np.int32(n), np.int32(m),
+              np.int32(iterations), np.float64(tau), np.int32(flags)]
+    B = eng.block
+    if n * m <= SMALL_MAX:
+        name = "mhc_sk_4x4" if (n, m) == (4, 4) else "mhc_sk_small"
+        eng.launch(name + sfx, eng.grid(-(-count // B)), B, common, 0)
+        return res
+    shared = (B + n + m) * 8
+    ws = _NULL
+    if shared > SHARED_LIMIT:                  # the scalings in global memory
+        ws = xp.empty(count * (n + m), np.float64)
+        shared = B * 8
+    eng.launch("mhc_sk_block" + sfx, eng.grid(count), B, common + [ws], shared)
+    return res
+
+
+def _sinkhorn_backward(eng, x, rs, cs, g, *, iterations, tau, logits, order, call):
+    xp = eng.xp
+    shape = tuple(x.shape)
+    n, m = shape[-2], shape[-1]
+    batch = shape[:-2]
+    count = math.prod(batch)
+    res = xp.empty(shape, x.dtype)
+    if count == 0 or n == 0 or m == 0:
+        return res
+    a = _contiguous(eng, x, call)
+    gb = _contiguous(eng, g, call)
+    targets = []
+    for t, k in ((rs, n), (cs, m)):
+        if t is None:
+            targets += [_NULL, np.int64(0)]
+        else:
+            tb, stride = _rows(eng, t, batch, (k,), call)
+            targets += [tb, np.int64(stride)]
+    flags = (1 if logits else 0) | (2 if order == "cols-first" else 0)
+    per = n * m + (2 * iterations + 1) * (n + m)
+    ws = xp.empty(count * per, np.float64)
+    B = eng.block
+    eng.launch("mhc_sk_bwd" + _suffix(x.dtype), eng.grid(count), B,
+               [a, gb, res, *targets, np.int64(count), np.int32(n), np.int32(m),
+                np.int32(iterations), np.float64(tau), np.int32(flags), ws],
+               (B + max(n, m)) * 8)
+    return res
+
+
+def sinkhorn(xp, x, row_sums, col_sums, *, iterations, tau, logits, order, out, call):
+    def body(eng, cp):
+        a = cp(x)
+        dst = None
+        if out is not None:
+            o = cp(out)
+            same = o.data.ptr == a.data.ptr and o.strides == a.strides
+            if o.flags.c_contiguous and o.dtype == a.dtype and \
+                    (same or not eng.xp.may_share_memory(o, a)):
+                dst = o
+        res = _sinkhorn(eng, a, None if row_sums is None else cp(row_sums),
+                        None if col_sums is None else cp(col_sums), iterations=iterations,
+                        tau=tau, logits=logits, order=order, out=dst, call=call)
+        if dst is not None:
+            return out
+        return _back(xp, x, res)
+    return _call(x, body)
+
+
+def sinkhorn_backward(xp, x, row_sums, col_sums, grad, *, iterations, tau, logits, order, call):
+    def body(eng, cp):
+        res = _sinkhorn_backward(eng, cp(x), None if row_sums is None else cp(row_sums),
+                                 None if col_sums is None else cp(col_sums), cp(grad),
+                                 iterations=iterations, tau=tau, logits=logits, order=order,
+                                 call=call)
+        return _back(xp, x, res)
+    return _call(x, body)
+
+
+# ---------------------------------------------------------------- distances
+
+def _lanes(eng, d):
+    """mhc_cuda.cuh's mhc_lanes: lanes per row for rows of d terms."""
+    L = 1
+    while L < eng.block and L * 4 < d:
+        L <<= 1
+    return L
+
+
+def _distance(eng, manifold, a, a_rs, b, b_rs, rows, d, pair_m, out, curvature, mode):
+    """Run the distance kernel; returns True when a point is outside the domain
+    under mode "raise" (out then holds NaN there)."""
+    xp = eng.xp
+    flag = _NULL
+    if manifold != "euclidean" and mode == "raise":
+        flag = xp.zeros(1, np.int32)
+    B = eng.block
+    per = B // _lanes(eng, d)
+    eng.launch("mhc_dist" + _suffix(a.dtype), eng.grid(-(-rows // per)), B,
+               [np.int32(_MANIFOLD[manifold]), a, np.int64(a_rs), b, np.int64(b_rs), out,
+                np.int64(rows), np.int64(d), np.int64(pair_m), np.float64(curvature),
+                np.int32(_MODE[mode]), flag], 9 * B * 8)
+    return flag is not _NULL and bool(int(flag[0]))
+
+
+def _raise_domain(xp, manifold, named, curvature):
+    """The DomainError naming the first point outside the domain, the argument
+    checked first (as the array_api backend does)."""
+    for name, p in named:
+        if manifold == "poincare":
+            bad = curvature * xp.sum(xp.square(p.astype(np.float64)), axis=-1) >= 1
+        else:
+            bad = xp.all(p == 0, axis=-1)
+        if bool(bad.any()):
+            raise DomainError.at(name, tuple(p.shape[:-1]), int(xp.argmax(bad.ravel())),
+                                 DomainError.OUTSIDE[manifold])
+    raise NativeError("the CUDA kernel reported a domain error that the check cannot find")
+
+
+def _distance_call(eng, a, b, manifold, curvature, on_domain_error, call):
+    xp = eng.xp
+    d = a.shape[-1]
+    sa, sb = tuple(a.shape[:-1]), tuple(b.shape[:-1])
+    batch = sa if (sa == sb or not sb) else tuple(np.broadcast_shapes(sa, sb))
+    res = xp.empty(batch, a.dtype)
+    rows = math.prod(batch)
+    if rows:
+        pa, a_rs = _rows(eng, a, batch, (d,), call)
+        pb, b_rs = _rows(eng, b, batch, (d,), call)
+        if _distance(eng, manifold, pa, a_rs, pb, b_rs, rows, d, 0, res, curvature,
+                     on_domain_error):
+            _raise_domain(xp, manifold, (("x", a), ("c", b)), curvature)
+    return res
+
+
+def _pairwise_call(eng, a, b, manifold, curvature, on_domain_error, call):
+    xp = eng.xp
+    (N, d), M = a.shape, b.shape[0]
+    res = xp.empty((N, M), a.dtype)
+    if N and M:
+        pa, pb = _contiguous(eng, a, call), _contiguous(eng, b, call)
+        if _distance(eng, manifold, pa, d, pb, d, N * M, d, M, res, curvature,
+                     on_domain_error):
+            _raise_domain(xp, manifold, (("x", a), ("y", b)), curvature)
+    return res
+
+
+def distance(xp, x, c, *, manifold, curvature, on_domain_error, call):
+    def body(eng, cp):
+        return _back(xp, x, _distance_call(eng, cp(x), cp(c), manifold, curvature,
+                                           on_domain_error, call))
+    return _call(x, body)
+
+
+def pairwise(xp, x, y, *, manifold, curvature, on_domain_error, call):
+    def body(eng, cp):
+        return _back(xp, x, _pairwise_call(eng, cp(x), cp(y), manifold, curvature,
+                                           on_domain_error, call))
+    return _call(x, body)
+
+
+# ---------------------------------------------------------------- the mHC connection
+
+def _mhc_pre(eng, x, w, b, al, *, iterations, norm_eps, variant, hc_eps, call):
+    xp = eng.xp
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    tokens = math.prod(batch)
+    K = (2 + n) * n
+    dt = x.dtype
+    outs = (xp.empty(batch + (C,), dt), xp.empty(batch + (n,), dt),
+            xp.empty(batch + (n,), dt), xp.empty(batch + (n, n), dt))
+    if tokens:
+        B = eng.block
+        shared = (B * 8 + 2 * K + 2 * n + n * n + 3) * 8
+        eng.launch("mhc_pre" + _suffix(dt), eng.grid(tokens), B,
+                   [_contiguous(eng, x, call), np.int64(tokens), np.int32(n), np.int32(C),
+                    _contiguous(eng, w, call), _contiguous(eng, b, call),
+                    _contiguous(eng, al, call), np.int32(0 if variant == "paper" else 1),
+                    np.int32(iterations), np.float64(norm_eps), np.float64(hc_eps), *outs],
+                   shared)
+    return outs
+
+
+def _mhc_post(eng, x, f, hp, hr, *, out, call):
+    xp = eng.xp
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    tokens = math.prod(batch)
+    res = out if out is not None else xp.empty(tuple(x.shape), x.dtype)
+    if tokens:
+        fb, f_ts = _rows(eng, f, batch, (C,), call)
+        pb, p_ts = _rows(eng, hp, batch, (n,), call)
+        rb, r_ts = _rows(eng, hr, batch, (n, n), call)
+        B = eng.block
+        eng.launch("mhc_post" + _suffix(x.dtype), eng.grid(-(-(tokens * C) // B)), B,
+                   [_contiguous(eng, x, call), fb, np.int64(f_ts), pb, np.int64(p_ts), rb,
+                    np.int64(r_ts), res, np.int64(tokens), np.int32(n), np.int32(C)], 0)
+    return res
+
+
+def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, call):
+    def body(eng, cp):
+        outs = _mhc_pre(eng, cp(x), cp(phi), cp(bias), cp(alpha), iterations=iterations,
+                        norm_eps=norm_eps, variant=variant, hc_eps=hc_eps, call=call)
+        return tuple(_back(xp, x, r) for r in outs)
+    return _call(x, body)
+
+
+def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
+    def body(eng, cp):
+        a = cp(x)
+        dst = None
+        if out is not None:
+            o = cp(out)
+            if o.flags.c_contiguous and a.flags.c_contiguous and o.dtype == a.dtype and \
+                    (o.data.ptr == a.data.ptr or not eng.xp.may_share_memory(o, a)):
+                dst = o
+        res = _mhc_post(eng, a, cp(f_out), cp(h_post), cp(h_res), out=dst, call=call)
+        return out if dst is not None else _back(xp, x, res)
+    return _call(x, body)

@@ -1,0 +1,106 @@
+/*
+ * harness.cpp -- runs the CUDA kernels of native/cuda/ (the .cu files) on the CPU.
+ *
+ * Built by tests/test_cuda_harness.py into a shared library:
+ *   g++ -std=c++20 -O1 -shared -fPIC -I native/cuda -include cuda_cpu.h \
+ *       native/cuda/harness/harness.cpp -o libmhc_cuda_cpu.so
+ * and called through ctypes like cuLaunchKernel:
+ *   mhc_harness_launch(name, grid, block, shared_bytes, args)
+ * where args[k] points at the k-th kernel argument (a pointer's value, an
+ * int, a double, ...). Returns 0, or -1 for an unknown kernel name, -2 for
+ * more shared memory than the harness has, -3 for a block size of 0.
+ * mhc_harness_kernels() lists the names, space-separated.
+ */
+#include "cuda_cpu.h"
+
+#include <functional>
+#include <map>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+thread_local mhc_dim3 threadIdx, blockIdx;
+mhc_dim3 blockDim, gridDim;
+std::barrier<> *mhc_block_barrier;
+alignas(64) double mhc_smem[1 << 16]; /* 512 KiB: larger than any GPU's block */
+
+#include "../distance.cu"
+#include "../mhc.cu"
+#include "../sinkhorn.cu"
+
+namespace {
+
+using Invoker = std::function<void(void **)>;
+
+template <class... A, std::size_t... I>
+void call_with(void (*f)(A...), void **args, std::index_sequence<I...>)
+{
+    f(*static_cast<std::remove_reference_t<A> *>(args[I])...);
+}
+
+template <class... A>
+Invoker invoker(void (*f)(A...))
+{
+    return [f](void **args) { call_with(f, args, std::index_sequence_for<A...>{}); };
+}
+
+#define MHC_K(name) {#name, invoker(name)}
+
+const std::map<std::string, Invoker> &kernels()
+{
+    static const std::map<std::string, Invoker> table = {
+        MHC_K(mhc_sk_small_f32), MHC_K(mhc_sk_small_f64), MHC_K(mhc_sk_4x4_f32),
+        MHC_K(mhc_sk_4x4_f64),   MHC_K(mhc_sk_block_f32), MHC_K(mhc_sk_block_f64),
+        MHC_K(mhc_sk_bwd_f32),   MHC_K(mhc_sk_bwd_f64),   MHC_K(mhc_dist_f32),
+        MHC_K(mhc_dist_f64),     MHC_K(mhc_pre_f32),      MHC_K(mhc_pre_f64),
+        MHC_K(mhc_post_f32),     MHC_K(mhc_post_f64),
+    };
+    return table;
+}
+
+} // namespace
+
+extern "C" int mhc_harness_launch(const char *name, unsigned grid, unsigned block,
+                                  unsigned long long shared_bytes, void **args)
+{
+    const auto &table = kernels();
+    const auto it = table.find(name);
+    if (it == table.end())
+        return -1;
+    if (shared_bytes > sizeof mhc_smem)
+        return -2;
+    if (block == 0)
+        return -3;
+    const Invoker &run = it->second;
+    std::barrier<> bar((std::ptrdiff_t)block);
+    mhc_block_barrier = &bar;
+    gridDim = {grid, 1, 1};
+    blockDim = {block, 1, 1};
+    std::memset(mhc_smem, 0xff, shared_bytes);  /* garbage, as a GPU's shared memory is */
+    std::vector<std::thread> threads;
+    threads.reserve(block);
+    for (unsigned t = 0; t < block; t++)
+        threads.emplace_back([&, t] {
+            threadIdx = {t, 0, 0};
+            for (unsigned b = 0; b < grid; b++) {
+                blockIdx = {b, 0, 0};
+                run(args);
+                bar.arrive_and_wait();  /* the block is done before the next starts */
+            }
+        });
+    for (auto &th : threads)
+        th.join();
+    mhc_block_barrier = nullptr;
+    return 0;
+}
+
+extern "C" const char *mhc_harness_kernels()
+{
+    static std::string names;
+    if (names.empty())
+        for (const auto &kv : kernels())
+            names += kv.first + " ";
+    return names.c_str();
+}

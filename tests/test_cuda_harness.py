@@ -1,0 +1,448 @@
+"""The CUDA kernels of native/cuda/ executed on the CPU (no GPU needed).
+
+native/cuda/harness/ compiles the very .cu sources as C++ (the CUDA built-ins
+defined for g++: one OS thread per CUDA thread, a std::barrier for
+__syncthreads, the grid's blocks in turn). The cupy backend's computing
+functions (backends/cupy.py: ``_sinkhorn``, ``_distance_call``, ...) run
+unchanged on an engine made of NumPy (allocation) and this harness (launch),
+so the launch code -- kernel choice, argument lists, grid and shared-memory
+sizes -- is exercised too. Results are compared with the float64 references
+of tests/reference.py at the tolerances of the native tests; small blocks and
+grids make the kernels' grid-stride loops and segmented reductions take every
+path they take on a GPU.
+"""
+
+import ctypes
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import reference as ref
+from conftest import DIST_TOL, SINK_TOL, rng_for
+
+from mhc_array.backends import cupy as cb
+from mhc_array.errors import DomainError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUDA = os.path.join(ROOT, "native", "cuda")
+HARNESS = os.path.join(CUDA, "harness")
+MHC_TOL = {"float32": dict(rtol=2e-5, atol=2e-6), "float64": dict(rtol=1e-10, atol=1e-12)}
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory):
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("g++ is not installed: the CUDA kernels cannot be run on the CPU")
+    out = str(tmp_path_factory.mktemp("cuda_cpu") / "libmhc_cuda_cpu.so")
+    cmd = [cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-Wall", "-Werror",
+           "-Wno-unused-function", "-I", CUDA, "-include", os.path.join(HARNESS, "cuda_cpu.h"),
+           os.path.join(HARNESS, "harness.cpp"), "-o", out, "-pthread"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lib = ctypes.CDLL(out)
+    lib.mhc_harness_launch.restype = ctypes.c_int
+    lib.mhc_harness_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
+                                       ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p)]
+    lib.mhc_harness_kernels.restype = ctypes.c_char_p
+    return lib
+
+
+_CTYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.uint64: ctypes.c_uint64,
+           np.float64: ctypes.c_double}
+
+
+def engine(lib, block=32, max_grid=5):
+    """An Engine of the cupy backend that runs the kernels on the CPU."""
+    launches = []
+
+    def launch(name, grid, blk, args, shared_mem):
+        assert shared_mem <= cb.SHARED_LIMIT, (name, shared_mem)
+        assert blk & (blk - 1) == 0 and 1 <= grid <= max_grid
+        held = []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                assert a.flags.c_contiguous, name
+                held.append(ctypes.c_void_p(a.ctypes.data))
+            else:
+                held.append(_CTYPES[type(a)](a))   # exactly the kernel's scalar types
+        ptrs = (ctypes.c_void_p * len(held))(*[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p)
+                                               for h in held])
+        rc = lib.mhc_harness_launch(name.encode(), grid, blk, shared_mem, ptrs)
+        assert rc == 0, (name, rc)
+        launches.append(name)
+
+    eng = cb.Engine(np, launch, block=block, max_grid=max_grid)
+    eng.launches = launches
+    return eng
+
+
+class Call:
+    def __init__(self):
+        self.bytes = 0
+
+    def copied(self, nbytes):
+        self.bytes += nbytes
+
+
+def test_every_kernel_is_in_the_harness(harness):
+    """Every extern "C" __global__ of the sources can be launched on the CPU."""
+    import re
+    names = set()
+    for f in cb.SOURCES:
+        text = open(os.path.join(CUDA, f)).read()
+        for base in re.findall(r'extern "C" __global__ void (\w+)##SUF', text):
+            names |= {base + "_f32", base + "_f64"}
+    assert len(names) == 14
+    assert names == set(harness.mhc_harness_kernels().decode().split())
+
+
+# ---------------------------------------------------------------- Sinkhorn
+
+SK_SHAPES = [(7, 4, 4), (5, 3, 5), (1, 1, 1), (3, 12, 10), (2, 1, 70), (2, 9, 2)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("order", ["rows-first", "cols-first"])
+@pytest.mark.parametrize("logits", [False, True])
+@pytest.mark.parametrize("shape", SK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_sinkhorn(harness, shape, logits, order, dtype):
+    rng = rng_for("cuda-sk", shape, logits, order, dtype)
+    x = (rng.standard_normal(shape) * 2 if logits else rng.uniform(0, 1, shape)).astype(dtype)
+    eng = engine(harness, max_grid=2)
+    got = cb._sinkhorn(eng, x, None, None, iterations=20, tau=0.0, logits=logits, order=order,
+                       out=None, call=Call())
+    want = ref.sinkhorn(x, iterations=20, logits=logits, order=order)
+    assert got.dtype == x.dtype and got.shape == x.shape
+    np.testing.assert_allclose(got, want, **SINK_TOL[dtype])
+    n, m = shape[1:]
+    kind = "4x4" if (n, m) == (4, 4) else "small" if n * m <= 64 else "block"
+    assert eng.launches == [f"mhc_sk_{kind}_{dtype[0]}{dtype[-2:]}"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(6, 3, 4), (3, 11, 13)], ids=["small", "block"])
+def test_sinkhorn_targets_tau_zero_lines_and_nan(harness, shape, dtype):
+    """Targets per matrix and broadcast, tau, zero rows/columns that stay 0, a NaN
+    matrix that leaves the others untouched, iterations 0, out= x in place."""
+    rng = rng_for("cuda-sk-edge", shape, dtype)
+    b, n, m = shape
+    x = rng.uniform(0, 1, shape)
+    x[1, 0, :] = 0                       # a zero row
+    x[2, :, 1] = 0                       # a zero column
+    x[0, 1, 2] = np.nan                  # matrix 0 is NaN, the others are not
+    x = x.astype(dtype)
+    rs = rng.uniform(0.5, 2, (b, n))
+    cs = rng.uniform(0.5, 2, (1, m))
+    cs = cs / cs.sum() * rs.sum(-1, keepdims=True)       # equal totals per matrix
+    rs, cs = rs.astype(dtype), np.ascontiguousarray(cs).astype(dtype)
+    for order in ("rows-first", "cols-first"):
+        for tau in (0.0, 0.3):
+            eng = engine(harness)
+            got = cb._sinkhorn(eng, x, rs, cs, iterations=7, tau=tau, logits=False,
+                               order=order, out=None, call=Call())
+            want = ref.sinkhorn(x, iterations=7, tau=tau, order=order, row_sums=rs,
+                                col_sums=cs)
+            assert np.isnan(got[0]).all()
+            np.testing.assert_allclose(got[1:], want[1:], **SINK_TOL[dtype])
+            assert np.all(got[1, 0, :] == 0) and np.all(got[2, :, 1] == 0)
+    one = rs[:1, :]                      # one target vector for every matrix (stride 0)
+    ones = np.full(m, one.sum() / m, dtype)
+    got = cb._sinkhorn(engine(harness), x, one, ones, iterations=3, tau=0.0, logits=False,
+                       order="rows-first", out=None, call=Call())
+    want = ref.sinkhorn(x, iterations=3, row_sums=one, col_sums=ones)
+    np.testing.assert_allclose(got[1:], want[1:], **SINK_TOL[dtype])
+    y = x[1:].copy()
+    got = cb._sinkhorn(engine(harness), y, None, None, iterations=0, tau=0.0, logits=True,
+                       order="rows-first", out=None, call=Call())
+    np.testing.assert_allclose(got, ref.sinkhorn(y, iterations=0, logits=True),
+                               **SINK_TOL[dtype])
+    want = ref.sinkhorn(y, iterations=5)
+    got = cb._sinkhorn(engine(harness), y, None, None, iterations=5, tau=0.0, logits=False,
+                       order="rows-first", out=y, call=Call())
+    assert got is y
+    np.testing.assert_allclose(y, want, **SINK_TOL[dtype])
+
+
+def test_sinkhorn_scalings_in_global_memory(harness, monkeypatch):
+    """Matrices whose scaling vectors do not fit in shared memory keep them in a
+    workspace: the same results."""
+    monkeypatch.setattr(cb, "SHARED_LIMIT", 64 * 8)
+    rng = rng_for("cuda-sk-ws")
+    x = rng.uniform(0, 1, (3, 20, 30))
+    for order in ("rows-first", "cols-first"):
+        got = cb._sinkhorn(engine(harness), x, None, None, iterations=10, tau=0.1,
+                           logits=False, order=order, out=None, call=Call())
+        np.testing.assert_allclose(got, ref.sinkhorn(x, iterations=10, tau=0.1, order=order),
+                                   **SINK_TOL["float64"])
+
+
+def _numeric_grad(x, up, h=1e-6, **kw):
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        g[idx] = np.sum(up * (ref.sinkhorn(xp, **kw) - ref.sinkhorn(xm, **kw))) / (2 * h)
+    return g
+
+
+@pytest.mark.parametrize("logits", [False, True])
+@pytest.mark.parametrize("order", ["rows-first", "cols-first"])
+@pytest.mark.parametrize("shape", [(2, 3, 4), (2, 4, 4), (1, 9, 11)], ids=str)
+def test_sinkhorn_backward(harness, shape, order, logits):
+    rng = rng_for("cuda-sk-bwd", shape, order, logits)
+    x = rng.standard_normal(shape) if logits else rng.uniform(0.2, 1.0, shape)
+    up = rng.standard_normal(shape)
+    n, m = shape[1:]
+    rs = rng.uniform(0.5, 2, n)
+    cs = np.full(m, rs.sum() / m)
+    kw = dict(iterations=4, tau=0.05, logits=logits, order=order, row_sums=rs, col_sums=cs)
+    want = _numeric_grad(x, up, **kw)
+    got = cb._sinkhorn_backward(engine(harness), x, rs, cs, up, iterations=4, tau=0.05,
+                                logits=logits, order=order, call=Call())
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+    g32 = cb._sinkhorn_backward(engine(harness), x.astype(np.float32), rs.astype(np.float32),
+                                cs.astype(np.float32), up.astype(np.float32), iterations=4,
+                                tau=0.05, logits=logits, order=order, call=Call())
+    assert g32.dtype == np.float32
+    np.testing.assert_allclose(g32, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+
+
+def test_sinkhorn_backward_default_targets_and_zero_lines(harness):
+    rng = rng_for("cuda-sk-bwd0")
+    x = rng.uniform(0.2, 1.0, (2, 3, 5))
+    x[0, 1, :] = 0                                   # a zero row: its gradient is 0
+    up = rng.standard_normal(x.shape)
+    kw = dict(iterations=3, tau=0.0, logits=False, order="rows-first")
+    got = cb._sinkhorn_backward(engine(harness), x, None, None, up, call=Call(), **kw)
+    want = _numeric_grad(x, up, **kw)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-8)
+    assert np.all(got[0, 1] == 0)
+
+
+# ---------------------------------------------------------------- distances
+
+MANIFOLDS = ["euclidean", "poincare", "spherical"]
+
+
+def _points(manifold, rng, shape, d, curvature=1.0):
+    if manifold == "poincare":
+        return ref.ball_points(rng, shape, d, curvature)
+    if manifold == "spherical":
+        return ref.sphere_points(rng, shape, d)
+    return rng.standard_normal(tuple(shape) + (d,)) * 3
+
+
+def _dist(lib, manifold, x, c, curvature=1.0, mode="raise", block=32):
+    return cb._distance_call(engine(lib, block=block), x, c, manifold, curvature, mode, Call())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("manifold", MANIFOLDS)
+@pytest.mark.parametrize("d", [1, 3, 16, 130])
+def test_distance_grid(harness, manifold, d, dtype):
+    rng = rng_for("cuda-dist", manifold, d, dtype)
+    x = _points(manifold, rng, (4, 9), d).astype(dtype)
+    for c in (_points(manifold, rng, (), d), _points(manifold, rng, (4, 9), d),
+              _points(manifold, rng, (9,), d)):
+        c = c.astype(dtype)
+        got = _dist(harness, manifold, x, c)
+        assert got.shape == (4, 9) and got.dtype == x.dtype
+        extra = dict(atol=1e-15) if manifold == "spherical" else {}
+        np.testing.assert_allclose(got, ref.distance(manifold, x, c), **{**DIST_TOL[dtype],
+                                                                         **extra})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("manifold", MANIFOLDS)
+def test_near_zero_and_identical(harness, manifold, dtype):
+    rng = rng_for("cuda-near0", manifold, dtype)
+    x = _points(manifold, rng, (40,), 16)
+    c = (x + 1e-4 * rng.standard_normal(x.shape) * np.abs(x).mean()).astype(dtype)
+    x = x.astype(dtype)
+    want = ref.distance(manifold, x, c)
+    assert np.all(want > 0)
+    np.testing.assert_allclose(_dist(harness, manifold, x, c), want, **DIST_TOL[dtype])
+    np.testing.assert_array_equal(_dist(harness, manifold, x, x.copy()), 0.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_spherical_near_antipodal_and_scales(harness, dtype):
+    rng = rng_for("cuda-antipodal", dtype)
+    x = ref.sphere_points(rng, (40,), 16)
+    c = (-x * rng.uniform(0.5, 2, (40, 1)) + 1e-3 * rng.standard_normal(x.shape)).astype(dtype)
+    x = x.astype(dtype)
+    want = ref.spherical(x, c)
+    assert np.all(want > np.pi - 1e-2)
+    np.testing.assert_allclose(_dist(harness, "spherical", x, c), want, **DIST_TOL[dtype])
+    np.testing.assert_allclose(_dist(harness, "spherical", x, -x), np.full(40, np.pi),
+                               **DIST_TOL[dtype])
+    # a unit vector against one 1e3..1e25 times longer, near 0 and near pi
+    u = ref.sphere_points(rng, (20,), 8)
+    u /= np.linalg.norm(u, axis=-1, keepdims=True)
+    s = np.logspace(3, 25 if dtype == "float64" else 30, 20)[:, None]
+    for sign in (1, -1):
+        v = (sign * u * s + 1e-4 * s * rng.standard_normal(u.shape)).astype(dtype)
+        uu = u.astype(dtype)
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(_dist(harness, "spherical", uu, v), ref.spherical(uu, v),
+                                   **tol)
+    if dtype == "float64":   # norms whose squares over- or underflow double
+        for scale in (1e200, 1e-200):
+            a, b = x.astype(np.float64) * scale, c.astype(np.float64) * scale * 3
+            np.testing.assert_allclose(_dist(harness, "spherical", a, b),
+                                       ref.spherical(x.astype(np.float64), c.astype(np.float64)),
+                                       **DIST_TOL[dtype])
+
+
+def test_euclidean_over_and_underflow(harness):
+    rng = rng_for("cuda-euclid-scale")
+    x = rng.standard_normal((10, 12))
+    c = rng.standard_normal((10, 12))
+    for scale in (1e200, 1e-200, 1e-310):
+        np.testing.assert_allclose(_dist(harness, "euclidean", x * scale, c * scale),
+                                   ref.euclidean(x, c) * scale, rtol=1e-12)
+    x32 = (x * 1e-30).astype(np.float32)
+    np.testing.assert_allclose(_dist(harness, "euclidean", x32, np.zeros(12, np.float32)),
+                               ref.euclidean(x32, np.zeros(12)), **DIST_TOL["float32"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("curvature", [1.0, 3.0])
+def test_poincare_near_boundary_and_every_scale(harness, curvature, dtype):
+    rng = rng_for("cuda-boundary", curvature, dtype)
+    v = rng.standard_normal((40, 8))
+    v /= np.linalg.norm(v, axis=-1, keepdims=True)
+    x = v * np.sqrt((1 - 1e-3) / curvature)
+    c = ref.ball_points(rng, (40,), 8, curvature)
+    c[:10] = -x[:10] * 0.999999
+    c[10:20] = x[10:20] * (1 - 1e-4)
+    x, c = x.astype(dtype), c.astype(dtype)
+    np.testing.assert_allclose(_dist(harness, "poincare", x, c, curvature),
+                               ref.poincare(x, c, curvature), **DIST_TOL[dtype])
+    # distances from 1e-13 to ~15 from an off-centre point
+    d = 24
+    u = rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    R = 1 / np.sqrt(curvature)
+    centre = (0.3 * R * rng.standard_normal(d) / np.sqrt(d)).astype(dtype)
+    steps = np.concatenate([np.logspace(-13, -1, 60), 1 - np.logspace(-1, -6.5, 40)])
+    radius = R - np.linalg.norm(centre) - 1e-6 * R
+    y = (centre.astype(np.float64) + np.outer(steps * radius, u)).astype(dtype)
+    want = ref.poincare(y, centre, curvature=curvature)
+    ok = want > 0
+    np.testing.assert_allclose(_dist(harness, "poincare", y, centre, curvature)[ok], want[ok],
+                               **DIST_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_domain_errors_and_non_finite_rows(harness, dtype):
+    rng = rng_for("cuda-domain", dtype)
+    x = ref.ball_points(rng, (6, 5), 4).astype(dtype)
+    c = ref.ball_points(rng, (5,), 4).astype(dtype)
+    x[2, 3] = [1.0, 1.0, 0, 0]                     # outside the ball
+    with pytest.raises(DomainError) as e:
+        _dist(harness, "poincare", x, c)
+    assert e.value.argument == "x" and e.value.index == (2, 3)
+    got = _dist(harness, "poincare", x, c, mode="nan")
+    assert np.isnan(got[2, 3]) and np.isnan(got).sum() == 1
+    ok = np.ones(got.shape, bool)
+    ok[2, 3] = False
+    np.testing.assert_allclose(got[ok], ref.poincare(x, c)[ok], **DIST_TOL[dtype])
+    clipped = _dist(harness, "poincare", x, c, mode="clip")
+    want = ref.poincare(ref.clip_to_ball(x), c)
+    np.testing.assert_allclose(clipped, want, rtol=1e-5 if dtype == "float32" else 1e-10)
+    s = ref.sphere_points(rng, (7,), 3).astype(dtype)
+    s[4] = 0
+    with pytest.raises(DomainError) as e:
+        _dist(harness, "spherical", s, s[0])
+    assert e.value.argument == "x" and e.value.index == (4,)
+    got = _dist(harness, "spherical", s, s[1], mode="nan")
+    assert np.isnan(got[4]) and np.isnan(got).sum() == 1
+    nan_row = x.copy()
+    nan_row[1, 1, 0] = np.nan
+    for manifold in MANIFOLDS:
+        got = _dist(harness, manifold, nan_row, c, mode="nan")
+        assert np.isnan(got[1, 1]) and np.isnan(got).sum() == (2 if manifold == "poincare"
+                                                                else 1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("manifold", MANIFOLDS)
+def test_pairwise(harness, manifold, dtype):
+    rng = rng_for("cuda-pairwise", manifold, dtype)
+    x = _points(manifold, rng, (11,), 7).astype(dtype)
+    y = _points(manifold, rng, (6,), 7).astype(dtype)
+    got = cb._pairwise_call(engine(harness), x, y, manifold, 1.0, "raise", Call())
+    assert got.shape == (11, 6)
+    extra = dict(atol=1e-15) if manifold == "spherical" else {}
+    np.testing.assert_allclose(got, ref.pairwise(manifold, x, y), **{**DIST_TOL[dtype],
+                                                                      **extra})
+    np.testing.assert_allclose(np.diag(cb._pairwise_call(engine(harness), x, x, manifold, 1.0,
+                                                         "raise", Call())), 0, atol=1e-15)
+    if manifold != "euclidean":
+        bad = y.copy()
+        bad[3] = 0 if manifold == "spherical" else 2
+        with pytest.raises(DomainError) as e:
+            cb._pairwise_call(engine(harness), x, bad, manifold, 1.0, "raise", Call())
+        assert e.value.argument == "y" and e.value.index == (3,)
+
+
+# ---------------------------------------------------------------- the mHC connection
+
+def _mhc_params(rng, n, C, variant, dtype):
+    K = (2 + n) * n
+    w = rng.standard_normal((n * C, K) if variant == "paper" else (K, n * C)) * 0.1
+    b = rng.standard_normal(K) * 0.1
+    a = np.array([0.8, 0.5, 1.3])
+    return w.astype(dtype), b.astype(dtype), a.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("variant", ["paper", "deepseek-v4"])
+@pytest.mark.parametrize("n,C", [(4, 8), (3, 37), (1, 5)])
+def test_mhc_pre(harness, n, C, variant, dtype):
+    rng = rng_for("cuda-pre", n, C, variant, dtype)
+    x = rng.standard_normal((2, 3, n, C)).astype(dtype)
+    w, b, a = _mhc_params(rng, n, C, variant, dtype)
+    for iterations in (20, 1, 0):
+        eng = engine(harness)
+        got = cb._mhc_pre(eng, x, w, b, a, iterations=iterations, norm_eps=1e-6,
+                          variant=variant, hc_eps=1e-6, call=Call())
+        want = ref.mhc_pre(x, w, b, a, iterations=iterations, variant=variant)
+        for g, wv in zip(got, want):
+            assert g.dtype == x.dtype and g.shape == wv.shape
+            np.testing.assert_allclose(g, wv, **MHC_TOL[dtype])
+    # h_res mixes the streams: a non-identity matrix
+    assert n == 1 or not np.allclose(got[3], np.eye(n))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mhc_post(harness, dtype):
+    rng = rng_for("cuda-post", dtype)
+    n, C = 4, 19
+    x = rng.standard_normal((2, 3, n, C)).astype(dtype)
+    f = rng.standard_normal((2, 3, C)).astype(dtype)
+    hp = rng.uniform(0, 2, (2, 3, n)).astype(dtype)
+    hr = rng.uniform(0, 1, (2, 3, n, n)).astype(dtype)
+    want = ref.mhc_post(x, f, hp, hr)
+    got = cb._mhc_post(engine(harness), x, f, hp, hr, out=None, call=Call())
+    np.testing.assert_allclose(got, want, **MHC_TOL[dtype])
+    # one f_out / h_post / h_res for every token (stride 0), and out = x in place
+    f1, hp1, hr1 = f[:1, :1], hp[:1, :1], hr[:1, :1]
+    want = ref.mhc_post(x, np.broadcast_to(f1, f.shape), np.broadcast_to(hp1, hp.shape),
+                        np.broadcast_to(hr1, hr.shape))
+    y = x.copy()
+    got = cb._mhc_post(engine(harness), y, f1, hp1, hr1, out=y, call=Call())
+    assert got is y
+    np.testing.assert_allclose(y, want, **MHC_TOL[dtype])
+    # a batch that must be broadcast (one f_out per sequence position)
+    fb = f[:1]
+    want = ref.mhc_post(x, np.broadcast_to(fb, f.shape), hp, hr)
+    call = Call()
+    np.testing.assert_allclose(cb._mhc_post(engine(harness), x, fb, hp, hr, out=None,
+                                            call=call), want, **MHC_TOL[dtype])
+    assert call.bytes == f.nbytes
