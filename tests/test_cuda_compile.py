@@ -1,0 +1,121 @@
+"""Every CUDA source compiles, without a GPU: with nvcc to PTX for sm_80 and
+sm_90 (when nvcc is installed), and with NVRTC itself -- the compiler CuPy's
+RawModule uses -- from its pip package (nvidia-cuda-nvrtc-cu12, the ``test``
+extra), given exactly the text and options the cupy backend gives RawModule
+(``backends/cupy.py``: ``source(name)``, ``NVRTC_OPTIONS``). NVRTC refuses
+things nvcc accepts (standard headers, INFINITY without one)."""
+
+import ctypes
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from mhc_array.backends import cupy as cb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUDA = os.path.join(ROOT, "native", "cuda")
+ARCHS = ["80", "90"]
+
+
+def _nvcc():
+    found = shutil.which("nvcc")
+    if found is None and os.path.isfile("/usr/local/cuda/bin/nvcc"):
+        found = "/usr/local/cuda/bin/nvcc"
+    return found
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", cb.SOURCES)
+def test_nvcc_ptx(name, arch, tmp_path):
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc is not installed")
+    out = tmp_path / (name + ".ptx")
+    p = subprocess.run([nvcc, "-ptx", f"-arch=sm_{arch}", "-std=c++17", "-Werror",
+                        "all-warnings", "-I", CUDA, os.path.join(CUDA, name), "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    text = out.read_text()
+    for kernel in _kernels(name):
+        assert f".entry {kernel}(" in text, kernel
+
+
+def _kernels(name):
+    import re
+    with open(os.path.join(CUDA, name)) as f:
+        bases = re.findall(r'extern "C" __global__ void (\w+)##SUF', f.read())
+    return [b + s for b in bases for s in ("_f32", "_f64")]
+
+
+def _libnvrtc():
+    """libnvrtc of the pip package nvidia-cuda-nvrtc-cu12, or None."""
+    try:
+        import nvidia.cuda_nvrtc as pkg
+    except ImportError:
+        return None
+    for d in pkg.__path__:
+        for path in sorted(glob.glob(os.path.join(d, "lib", "libnvrtc.so*"))):
+            try:
+                return ctypes.CDLL(path)
+            except OSError:
+                continue
+    return None
+
+
+def nvrtc_compile(lib, text, name, options):
+    """(ok, log, ptx) of NVRTC compiling ``text`` with ``options``."""
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), text.encode(), name.encode(), 0, None,
+                                  None) == 0
+    opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+    status = lib.nvrtcCompileProgram(prog, len(options), opts)
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    ptx = b""
+    if status == 0:
+        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+        buf = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetPTX(prog, buf)
+        ptx = buf.value
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return status == 0, log.value.decode(errors="replace"), ptx.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def nvrtc():
+    lib = _libnvrtc()
+    if lib is None:
+        pytest.skip("NVRTC's pip package (nvidia-cuda-nvrtc-cu12, in the test extra) is not "
+                    "installed")
+    return lib
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", cb.SOURCES)
+def test_nvrtc(nvrtc, name, arch):
+    ok, log, ptx = nvrtc_compile(nvrtc, cb.source(name), name,
+                                 list(cb.NVRTC_OPTIONS) + [f"--gpu-architecture=compute_{arch}"])
+    assert ok, log
+    for kernel in _kernels(name):
+        assert f".entry {kernel}(" in ptx, kernel
+
+
+def test_nvrtc_has_teeth(nvrtc):
+    """The check fails where it should: INFINITY without a header does not compile."""
+    ok, log, _ = nvrtc_compile(nvrtc, "extern \"C\" __global__ void k(float *p) "
+                               "{ p[0] = INFINITY; }", "bad.cu", list(cb.NVRTC_OPTIONS))
+    assert not ok and "INFINITY" in log
+
+
+def test_sources_are_listed_and_self_contained():
+    """The backend compiles every .cu there is, and each needs only the shared header."""
+    assert sorted(cb.SOURCES) == sorted(os.path.basename(p)
+                                        for p in glob.glob(os.path.join(CUDA, "*.cu")))
+    for name in cb.SOURCES:
+        text = cb.source(name)
+        assert "#include" not in text, name
