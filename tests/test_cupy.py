@@ -1,0 +1,219 @@
+"""The cupy backend on a real GPU: CuPy arrays and PyTorch CUDA tensors through
+every public function, against the float64 references. These tests skip, with
+the reason, where CuPy or a CUDA device is missing (CI has none: there the
+kernels' results are checked on the CPU by tests/test_cuda_harness.py)."""
+
+import numpy as np
+import pytest
+import reference as ref
+from conftest import DIST_TOL, SINK_TOL, rng_for
+
+import mhc_array as mx
+from mhc_array.errors import BackendUnavailableError, DomainError
+
+MHC_TOL = {"float32": dict(rtol=2e-5, atol=2e-6), "float64": dict(rtol=1e-10, atol=1e-12)}
+
+
+def test_forcing_cupy_for_a_cpu_array_says_why():
+    """Runs everywhere: a CPU array cannot be served by the cupy backend."""
+    with mx.use_backend("cupy"):
+        with pytest.raises(BackendUnavailableError, match="cupy"):
+            mx.sinkhorn_knopp(np.ones((2, 3, 3)))
+
+
+def _device_or_skip():
+    cupy = pytest.importorskip("cupy")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"CuPy cannot use CUDA here: {exc}")
+    if count < 1:
+        pytest.skip("no CUDA device")
+    return cupy
+
+
+class CupyLib:
+    name = "cupy"
+
+    def __init__(self):
+        self.cp = _device_or_skip()
+
+    def asarray(self, a):
+        return self.cp.asarray(np.array(a, copy=True))
+
+    def to_numpy(self, r):
+        assert isinstance(r, self.cp.ndarray), type(r)
+        return self.cp.asnumpy(r)
+
+
+class TorchCudaLib:
+    name = "torch"
+
+    def __init__(self):
+        _device_or_skip()
+        self.torch = pytest.importorskip("torch")
+        if not self.torch.cuda.is_available():
+            pytest.skip("torch has no CUDA here")
+
+    def asarray(self, a):
+        return self.torch.from_numpy(np.array(a, copy=True)).cuda()
+
+    def to_numpy(self, r):
+        assert isinstance(r, self.torch.Tensor) and r.is_cuda, type(r)
+        return r.detach().cpu().numpy()
+
+
+@pytest.fixture(params=["cupy", "torch"])
+def glib(request):
+    return CupyLib() if request.param == "cupy" else TorchCudaLib()
+
+
+def _served_by_cupy(name):
+    used = mx.stats()[name]
+    assert set(used) == {"cupy"}, used
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("order", ["rows-first", "cols-first"])
+@pytest.mark.parametrize("logits", [False, True])
+@pytest.mark.parametrize("shape", [(64, 4, 4), (9, 3, 5), (3, 40, 33)], ids=str)
+def test_sinkhorn(glib, shape, logits, order, dtype):
+    rng = rng_for("gpu-sk", shape, logits, order, dtype)
+    x_np = (rng.standard_normal(shape) if logits else rng.uniform(0, 1, shape)).astype(dtype)
+    x_np[1] = np.nan                       # one NaN matrix: the others untouched
+    mx.reset_stats()
+    with mx.use_backend("cupy"):
+        got = glib.to_numpy(mx.sinkhorn_knopp(glib.asarray(x_np), logits=logits, order=order))
+    _served_by_cupy("sinkhorn_knopp")
+    want = ref.sinkhorn(x_np, logits=logits, order=order)
+    assert np.isnan(got[1]).all()
+    keep = np.arange(shape[0]) != 1
+    np.testing.assert_allclose(got[keep], want[keep], **SINK_TOL[dtype])
+
+
+def test_sinkhorn_targets_tau_and_out(glib):
+    rng = rng_for("gpu-sk-targets")
+    x_np = rng.uniform(0, 1, (5, 3, 4))
+    rs = rng.uniform(0.5, 2, (5, 3))
+    cs = np.full(4, 1.0) * rs.sum(-1, keepdims=True) / 4
+    x, r, c = glib.asarray(x_np), glib.asarray(rs), glib.asarray(cs)
+    with mx.use_backend("cupy"):
+        got = mx.sinkhorn_knopp(x, row_sums=r, col_sums=c, tau=0.1, iterations=9)
+        np.testing.assert_allclose(glib.to_numpy(got),
+                                   ref.sinkhorn(x_np, row_sums=rs, col_sums=cs, tau=0.1,
+                                                iterations=9), **SINK_TOL["float64"])
+        res = mx.sinkhorn_knopp(x, out=x)          # in place
+        assert res is x
+    np.testing.assert_allclose(glib.to_numpy(x), ref.sinkhorn(x_np), **SINK_TOL["float64"])
+
+
+@pytest.mark.parametrize("logits", [False, True])
+def test_sinkhorn_backward(glib, logits):
+    from mhc_array._api import SINKHORN_BACKWARD
+    rng = rng_for("gpu-sk-bwd", logits)
+    x_np = rng.standard_normal((2, 3, 4)) if logits else rng.uniform(0.2, 1, (2, 3, 4))
+    up = rng.standard_normal(x_np.shape)
+    h, want = 1e-6, np.zeros_like(x_np)
+    kw = dict(iterations=4, tau=0.05, logits=logits, order="cols-first")
+    for idx in np.ndindex(x_np.shape):
+        a, b = x_np.copy(), x_np.copy()
+        a[idx] += h
+        b[idx] -= h
+        want[idx] = np.sum(up * (ref.sinkhorn(a, **kw) - ref.sinkhorn(b, **kw))) / (2 * h)
+    with mx.use_backend("cupy"):
+        got = SINKHORN_BACKWARD((glib.asarray(x_np), None, None, glib.asarray(up)),
+                                (4, 0.05, logits, "cols-first"))
+    np.testing.assert_allclose(glib.to_numpy(got), want, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("manifold", ["euclidean", "poincare", "spherical"])
+def test_distances_and_pairwise(glib, manifold, dtype):
+    rng = rng_for("gpu-dist", manifold, dtype)
+    make = {"euclidean": lambda s: rng.standard_normal(s + (16,)),
+            "poincare": lambda s: ref.ball_points(rng, s, 16),
+            "spherical": lambda s: ref.sphere_points(rng, s, 16)}[manifold]
+    x_np, c_np, y_np = make((50,)).astype(dtype), make(()).astype(dtype), make((7,)).astype(dtype)
+    mx.reset_stats()
+    with mx.use_backend("cupy"):
+        got = mx.geometric_distance(glib.asarray(x_np), glib.asarray(c_np), manifold=manifold)
+        pw = mx.pairwise_distance(glib.asarray(x_np), glib.asarray(y_np), manifold=manifold)
+    _served_by_cupy("geometric_distance")
+    _served_by_cupy("pairwise_distance")
+    extra = dict(atol=1e-15) if manifold == "spherical" else {}
+    np.testing.assert_allclose(glib.to_numpy(got), ref.distance(manifold, x_np, c_np),
+                               **{**DIST_TOL[dtype], **extra})
+    np.testing.assert_allclose(glib.to_numpy(pw), ref.pairwise(manifold, x_np, y_np),
+                               **{**DIST_TOL[dtype], **extra})
+
+
+def test_domain_errors(glib):
+    x_np = np.zeros((4, 3))
+    x_np[2] = [1, 1, 0]
+    with mx.use_backend("cupy"):
+        with pytest.raises(DomainError) as e:
+            mx.poincare_distance(glib.asarray(x_np), glib.asarray(np.zeros(3)))
+        assert e.value.index == (2,)
+        got = mx.poincare_distance(glib.asarray(x_np), glib.asarray(np.zeros(3)),
+                                   on_domain_error="nan")
+        assert np.isnan(glib.to_numpy(got)[2])
+        with pytest.raises(DomainError):
+            mx.spherical_distance(glib.asarray(x_np), glib.asarray(np.ones(3)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("variant", ["paper", "deepseek-v4"])
+def test_mhc_pre_post(glib, variant, dtype):
+    rng = rng_for("gpu-mhc", variant, dtype)
+    n, C = 4, 64
+    K = (2 + n) * n
+    x_np = rng.standard_normal((3, 5, n, C)).astype(dtype)
+    w = (rng.standard_normal((n * C, K) if variant == "paper" else (K, n * C)) * 0.1)
+    b, a = rng.standard_normal(K) * 0.1, np.array([0.8, 0.5, 1.3])
+    w, b, a = (v.astype(dtype) for v in (w, b, a))
+    mx.reset_stats()
+    with mx.use_backend("cupy"):
+        h = mx.mhc_pre(*(glib.asarray(v) for v in (x_np, w, b, a)), variant=variant)
+        nxt = mx.mhc_post(glib.asarray(x_np), h[0], h[2], h[3])
+    _served_by_cupy("mhc_pre")
+    _served_by_cupy("mhc_post")
+    want = ref.mhc_pre(x_np, w, b, a, variant=variant)
+    for g, wv in zip(h, want):
+        np.testing.assert_allclose(glib.to_numpy(g), wv, **MHC_TOL[dtype])
+    np.testing.assert_allclose(glib.to_numpy(nxt), ref.mhc_post(x_np, *(want[k] for k in
+                                                                         (0, 2, 3))),
+                               **MHC_TOL[dtype])
+
+
+def test_auto_sends_cuda_arrays_to_cupy(glib):
+    x = glib.asarray(np.random.default_rng(0).uniform(0, 1, (8, 4, 4)))
+    mx.reset_stats()
+    mx.sinkhorn_knopp(x)
+    _served_by_cupy("sinkhorn_knopp")
+
+
+def test_torch_runs_on_its_current_stream():
+    """A tensor written on a side stream and used on it: the kernels are ordered
+    after the write without any synchronisation by the caller."""
+    lib = TorchCudaLib()
+    torch = lib.torch
+    s = torch.cuda.Stream()
+    x_np = np.random.default_rng(1).uniform(0, 1, (4096, 4, 4))
+    with torch.cuda.stream(s):
+        x = torch.empty((4096, 4, 4), dtype=torch.float64, device="cuda")
+        x.copy_(torch.from_numpy(x_np).pin_memory(), non_blocking=True)
+        with mx.use_backend("cupy"):
+            got = mx.sinkhorn_knopp(x)
+        got = got.cpu()
+    np.testing.assert_allclose(got.numpy(), ref.sinkhorn(x_np), **SINK_TOL["float64"])
+
+
+def test_out_of_memory_is_a_clear_error():
+    """A result larger than any GPU (2**36 float64): a MemoryError naming the backend,
+    and the device stays usable."""
+    cupy = _device_or_skip()
+    x = cupy.zeros((1 << 18, 1))
+    with mx.use_backend("cupy"):
+        with pytest.raises(MemoryError, match="GPU memory"):
+            mx.pairwise_distance(x, x)
+        assert float(mx.euclidean_distance(x[:4], x[0]).sum()) == 0.0
