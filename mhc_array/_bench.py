@@ -70,7 +70,7 @@ def _numpy_mhc(x, phi, bias, alpha, iterations):
 
 
 def _torch_mhc(torch):
-    def run(x, phi, bias, alpha, iterations):
+    def run(x, phi, bias, alpha, iterations, f=None):
         n, C = x.shape[-2:]
         v = x.reshape(*x.shape[:-2], n * C)
         y = (v @ phi) * torch.rsqrt((v * v).mean(-1, keepdim=True) + 1e-6)
@@ -82,8 +82,20 @@ def _torch_mhc(torch):
             M = M / M.sum(-2, keepdim=True)
             M = M / M.sum(-1, keepdim=True)
         h_in = (h_pre.unsqueeze(-1) * x).sum(-2)
+        if f is not None:
+            h_in = h_in * f
         return M @ x + h_post.unsqueeze(-1) * h_in.unsqueeze(-2)
     return run
+
+
+def _torch_mhc_f(torch):
+    """The paper's equations in torch with F = h_in * f (differentiable: the eager and
+    compiled peers of the training rows)."""
+    run = _torch_mhc(torch)
+
+    def connection(x, phi, bias, alpha, f):
+        return run(x, phi, bias, alpha, 20, f)
+    return connection
 
 
 def _hf_v4_mhc(torch, n, C):
@@ -281,6 +293,91 @@ def _workloads(quick, rng, threads, compile_peers):
                 cands[label + " + F"] = (connected, (x,), ctx)
         work.append((name, cands, None))
 
+    def grad_row(name, cands, ours):
+        """A training workload (forward + backward): ours at the best native level, at
+        ``threads`` and at 2 threads (torch's own operations stay at ``threads``)."""
+        native = [(label, ctx) for label, ctx in mhc if label.startswith("mhc native")]
+        for label, ctx in native[:1] + [c for c in native if c[0].endswith(" x2")]:
+            cands[label] = (ours, (), ctx)
+        work.append((name, cands, None))
+
+    def sinkhorn_backward(name, batch, n, iterations):
+        """Sinkhorn from logits, forward + backward (upstream gradient randn): ours (the
+        native backward kernel) vs autograd through the plain torch loop."""
+        if torch is None:
+            return
+        import mhc_array.torch as mt
+        x0 = torch.from_numpy(_logits(rng, (batch, n, n)))
+        g = torch.from_numpy(_logits(rng, (batch, n, n)))
+        loop = _torch_sinkhorn(torch, True)
+
+        def plain(fn):
+            def run():
+                x = x0.clone().requires_grad_()
+                fn(x, iterations).backward(g)
+            return run
+        cands = {"torch eager": (plain(loop), ())}
+        if compile_peers and (fn := compiled(loop)) is not None:
+            cands["torch.compile"] = (plain(fn), ())
+        grad_row(name, cands, plain(lambda x, it: mt.sinkhorn_knopp(x, iterations=it,
+                                                                   logits=True)))
+
+    def mhc_training(name, tokens, n, C):
+        """The connection (pre, F = x * f, post), forward + backward w.r.t. x and the
+        parameters: ours (MHCConnection) vs the paper's equations in torch."""
+        if torch is None:
+            return
+        import mhc_array.torch as mt
+        layer = mt.MHCConnection(n, C, seed=0)
+        x0 = torch.from_numpy(rng.standard_normal((tokens, n, C)).astype(np.float32))
+        f = torch.from_numpy(rng.standard_normal((tokens, C)).astype(np.float32))
+        g = torch.from_numpy(rng.standard_normal((tokens, n, C)).astype(np.float32))
+        eq = _torch_mhc_f(torch)
+
+        def step(fn):
+            def run():
+                x = x0.clone().requires_grad_()
+                layer.zero_grad(set_to_none=True)
+                fn(x).backward(g)
+            return run
+        cands = {"torch eager": (step(lambda x: eq(x, layer.phi, layer.bias, layer.alpha, f)),
+                                 ())}
+        if compile_peers and (fn := compiled(eq)) is not None:
+            cands["torch.compile"] = (step(lambda x: fn(x, layer.phi, layer.bias, layer.alpha,
+                                                        f)), ())
+        grad_row(name, cands, step(lambda x: layer(x, lambda h: h * f)))
+
+    def v4_training(name, tokens):
+        """A tiny transformers DeepSeek-V4 model's training step (forward + loss +
+        backward), as shipped ("torch eager") and after replace_hyper_connections."""
+        if torch is None:
+            return
+        try:
+            import transformers
+            cfg = transformers.DeepseekV4Config(
+                vocab_size=256, hidden_size=256, moe_intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                head_dim=64, q_lora_rank=64, num_experts_per_tok=2, n_routed_experts=4,
+                n_shared_experts=1, o_groups=2, o_lora_rank=32, index_n_heads=2,
+                index_head_dim=32, index_topk=16, qk_rope_head_dim=16, sliding_window=32,
+                max_position_embeddings=4096, num_nextn_predict_layers=0)
+            torch.manual_seed(0)
+            model = transformers.DeepseekV4ForCausalLM(cfg)
+        except Exception:  # noqa: BLE001 - transformers absent or without DeepSeek-V4
+            return
+        import copy
+        import mhc_array.torch as mt
+        ours = copy.deepcopy(model)
+        mt.replace_hyper_connections(ours)
+        ids = torch.from_numpy(rng.integers(0, 256, (1, tokens)))
+
+        def step(m):
+            def run():
+                m.zero_grad(set_to_none=True)
+                m(ids, labels=ids).loss.backward()
+            return run
+        grad_row(name, {"torch eager": (step(model), ())}, step(ours))
+
     sinkhorn("W1 sinkhorn 4096 x 4x4, 20 it, logits", 4096, 4, 4, 20, True)
     sinkhorn("W1 sinkhorn 4096 x 4x4, 10 it, logits", 4096, 4, 4, 10, True)
     sinkhorn("W1b sinkhorn 8 x 512x1024, 10 it", 8, 512, 1024, 10, False)
@@ -295,6 +392,16 @@ def _workloads(quick, rng, threads, compile_peers):
         mhc_connection("W3 mhc pre+post 4096 tokens, n=4, C=4096", 4096, 4, 4096)
         mhc_block("W3 block F = Linear(4096, 4096), 1024 tokens, n=4: 'torch eager' is the "
                   "plain residual x + F(x)", 1024, 4, 4096)
+    if quick:
+        sinkhorn_backward("W1 sinkhorn fwd+bwd 4096 x 4x4, 20 it, logits (torch)", 4096, 4, 20)
+        mhc_training("W3 mhc connection fwd+bwd 1024 tokens, n=4, C=1024 (torch)", 1024, 4,
+                     1024)
+    else:
+        sinkhorn_backward("W1 sinkhorn fwd+bwd 4096 x 4x4, 20 it, logits (torch)", 4096, 4, 20)
+        mhc_training("W3 mhc connection fwd+bwd 4096 tokens, n=4, C=1024 (torch)", 4096, 4,
+                     1024)
+        v4_training("V4 tiny model train step, 512 tokens, hidden 256, n=4: 'torch eager' is "
+                    "the model as shipped", 512)
     if not quick:
         distance("W2 bandwidth euclidean 100000 x 1024", 100000, 1024, "euclidean")
         sinkhorn("W1 sinkhorn 65536 x 4x4, 20 it, logits", 65536, 4, 4, 20, True)

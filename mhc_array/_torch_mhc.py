@@ -132,10 +132,13 @@ def _mhc_pre_backward(ctx, g_hin, g_hpre, g_hpost, g_hres):
     g_r = (g_y * p).sum(-1, keepdim=True)
     gx = gphi = None
     if ctx.needs_input_grad[0]:
-        g_v = g_p @ W.t() - (g_r * r ** 3 / P) * v
-        g_xs = g_v.reshape(T, n, C)
+        # g_v = g_p @ W^T - (g_r r^3 / P) v  (+ h_pre (x) g_hin): three passes over
+        # the streams, in place after the first
+        g_v = v * (-(g_r * r ** 3) / P)
+        g_v.addmm_(g_p, W.t())
+        g_xs = g_v.view(T, n, C)
         if g_in is not None:
-            g_xs = g_xs + hp.unsqueeze(-1) * g_in.unsqueeze(-2)
+            g_xs.baddbmm_(hp.unsqueeze(-1), g_in.unsqueeze(-2))
         gx = g_xs.reshape(x.shape).to(x.dtype)
     if ctx.needs_input_grad[1]:
         gphi = (v.t() @ g_p if variant == "paper" else g_p.t() @ v).to(phi.dtype)
@@ -168,12 +171,13 @@ def _mhc_post_backward(ctx, g):
     cdt = _coeff_dtype(x)
     gc = g.to(cdt)
     gx = gf = ghp = ghr = None
-    if ctx.needs_input_grad[0]:
-        gx = (h_res.to(cdt).transpose(-1, -2) @ gc).to(x.dtype)
+    if ctx.needs_input_grad[0]:    # h_res^T @ g: the native post step with f_out = 0
+        gx = _mhc_post_op(gc, gc.new_zeros(g.shape[-1]), gc.new_zeros(g.shape[-2]),
+                          h_res.to(cdt).transpose(-1, -2)).to(x.dtype)
     if ctx.needs_input_grad[1]:
-        gf = _reduce_to((h_post.to(cdt).unsqueeze(-1) * gc).sum(-2), f_out)
+        gf = _reduce_to((h_post.to(cdt).unsqueeze(-2) @ gc).squeeze(-2), f_out)
     if ctx.needs_input_grad[2]:
-        ghp = _reduce_to((gc * f_out.to(cdt).unsqueeze(-2)).sum(-1), h_post)
+        ghp = _reduce_to((gc @ f_out.to(cdt).unsqueeze(-1)).squeeze(-1), h_post)
     if ctx.needs_input_grad[3]:
         ghr = _reduce_to(gc @ x.to(cdt).transpose(-1, -2), h_res)
     return gx, gf, ghp, ghr

@@ -46,6 +46,28 @@ def test_backward_record_matches_finite_differences(backend, logits, order):
                                got, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("n,m", [(4, 4), (3, 5), (9, 9)])
+def test_backward_many_matrices_every_lane(backend, n, m):
+    """37 matrices: the small-matrix kernel's full and partial lane groups (and the
+    one-matrix path for 9x9) against finite differences per matrix; a NaN matrix
+    gives a NaN gradient and leaves the others' exactly as they were."""
+    rng = np.random.default_rng(n * 10 + m)
+    x = rng.standard_normal((37, n, m))
+    up = rng.standard_normal(x.shape)
+    opts = (6, 0.0, True, "cols-first")
+    got = SINKHORN_BACKWARD((x, None, None, up), opts)
+    kw = dict(iterations=6, logits=True, order="cols-first")
+    for b in (0, 1, 15, 16, 17, 31, 36):
+        np.testing.assert_allclose(got[b], _numeric_grad(x[b], up[b], **kw), rtol=1e-6,
+                                   atol=1e-8)
+    xn = x.copy()
+    xn[17, 1, 2] = np.nan
+    gn = SINKHORN_BACKWARD((xn, None, None, up), opts)
+    assert np.isnan(gn[17]).all()
+    keep = np.arange(37) != 17
+    np.testing.assert_array_equal(gn[keep], got[keep])
+
+
 def test_backward_record_checks_shapes_and_domain(backend):
     x = np.ones((2, 3, 3))
     with pytest.raises(mx.ShapeError, match="grad"):

@@ -70,7 +70,9 @@ typedef MHC_DIST_ARGS(double) mhc_dist_args_f64;
  *  dist(a, r0, r1)           rows [r0, r1); returns the first row with a
  *                            domain error in MHC_DOM_RAISE mode, else -1
  *  sk_bwd(a, b0, b1, ws)     Sinkhorn backward of matrices [b0, b1), ws holds
- *                            MHC_SK_BWD_WS(n, m, iters) elements
+ *                            MHC_SK_BWD_WS(n, m, iters) * 64 / sizeof(T) + 64 /
+ *                            sizeof(T) elements (vectors of up to 64 bytes, aligned
+ *                            by the kernel)
  */
 typedef struct {
     const char *name;
