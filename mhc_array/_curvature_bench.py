@@ -3,7 +3,9 @@ GraphRicciCurvature's ``OllivierRicci`` (exact transport, ``method="OTD"``: POT'
 ``ot.emd2`` per edge) on the same graphs, same alpha, same machine, in one run.
 
 Each solver runs in a fresh subprocess (so that its peak resident memory is its
-own; GraphRicciCurvature computes in a worker process of its pool, counted too),
+own; GraphRicciCurvature computes in a worker process forked from it, whose peak
+RSS includes what it inherited); for mhc_array also the tracemalloc peak of the
+Python/NumPy heap during a second, untimed run,
 on one core (GraphRicciCurvature ``proc=1``, mhc_array one native thread). The
 graphs are rebuilt from fixed seeds in each subprocess; the parent compares the
 per-edge kappa.
@@ -80,6 +82,8 @@ def _worker(case, solver, out_path, reg):
         e, kappa = mx.ollivier_ricci_curvature(None, graph=(edges, w), alpha=ALPHA, reg=reg)
         seconds = time.perf_counter() - t
         assert np.array_equal(e, edges)
+        traced = _traced_peak(lambda: mx.ollivier_ricci_curvature(None, graph=(edges, w),
+                                                                  alpha=ALPHA, reg=reg))
     elif solver == "mhc-points":
         import mhc_array as mx
         mx.set_num_threads(1)
@@ -89,6 +93,8 @@ def _worker(case, solver, out_path, reg):
         e, kappa = mx.ollivier_ricci_curvature(pts, k=10, alpha=ALPHA, reg=reg)
         seconds = time.perf_counter() - t
         assert np.array_equal(e, edges)
+        traced = _traced_peak(lambda: mx.ollivier_ricci_curvature(pts, k=10, alpha=ALPHA,
+                                                                  reg=reg))
     else:
         import networkx as nx
         from GraphRicciCurvature.OllivierRicci import OllivierRicci
@@ -105,10 +111,23 @@ def _worker(case, solver, out_path, reg):
                             verbose="ERROR")
         res = orc.compute_ricci_curvature_edges()
         seconds = time.perf_counter() - t
+        traced = None  # its work is in a worker process: RSS only
         kappa = np.array([res[(int(a), int(b))] if (int(a), int(b)) in res
                           else res[(int(b), int(a))] for a, b in edges])
     np.save(out_path, kappa)
-    return {"seconds": seconds, "peak_rss_mib": _peak_rss_mib(), "base_rss_mib": base}
+    return {"seconds": seconds, "peak_rss_mib": _peak_rss_mib(), "base_rss_mib": base,
+            "traced_peak_mib": traced}
+
+
+def _traced_peak(fn):
+    """Peak of the Python and NumPy heap (tracemalloc) during a second, untimed run."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2 ** 20
+    finally:
+        tracemalloc.stop()
 
 
 def _spawn(case, solver, reg, tmp):
@@ -168,8 +187,11 @@ def run(*, cases=CASES, reg=0.01, json_path=None):
                     d = np.abs(r["kappa"] - rows["grc"]["kappa"])
                     extra = (f"  speedup {rows['grc']['seconds'] / r['seconds']:7.1f}x"
                              f"  |kappa - GRC| max {d.max():.2e} mean {d.mean():.2e}")
-                print(f"  {labels[s]:32s} {r['seconds']:9.3f} s  peak RSS "
-                      f"{r['peak_rss_mib']:7.0f} MiB (before {r['base_rss_mib']:.0f}){extra}")
+                heap = (f"heap peak {r['traced_peak_mib']:6.0f} MiB"
+                        if r.get("traced_peak_mib") is not None else "heap peak      -    ")
+                print(f"  {labels[s]:32s} {r['seconds']:9.3f} s  {heap}  peak RSS "
+                      f"{r['peak_rss_mib']:5.0f} MiB (before the solve {r['base_rss_mib']:.0f})"
+                      f"{extra}")
             results.append({"case": case, "nodes": n, "edges": int(len(edges)),
                             **{s: {k: v for k, v in r.items() if k != "kappa"}
                                for s, r in rows.items()}})
