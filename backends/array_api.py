@@ -310,6 +310,61 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
     return h_in, h_pre, h_post, h_res
 
 
+def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, iterations,
+                     norm_eps, variant, hc_eps, call):
+    """The gradients of ``mhc_pre`` (None: a zero upstream gradient) as the native
+    kernel returns them: ``(g_x, gz, y, gp)`` -- the streams' gradient; per token the
+    gradient of the pre-activations ``z = a*y + b``, the normalised projection ``y``
+    and the gradient of the raw projection ``p = v . phi`` (``y = r p``)."""
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    L = n * C
+    v = xp.reshape(x, batch + (L,))
+    W = phi if variant == "paper" else xp.matrix_transpose(phi)          # (L, K)
+    r = 1 / xp.sqrt(xp.mean(v * v, axis=-1, keepdims=True) + norm_eps)
+    p = v @ W
+    y = p * r
+    s = _sigmoid(xp, alpha[0] * y[..., :n] + bias[:n])
+    q = _sigmoid(xp, alpha[1] * y[..., n:2 * n] + bias[n:2 * n])
+    h_pre = s + hc_eps if variant != "paper" else s
+    zeros = xp.zeros(batch + (n,), dtype=x.dtype, device=device(x))
+    gpre = zeros if g_pre is None else g_pre
+    if g_in is not None:
+        gpre = gpre + xp.sum(x * xp.expand_dims(g_in, axis=-2), axis=-1)
+    gz_pre = gpre * s * (1 - s)
+    gz_post = (zeros if g_post is None else g_post) * 2 * q * (1 - q)
+    z = xp.reshape(alpha[2] * y[..., 2 * n:] + bias[2 * n:], batch + (n, n))
+    if g_res is None:
+        gz_res = xp.zeros(batch + (n, n), dtype=x.dtype, device=device(x))
+    elif variant == "paper":
+        gz_res = sinkhorn_backward(xp, z, None, None, g_res, iterations=iterations, tau=0.0,
+                                   logits=True, order="cols-first", call=call)
+    else:   # softmax + eps, V4's first column step, then rows-first Sinkhorn with tau
+        P = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
+        P = P / xp.sum(P, axis=-1, keepdims=True)
+        S = P + hc_eps
+        D = xp.sum(S, axis=-2, keepdims=True) + hc_eps
+        S1 = S / D
+        g1 = xp.matrix_transpose(g_res)
+        if iterations > 1:
+            g1 = sinkhorn_backward(xp, S1, None, None, g1, iterations=iterations - 1,
+                                   tau=hc_eps, logits=False, order="rows-first", call=call)
+        gS = (g1 - xp.sum(g1 * S1, axis=-2, keepdims=True)) / D
+        gz_res = P * (gS - xp.sum(gS * P, axis=-1, keepdims=True))
+    gz = xp.concat([gz_pre, gz_post, xp.reshape(gz_res, batch + (n * n,))], axis=-1)
+    a_k = xp.concat([alpha[0] * xp.ones(n, dtype=x.dtype, device=device(x)),
+                     alpha[1] * xp.ones(n, dtype=x.dtype, device=device(x)),
+                     alpha[2] * xp.ones(n * n, dtype=x.dtype, device=device(x))])
+    g_y = gz * a_k
+    gp = g_y * r
+    g_r = xp.sum(g_y * p, axis=-1, keepdims=True)
+    g_v = gp @ xp.matrix_transpose(W) - (g_r * r ** 3 / L) * v
+    g_x = xp.reshape(g_v, x.shape)
+    if g_in is not None:
+        g_x = g_x + xp.expand_dims(h_pre, axis=-1) * xp.expand_dims(g_in, axis=-2)
+    return g_x, gz, y, gp
+
+
 def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
     """``x_next[i] = sum_j h_res[i, j] x[j] + h_post[i] f_out`` in the coefficient dtype
     (into ``out`` when given: the caller's array, possibly ``x`` itself)."""

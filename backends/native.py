@@ -66,11 +66,11 @@ if lib is not None:
         np.dtype(np.float32): ((ffi.typeof("float[]"), ffi.typeof("float *")),
                                lib.mhc_sinkhorn_f32, lib.mhc_distance_f32, lib.mhc_pairwise_f32,
                                lib.mhc_hc_pre_f32, lib.mhc_hc_post_f32,
-                               lib.mhc_sinkhorn_backward_f32),
+                               lib.mhc_sinkhorn_backward_f32, lib.mhc_hc_pre_backward_f32),
         np.dtype(np.float64): ((ffi.typeof("double[]"), ffi.typeof("double *")),
                                lib.mhc_sinkhorn_f64, lib.mhc_distance_f64, lib.mhc_pairwise_f64,
                                lib.mhc_hc_pre_f64, lib.mhc_hc_post_f64,
-                               lib.mhc_sinkhorn_backward_f64),
+                               lib.mhc_sinkhorn_backward_f64, lib.mhc_hc_pre_backward_f64),
     }
 else:
     ISA_CODES, ISA_NAMES, BEST_ISA, MAX_STREAMS, _KERNELS = {}, {}, None, 0, {}
@@ -381,23 +381,29 @@ def _workspace(call):
     return ws
 
 
+def _projection(w, variant, n, C, dt, code):
+    """The projection as the C kernels read it: (n*C, Kp) rows, Kp = K = (2+n)n
+    padded to whole vectors (phi itself when it already is; V4's fn (K, n*C)
+    transposed: phi's size, once per call), and Kp."""
+    K = (2 + n) * n
+    lanes = lib.mhc_vector_lanes(code, dt.itemsize)
+    Kp = -(-K // lanes) * lanes
+    if variant == "paper" and Kp == K and w.flags.c_contiguous and w.flags.aligned:
+        return w, Kp
+    wp = np.zeros((n * C, Kp), dt)
+    wp[:, :K] = w if variant == "paper" else w.T
+    return wp, Kp
+
+
 def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, call):
     a = _to_numpy(x)
     n, C = a.shape[-2], a.shape[-1]
     batch = a.shape[:-2]
     dt = a.dtype
-    w, b, al = _to_numpy(phi), _to_numpy(bias), _to_numpy(alpha)
-    K = (2 + n) * n
     code = resolve_isa(call.isa)
-    lanes = lib.mhc_vector_lanes(code, dt.itemsize)
-    Kp = -(-K // lanes) * lanes  # phi's columns padded to whole vectors
-    if variant == "paper" and Kp == K and w.flags.c_contiguous and w.flags.aligned:
-        wp = w
-    else:  # padded columns, and V4's fn (K, nC) transposed to (nC, K): phi's size, once
-        wp = np.zeros((n * C, Kp), dt)
-        wp[:, :K] = w if variant == "paper" else w.T
-    b = np.require(b, dt, ["C", "A"])     # contiguous and aligned (C refuses misaligned)
-    al = np.require(al, dt, ["C", "A"])
+    wp, Kp = _projection(_to_numpy(phi), variant, n, C, dt, code)
+    b = np.require(_to_numpy(bias), dt, ["C", "A"])   # contiguous and aligned (C refuses
+    al = np.require(_to_numpy(alpha), dt, ["C", "A"])  # misaligned)
     xt, tokens = _tokens(a, (n, C), call)
     h_in = np.empty(batch + (C,), dt)
     h_pre = np.empty(batch + (n,), dt)
@@ -410,6 +416,39 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
                       0 if variant == "paper" else 1, iterations, norm_eps, hc_eps,
                       p[4], p[5], p[6], p[7], _workspace(call), code, call.threads))
     return tuple(_back(xp, x, r) for r in (h_in, h_pre, h_post, h_res))
+
+
+def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, iterations,
+                     norm_eps, variant, hc_eps, call):
+    """The gradients of ``mhc_pre`` (upstream gradients None: zero): ``(g_x, gz, y,
+    gp)`` -- the streams' gradient and, per token ``(..., K)``, the gradient of the
+    pre-activations, the normalised projection and the gradient of the raw
+    projection (the frontend reduces them to the parameters' gradients)."""
+    a = _to_numpy(x)
+    n, C = a.shape[-2], a.shape[-1]
+    batch = a.shape[:-2]
+    dt = a.dtype
+    K = (2 + n) * n
+    code = resolve_isa(call.isa)
+    w = _to_numpy(phi)
+    wp, Kp = _projection(w, variant, n, C, dt, code)
+    wt = np.require(w.T if variant == "paper" else w, dt, ["C", "A"])   # (K, n*C) rows
+    b = np.require(_to_numpy(bias), dt, ["C", "A"])
+    al = np.require(_to_numpy(alpha), dt, ["C", "A"])
+    xt, tokens = _tokens(a, (n, C), call)
+    grads = [None if g is None else _tokens(_to_numpy(g), inner, call)[0]
+             for g, inner in ((g_in, (C,)), (g_pre, (n,)), (g_post, (n,)), (g_res, (n, n)))]
+    g_x = np.empty(a.shape, dt)
+    gz, y, gp = (np.empty(batch + (K,), dt) for _ in range(3))
+    ctype, kernel = _KERNELS[dt][0], _KERNELS[dt][7]
+    if tokens:
+        p = [ffi.from_buffer(ctype[0], v) for v in (xt, wp, wt, b, al, g_x, gz, y, gp)]
+        g = [ffi.NULL if v is None else ffi.from_buffer(ctype[0], v) for v in grads]
+        _check(kernel(p[0], n * C, tokens, n, C, p[1], Kp, p[2], p[3], p[4],
+                      0 if variant == "paper" else 1, iterations, norm_eps, hc_eps,
+                      g[0], g[1], g[2], g[3], p[5], n * C, p[6], p[7], p[8],
+                      code, call.threads))
+    return tuple(_back(xp, x, r) for r in (g_x, gz, y, gp))
 
 
 def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):

@@ -89,6 +89,36 @@ MHC_PRE = Op("mhc_pre", kernel="mhc_pre",
              options=(("iterations", _options.iterations), ("norm_eps", _options.nonnegative),
                       ("variant", _variant), ("hc_eps", _options.nonnegative)),
              names=_param_names, dtype="coefficients", shapes=_pre_shapes, restore=(0,))
+
+
+def _pre_backward_names(options):
+    return _param_names(options) + ("g_in", "g_pre", "g_post", "g_res")
+
+
+def _pre_backward_shapes(xp, call, names, arrays, opts, cdt):
+    """The forward's checks, and the upstream gradients of the outputs' shapes."""
+    x = arrays[0]
+    _pre_shapes(xp, call, names[:4], arrays[:4], opts, cdt)
+    n, C = _streams(x)
+    batch = tuple(x.shape[:-2])
+    for name, g, inner in zip(names[4:], arrays[4:], ((C,), (n,), (n,), (n, n))):
+        if g is not None and tuple(g.shape) != batch + inner:
+            raise ShapeError(f"{name} must have shape {batch + inner}; got shape "
+                             f"{tuple(g.shape)}")
+    return arrays, {}
+
+
+# The gradients of mhc_pre (not public: mhc_array.torch's autograd calls it):
+# (g_x, gz, y, gp) -- the streams' gradient, and per token the gradient of the
+# pre-activations z = a*y + b, the normalised projection y and the gradient of
+# the raw projection p = v . phi, from which the caller sums the parameters'
+# gradients (bias: sum gz; alpha: sum gz*y per group; phi: sum v^T gp).
+MHC_PRE_BACKWARD = Op(
+    "mhc_pre_backward", kernel="mhc_pre_backward",
+    arrays=(_STREAMS, ("phi", None), ("bias", None), ("alpha", None), ("g_in", None),
+            ("g_pre", None), ("g_post", None), ("g_res", None)),
+    options=MHC_PRE.options, names=_pre_backward_names, dtype="coefficients",
+    shapes=_pre_backward_shapes, restore=(0,), backends=("native", "array_api"))
 MHC_POST = Op("mhc_post", kernel="mhc_post",
               arrays=(_STREAMS, ("f_out", None), ("h_post", None), ("h_res", None)),
               dtype="coefficients", shapes=_post_shapes, out=True)

@@ -15,31 +15,32 @@ projection as ``(P, K)``: ``phi`` or ``fn^T``, ``K = (2+n)*n``)::
     g_p = r * g_y,  g_r = g_y . p
     g_v = g_p @ W^T - (g_r r^3 / P) v + h_pre (x) g_hin,   g_W = sum_t v^T g_p
 
-The Sinkhorn part runs in the native backward kernel (``mhc_array::sinkhorn_knopp_
-backward``): for the paper's variant directly (cols-first, from logits); for V4 as
-the composition it is -- ``comb = SK_rows-first(C(S), iterations - 1, tau = hc_eps)``
-with ``S = softmax(z) + hc_eps`` and ``C`` V4's first column step -- with the
-softmax and that first step undone in torch operations. The two GEMMs of the
-backward are torch matmuls (BLAS). ``mhc_post``'s backward is four small batched
-products.
+Everything but the last sum runs in one call of the non-public record
+``MHC_PRE_BACKWARD`` (op ``mhc_array::mhc_pre_backward``): on the native backend
+a fused C kernel per block of tokens (the projection recomputed, the Sinkhorn part
+by the Sinkhorn backward kernel -- for V4 as the composition it is, ``comb =
+SK_rows-first(S1, iterations - 1, tau = hc_eps)`` after ``S = softmax(z) + hc_eps``
+and V4's first column step ``S1``, both undone around it -- then ``g_x`` from
+cache); elsewhere the same math in the array's own namespace. It returns ``g_x``
+and per token ``g_z``, ``y`` and ``g_p``; ``g_W = sum_t v^T g_p`` is a torch
+matmul (BLAS), the bias and alpha gradients are sums. ``mhc_post``'s backward is
+the native post step (``h_res^T g``) and three small batched products.
 """
+
+from typing import Optional
 
 import torch
 from torch import nn
 
-from ._mhc import HC_EPS, MHC_POST, MHC_PRE, NORM_EPS, MHCLayer
+from ._mhc import HC_EPS, MHC_POST, MHC_PRE, MHC_PRE_BACKWARD, NORM_EPS, MHCLayer
 # mhc_array.torch imports this module after defining these
-from .torch import _fresh, _plain, _reduce_to, _sinkhorn_backward_op
+from .torch import _fresh, _plain, _reduce_to
 
 Tensor = torch.Tensor
 
 
 def _coeff_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _grad_or_zeros(g, like, dtype=None):
-    return torch.zeros_like(like, dtype=dtype) if g is None else g
 
 
 # ---------------------------------------------------------------- mhc_pre
@@ -64,86 +65,47 @@ def _(x, phi, bias, alpha, iterations, norm_eps, variant, hc_eps):
 
 def _mhc_pre_setup(ctx, inputs, output):
     x, phi, bias, alpha, iterations, norm_eps, variant, hc_eps = inputs
-    _, h_pre, h_post, _ = output
-    ctx.save_for_backward(x, phi, bias, alpha, h_pre, h_post)
+    ctx.save_for_backward(x, phi, bias, alpha)
     ctx.options = (iterations, norm_eps, variant, hc_eps)
 
 
-def _sk_backward(grad, x, iterations, tau, logits, order):
-    if iterations == 0 and not logits:
-        return grad
-    return _sinkhorn_backward_op(grad.contiguous(), x.contiguous(), None, None, iterations,
-                                 tau, logits, order)
+@torch.library.custom_op("mhc_array::mhc_pre_backward", mutates_args=())
+def _mhc_pre_backward_op(x: Tensor, phi: Tensor, bias: Tensor, alpha: Tensor,
+                         g_in: Optional[Tensor], g_pre: Optional[Tensor],
+                         g_post: Optional[Tensor], g_res: Optional[Tensor], iterations: int,
+                         norm_eps: float, variant: str, hc_eps: float
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    res = MHC_PRE_BACKWARD(tuple(_plain(t) for t in (x, phi, bias, alpha, g_in, g_pre, g_post,
+                                                     g_res)),
+                           (iterations, norm_eps, variant, hc_eps))
+    return tuple(_fresh(r, x, g_in) for r in res)
 
 
-def _res_backward(variant, z, g_hres, iterations, hc_eps):
-    """d<g_hres, h_res>/dz for the logits ``z (T, n, n)`` of h_res (comb for V4)."""
-    if variant == "paper":
-        return _sk_backward(g_hres, z, iterations, 0.0, True, "cols-first")
-    # V4: S = softmax(z) + eps; S1 = S / (colsum(S) + eps); comb = SK_rf(S1, it - 1)
-    P = torch.softmax(z, dim=-1)
-    S = P + hc_eps
-    D = S.sum(-2, keepdim=True) + hc_eps
-    S1 = S / D
-    g_comb = g_hres.transpose(-1, -2)                   # h_res = comb^T
-    g_S1 = _sk_backward(g_comb, S1, max(iterations - 1, 0), hc_eps, False, "rows-first")
-    g_S = (g_S1 - (g_S1 * S1).sum(-2, keepdim=True)) / D
-    return P * (g_S - (g_S * P).sum(-1, keepdim=True))
+@_mhc_pre_backward_op.register_fake
+def _(x, phi, bias, alpha, g_in, g_pre, g_post, g_res, iterations, norm_eps, variant, hc_eps):
+    n = x.shape[-2]
+    shape = tuple(x.shape[:-2]) + ((2 + n) * n,)
+    cdt = _coeff_dtype(x)
+    return (x.new_empty(x.shape), x.new_empty(shape, dtype=cdt), x.new_empty(shape, dtype=cdt),
+            x.new_empty(shape, dtype=cdt))
 
 
 def _mhc_pre_backward(ctx, g_hin, g_hpre, g_hpost, g_hres):
-    x, phi, bias, alpha, h_pre, h_post = ctx.saved_tensors
+    x, phi, bias, alpha = ctx.saved_tensors
     iterations, norm_eps, variant, hc_eps = ctx.options
     n, C = x.shape[-2], x.shape[-1]
-    P, K = n * C, (2 + n) * n
-    cdt = h_pre.dtype
-    T = h_pre.numel() // n
-    xs = x.reshape(T, n, C).to(cdt)
-    v = xs.reshape(T, P)
-    W = phi.to(cdt) if variant == "paper" else phi.to(cdt).t()      # (P, K)
-    r = torch.rsqrt((v * v).mean(-1, keepdim=True) + norm_eps)      # (T, 1)
-    p = v @ W                                                         # (T, K)
-    y = p * r
-    hp = h_pre.reshape(T, n)
-    hq = h_post.reshape(T, n)
-    g_pre = _grad_or_zeros(g_hpre, hp).reshape(T, n).to(cdt)
-    g_in = None
-    if g_hin is not None:
-        g_in = g_hin.reshape(T, C).to(cdt)
-        g_pre = g_pre + torch.bmm(xs, g_in.unsqueeze(-1)).squeeze(-1)
-    s = hp if variant == "paper" else hp - hc_eps
-    gz_pre = g_pre * s * (1 - s)
-    gz_post = _grad_or_zeros(g_hpost, hq).reshape(T, n).to(cdt) * hq * (1 - hq / 2)
-    al = alpha.to(cdt)
-    b = bias.to(cdt)
-    if g_hres is None:
-        gz_res = torch.zeros(T, n * n, dtype=cdt, device=x.device)
-    else:
-        z = (y[:, 2 * n:] * al[2] + b[2 * n:]).reshape(T, n, n)
-        gz_res = _res_backward(variant, z, g_hres.reshape(T, n, n).to(cdt), iterations,
-                               hc_eps).reshape(T, n * n)
-    gz = torch.cat([gz_pre, gz_post, gz_res], dim=-1)                # (T, K)
-    g_alpha = torch.stack([(gz_pre * y[:, :n]).sum(), (gz_post * y[:, n:2 * n]).sum(),
-                           (gz_res * y[:, 2 * n:]).sum()])
-    g_bias = gz.sum(0)
-    a_k = torch.cat([al[0].expand(n), al[1].expand(n), al[2].expand(n * n)])
-    g_y = gz * a_k
-    g_p = g_y * r
-    g_r = (g_y * p).sum(-1, keepdim=True)
-    gx = gphi = None
-    if ctx.needs_input_grad[0]:
-        # g_v = g_p @ W^T - (g_r r^3 / P) v  (+ h_pre (x) g_hin): three passes over
-        # the streams, in place after the first
-        g_v = v * (-(g_r * r ** 3) / P)
-        g_v.addmm_(g_p, W.t())
-        g_xs = g_v.view(T, n, C)
-        if g_in is not None:
-            g_xs.baddbmm_(hp.unsqueeze(-1), g_in.unsqueeze(-2))
-        gx = g_xs.reshape(x.shape).to(x.dtype)
+    K = (2 + n) * n
+    g_x, gz, y, gp = _mhc_pre_backward_op(x, phi, bias, alpha, g_hin, g_hpre, g_hpost, g_hres,
+                                          iterations, norm_eps, variant, hc_eps)
+    gz, y, gp = gz.reshape(-1, K), y.reshape(-1, K), gp.reshape(-1, K)
+    gphi = None
     if ctx.needs_input_grad[1]:
-        gphi = (v.t() @ g_p if variant == "paper" else g_p.t() @ v).to(phi.dtype)
-    return (gx, gphi, g_bias.to(bias.dtype), g_alpha.to(alpha.dtype),
-            None, None, None, None)
+        v = x.reshape(-1, n * C).to(gp.dtype)
+        gphi = (v.t() @ gp if variant == "paper" else gp.t() @ v).to(phi.dtype)
+    gzy = gz * y
+    g_alpha = torch.stack([gzy[:, :n].sum(), gzy[:, n:2 * n].sum(), gzy[:, 2 * n:].sum()])
+    return (g_x if ctx.needs_input_grad[0] else None, gphi, gz.sum(0).to(bias.dtype),
+            g_alpha.to(alpha.dtype), None, None, None, None)
 
 
 _mhc_pre_op.register_autograd(_mhc_pre_backward, setup_context=_mhc_pre_setup)

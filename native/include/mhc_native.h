@@ -220,6 +220,33 @@ int mhc_hc_post_f64(const double *x, int64_t x_tstride, const double *f, int64_t
                     const double *h_post, const double *h_res, double *out, int64_t out_tstride,
                     int64_t tokens, int64_t n, int64_t C, int isa, int n_threads);
 
+/* mhc_hc_pre_backward: the gradients of mhc_hc_pre (same x, phi, Kp, bias, alpha,
+ * variant, iterations, norm_eps, hc_eps) given the upstream gradients g_in
+ * (tokens, C) of h_in, g_pre and g_post (tokens, n), g_res (tokens, n, n) of
+ * h_res (each contiguous; NULL: zero). phi_t is the projection as (K, n*C)
+ * rows, K = (2+n)n (DeepSeek-V4's fn itself; phi transposed for the paper's
+ * variant). Writes g_x (tokens rows of n*C at g_x + t*gx_tstride; must not
+ * overlap x) and, contiguous (tokens, K): gz, the gradient of the
+ * pre-activations z = a*y + b (so grad bias = sum_t gz, grad alpha[g] = sum_t
+ * of gz*y over group g's columns), y = the normalised projection, and gp,
+ * the gradient of the raw projection v . phi (so grad phi = sum_t v_t^T gp_t).
+ * The coefficients are recomputed from x (nothing of the forward is kept); the
+ * Sinkhorn part is the exact gradient of the unrolled iterations. */
+int mhc_hc_pre_backward_f32(const float *x, int64_t x_tstride, int64_t tokens, int64_t n,
+                            int64_t C, const float *phi, int64_t Kp, const float *phi_t,
+                            const float *bias, const float *alpha, int variant,
+                            int64_t iterations, double norm_eps, double hc_eps,
+                            const float *g_in, const float *g_pre, const float *g_post,
+                            const float *g_res, float *g_x, int64_t gx_tstride, float *gz,
+                            float *y, float *gp, int isa, int n_threads);
+int mhc_hc_pre_backward_f64(const double *x, int64_t x_tstride, int64_t tokens, int64_t n,
+                            int64_t C, const double *phi, int64_t Kp, const double *phi_t,
+                            const double *bias, const double *alpha, int variant,
+                            int64_t iterations, double norm_eps, double hc_eps,
+                            const double *g_in, const double *g_pre, const double *g_post,
+                            const double *g_res, double *g_x, int64_t gx_tstride, double *gz,
+                            double *y, double *gp, int isa, int n_threads);
+
 /* ---- Benchmark probes (not kernels) -------------------------------------
  * mhc_probe_read_f32: read x[0..n) once (sum): times a read-bandwidth floor.
  * mhc_probe_fma: iters rounds of mhc_probe_fma_lanes() independent lane-FMAs

@@ -97,6 +97,17 @@ typedef struct {
                        double *, int64_t);
     void (*hc_post_f64)(const double *, int64_t, const double *, int64_t, const double *,
                         const double *, double *, int64_t, int64_t, int64_t, int64_t, int);
+    /* the backward of the mHC pre step */
+    void (*hc_dots_f32)(const float *, int64_t, int64_t, int64_t, int64_t, const float *, int64_t,
+                        double *);
+    void (*hc_gx_f32)(const float *, int64_t, int64_t, int64_t, int64_t, const float *, int64_t,
+                      const float *, const float *, const float *, const float *, int64_t,
+                      float *, int64_t);
+    void (*hc_dots_f64)(const double *, int64_t, int64_t, int64_t, int64_t, const double *,
+                        int64_t, double *);
+    void (*hc_gx_f64)(const double *, int64_t, int64_t, int64_t, int64_t, const double *, int64_t,
+                      const double *, const double *, const double *, const double *, int64_t,
+                      double *, int64_t);
 } mhc_kernel_table;
 
 /* Kernels are internal to the module: hidden from the dynamic symbol table. */
@@ -123,7 +134,18 @@ typedef struct {
                                          const double *, double *, int64_t);                        \
     MHC_HIDDEN void mhc_hc_post_f64_##isa(const double *, int64_t, const double *, int64_t,         \
                                           const double *, const double *, double *, int64_t,        \
-                                          int64_t, int64_t, int64_t, int);
+                                          int64_t, int64_t, int64_t, int);                          \
+    MHC_HIDDEN void mhc_hc_dots_f32_##isa(const float *, int64_t, int64_t, int64_t, int64_t,        \
+                                          const float *, int64_t, double *);                        \
+    MHC_HIDDEN void mhc_hc_gx_f32_##isa(const float *, int64_t, int64_t, int64_t, int64_t,          \
+                                        const float *, int64_t, const float *, const float *,       \
+                                        const float *, const float *, int64_t, float *, int64_t);   \
+    MHC_HIDDEN void mhc_hc_dots_f64_##isa(const double *, int64_t, int64_t, int64_t, int64_t,       \
+                                          const double *, int64_t, double *);                       \
+    MHC_HIDDEN void mhc_hc_gx_f64_##isa(const double *, int64_t, int64_t, int64_t, int64_t,         \
+                                        const double *, int64_t, const double *, const double *,    \
+                                        const double *, const double *, int64_t, double *,          \
+                                        int64_t);
 
 MHC_DECLARE_KERNELS(portable)
 #if MHC_X86

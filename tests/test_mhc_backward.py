@@ -1,0 +1,210 @@
+"""The backward of the mHC pre step without torch: the non-public record
+MHC_PRE_BACKWARD at every backend and ISA level against central differences of
+the float64 reference (reference.mhc_pre), and the raw C ABI
+mhc_hc_pre_backward_* (argument validation, overlap, out of memory, threads).
+The torch autograd built on it is tested in test_torch_mhc.py."""
+
+import numpy as np
+import pytest
+import reference as ref
+from conftest import native_available
+
+from mhc_array._mhc import MHC_PRE_BACKWARD
+
+VARIANTS = ["paper", "deepseek-v4"]
+
+
+def _params(rng, n, C, variant):
+    k = (2 + n) * n
+    w = rng.standard_normal((n * C, k)) * (2.0 / np.sqrt(n * C))
+    if variant == "deepseek-v4":
+        w = np.ascontiguousarray(w.T)
+    return w, rng.standard_normal(k) * 0.5, np.array([0.8, 0.6, 1.5])
+
+
+def _loss(ups, x, w, b, a, iterations, variant):
+    out = ref.mhc_pre(x, w, b, a, iterations=iterations, variant=variant)
+    return sum(float(np.sum(u * o)) for u, o in zip(ups, out))
+
+
+def _numeric(ups, args, which, iterations, variant, h=1e-6):
+    args = list(args)
+    g = np.zeros_like(args[which])
+    for idx in np.ndindex(g.shape):
+        plus = [a.copy() for a in args]
+        minus = [a.copy() for a in args]
+        plus[which][idx] += h
+        minus[which][idx] -= h
+        g[idx] = (_loss(ups, *plus, iterations, variant) -
+                  _loss(ups, *minus, iterations, variant)) / (2 * h)
+    return g
+
+
+def _param_grads(variant, x, gz, y, gp, n):
+    """The parameters' gradients from the record's per-token outputs (as the torch
+    autograd sums them)."""
+    K = (2 + n) * n
+    v = x.reshape(-1, x.shape[-2] * x.shape[-1])
+    gz, y, gp = gz.reshape(-1, K), y.reshape(-1, K), gp.reshape(-1, K)
+    gw = v.T @ gp if variant == "paper" else gp.T @ v
+    ga = np.array([np.sum(gz[:, :n] * y[:, :n]), np.sum(gz[:, n:2 * n] * y[:, n:2 * n]),
+                   np.sum(gz[:, 2 * n:] * y[:, 2 * n:])])
+    return gw, gz.sum(0), ga
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n,C,iterations", [(3, 5, 4), (4, 19, 1), (1, 7, 2)])
+def test_record_matches_finite_differences(backend, variant, n, C, iterations):
+    rng = np.random.default_rng(n * 100 + C)
+    x = rng.standard_normal((2, 3, n, C))
+    w, b, a = _params(rng, n, C, variant)
+    ups = [rng.standard_normal(s) for s in ((2, 3, C), (2, 3, n), (2, 3, n), (2, 3, n, n))]
+    gx, gz, y, gp = MHC_PRE_BACKWARD((x, w, b, a, *ups), (iterations, 1e-6, variant, 1e-6))
+    assert gx.shape == x.shape and gz.shape == y.shape == gp.shape == (2, 3, (2 + n) * n)
+    got = (gx, *_param_grads(variant, x, gz, y, gp, n))
+    for which, g in enumerate(got):
+        want = _numeric(ups, (x, w, b, a), which, iterations, variant)
+        np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-7 * np.abs(want).max(),
+                                   err_msg=f"argument {which}")
+    # y is the normalised projection of the forward
+    v = x.reshape(2, 3, n * C)
+    p = v @ (w if variant == "paper" else w.T)
+    np.testing.assert_allclose(y, p / np.sqrt(np.mean(v * v, -1, keepdims=True) + 1e-6),
+                               rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_missing_upstream_gradients_are_zero(backend, variant):
+    rng = np.random.default_rng(5)
+    n, C = 4, 16
+    x = rng.standard_normal((6, n, C))
+    w, b, a = _params(rng, n, C, variant)
+    ups = [rng.standard_normal(s) for s in ((6, C), (6, n), (6, n), (6, n, n))]
+    for keep in range(4):
+        only = [u if i == keep else None for i, u in enumerate(ups)]
+        zeros = [u if i == keep else np.zeros_like(u) for i, u in enumerate(ups)]
+        got = MHC_PRE_BACKWARD((x, w, b, a, *only), (5, 1e-6, variant, 1e-6))
+        want = MHC_PRE_BACKWARD((x, w, b, a, *zeros), (5, 1e-6, variant, 1e-6))
+        for g1, g2 in zip(got, want):
+            np.testing.assert_allclose(g1, g2, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_float32_close_to_float64_many_streams(backend, variant):
+    """n = 16 (the Sinkhorn backward's one-matrix path), C = 37 (vector tails), 50
+    tokens (partial sub-blocks): float32 within 1e-4 of float64."""
+    rng = np.random.default_rng(16)
+    n, C = 16, 37
+    x = rng.standard_normal((50, n, C))
+    w, b, a = _params(rng, n, C, variant)
+    ups = [rng.standard_normal(s) for s in ((50, C), (50, n), (50, n), (50, n, n))]
+    opts = (6, 1e-6, variant, 1e-6)
+    g64 = MHC_PRE_BACKWARD((x, w, b, a, *ups), opts)
+    g32 = MHC_PRE_BACKWARD(tuple(t.astype(np.float32) for t in (x, w, b, a, *ups)), opts)
+    for name, u, v in zip(("g_x", "gz", "y", "gp"), g32, g64):
+        assert u.dtype == np.float32
+        np.testing.assert_allclose(u, v, rtol=0, atol=1e-4 * np.abs(v).max(), err_msg=name)
+
+
+def test_record_checks_shapes():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 4))
+    w, b, a = _params(rng, 2, 4, "paper")
+    with pytest.raises(ValueError, match="g_res"):
+        MHC_PRE_BACKWARD((x, w, b, a, None, None, None, np.ones((3, 2, 3))),
+                         (2, 1e-6, "paper", 1e-6))
+    with pytest.raises(ValueError, match="g_in"):
+        MHC_PRE_BACKWARD((x, w, b, a, np.ones((3, 5)), None, None, None),
+                         (2, 1e-6, "paper", 1e-6))
+
+
+# ---------------------------------------------------------------- the C ABI
+
+PARAMS = ("x", "x_tstride", "tokens", "n", "C", "phi", "Kp", "phi_t", "bias", "alpha",
+          "variant", "iterations", "norm_eps", "hc_eps", "g_in", "g_pre", "g_post", "g_res",
+          "g_x", "gx_tstride", "gz", "y", "gp", "isa", "n_threads")
+
+
+def _abi(dtype, tokens=5, n=3, C=8, iterations=4, variant=0):
+    if not native_available():
+        pytest.skip("native backend unavailable")
+    from mhc_array._native import ffi, lib
+    ct = "float" if dtype == "float32" else "double"
+    sfx = "f32" if dtype == "float32" else "f64"
+    rng = np.random.default_rng(9)
+    K, L = (2 + n) * n, n * C
+    x = rng.standard_normal((tokens, L)).astype(dtype)
+    phi = (rng.standard_normal((L, K)) * 0.3).astype(dtype)
+    phit = np.ascontiguousarray(phi.T)
+    b, a = rng.standard_normal(K).astype(dtype), np.array([0.8, 0.6, 1.5], dtype)
+    gi, gpre, gpost, gres = (rng.standard_normal(s).astype(dtype) for s in
+                             ((tokens, C), (tokens, n), (tokens, n), (tokens, n * n)))
+    outs = [np.full(s, 42, dtype) for s in ((tokens, L), (tokens, K), (tokens, K),
+                                           (tokens, K))]
+    buf = [ffi.from_buffer(f"{ct}[]", v) for v in (x, phi, phit, b, a, gi, gpre, gpost, gres,
+                                                   *outs)]
+    args = dict(x=buf[0], x_tstride=L, tokens=tokens, n=n, C=C, phi=buf[1], Kp=K, phi_t=buf[2],
+                bias=buf[3], alpha=buf[4], variant=variant, iterations=iterations,
+                norm_eps=1e-6, hc_eps=1e-6, g_in=buf[5], g_pre=buf[6], g_post=buf[7],
+                g_res=buf[8], g_x=buf[9], gx_tstride=L, gz=buf[10], y=buf[11], gp=buf[12],
+                isa=-1, n_threads=1)
+    fn = getattr(lib, f"mhc_hc_pre_backward_{sfx}")
+    return ffi, lib, fn, args, (x, outs, ct)
+
+
+def _call(fn, args, **override):
+    args = dict(args, **override)
+    return fn(*[args[p] for p in PARAMS])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("override", [
+    dict(tokens=-1), dict(n=0), dict(n=17), dict(C=0), dict(iterations=-1), dict(variant=2),
+    dict(norm_eps=-1.0), dict(hc_eps=float("inf")), dict(n_threads=-1), dict(Kp=14),
+    dict(x_tstride=23), dict(gx_tstride=2**62), dict(C=2**62), dict(tokens=2**62),
+], ids=["neg-tokens", "zero-n", "n-above-16", "zero-C", "neg-iterations", "bad-variant",
+        "neg-norm-eps", "inf-hc-eps", "neg-threads", "Kp-below-K", "x-stride-below-L",
+        "gx-stride-overflow", "L-overflow", "tokens-overflow"])
+def test_native_abi_rejects_invalid_arguments(dtype, override):
+    ffi, lib, fn, args, (x, outs, ct) = _abi(dtype)
+    assert _call(fn, args, **override) == lib.MHC_ERR_INVALID_DIMENSION
+    for o in outs:
+        np.testing.assert_array_equal(o, 42)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_native_abi_pointers_overlap_and_memory(dtype):
+    ffi, lib, fn, args, (x, outs, ct) = _abi(dtype)
+    for name in ("x", "phi", "phi_t", "bias", "alpha", "g_x", "gz", "y", "gp"):
+        assert _call(fn, args, **{name: ffi.NULL}) == lib.MHC_ERR_NULL_POINTER
+    bad = ffi.cast(f"{ct} *", int(ffi.cast("uintptr_t", args["x"])) + 1)
+    for name in ("x", "phi", "phi_t", "g_in", "g_res", "g_x", "gp"):
+        assert _call(fn, args, **{name: bad}) == lib.MHC_ERR_MISALIGNED
+    assert _call(fn, args, g_x=args["x"]) == lib.MHC_ERR_INVALID_DIMENSION   # overlaps x
+    for o in outs:
+        np.testing.assert_array_equal(o, 42)
+    assert _call(fn, args, tokens=0) == lib.MHC_OK
+    # a Sinkhorn workspace whose size overflows: out of memory, not a crash
+    assert _call(fn, args, iterations=2**62) == lib.MHC_ERR_OUT_OF_MEMORY
+    live = lib.mhc_debug_live_allocs()
+    lib.mhc_debug_fail_allocs_after(0)
+    try:
+        assert _call(fn, args) == lib.MHC_ERR_OUT_OF_MEMORY
+    finally:
+        lib.mhc_debug_fail_allocs_after(-1)
+    assert lib.mhc_debug_live_allocs() == live
+    assert _call(fn, args, g_in=ffi.NULL, g_res=ffi.NULL) == lib.MHC_OK
+    assert all(np.isfinite(o).all() for o in outs)
+
+
+@pytest.mark.parametrize("variant", [0, 1])
+def test_native_abi_threads_give_the_same_result(variant):
+    ffi, lib, fn, args, (x, outs, ct) = _abi("float64", tokens=3000, n=4, C=64,
+                                             iterations=20, variant=variant)
+    assert _call(fn, args, n_threads=1) == lib.MHC_OK
+    one = [o.copy() for o in outs]
+    for o in outs:
+        o[...] = 42
+    assert _call(fn, args, n_threads=2) == lib.MHC_OK
+    for o, w in zip(outs, one):
+        np.testing.assert_array_equal(o, w)
