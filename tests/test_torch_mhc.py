@@ -199,6 +199,14 @@ def test_opcheck_mhc_ops():
             torch.library.opcheck(pre, (xx.clone().requires_grad_(), ph.requires_grad_(),
                                         bias.requires_grad_(), alpha.requires_grad_(),
                                         3, 1e-6, variant, 1e-6))
+    bwd = torch.ops.mhc_array.mhc_pre_backward.default
+    ups = [torch.randn(s, dtype=F64, generator=gen) for s in ((2, C), (2, n), (2, n), (2, n, n))]
+    for variant in VARIANTS:
+        phi, bias, alpha = params(variant, n, C, gen)
+        for xx in (x, xp):
+            torch.library.opcheck(bwd, (xx, phi, bias, alpha, *ups, 3, 1e-6, variant, 1e-6))
+            torch.library.opcheck(bwd, (xx, phi, bias, alpha, ups[0], None, None, ups[3], 3,
+                                        1e-6, variant, 1e-6))
     f = torch.randn((2, C), dtype=F64, generator=gen)
     hp = torch.rand((2, n), dtype=F64, generator=gen)
     hr = torch.rand((2, n, n), dtype=F64, generator=gen)
