@@ -12,7 +12,12 @@ def main(argv=None):
     bench = sub.add_parser("bench", help="run the benchmark workloads of the design notes")
     bench.add_argument("--quick", action="store_true", help="a short run (under a minute)")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    bench.add_argument("--plot", metavar="FILE.png", help="also plot the results (matplotlib)")
+    bench.add_argument("--plot", metavar="DIR|FILE.png",
+                       help="also draw charts (matplotlib): a directory of PNG charts, or "
+                            "only the main chart (speed-ups) when the path ends in .png")
+    bench.add_argument("--from-json", metavar="FILE",
+                       help="measure nothing: print and (with --plot) chart the results "
+                            "a previous run saved with --json")
     bench.add_argument("--only", metavar="SUBSTRING", action="append",
                        help="run only the workloads whose name contains SUBSTRING")
     bench.add_argument("--threads", type=int, default=1,
@@ -37,6 +42,9 @@ def main(argv=None):
     if args.dask:
         from ._bench import run_dask
         return run_dask(rows=args.dask)
+    if args.from_json:
+        from ._bench import replot
+        return replot(args.from_json, args.plot)
     from ._bench import run
     return run(quick=args.quick, json_path=args.json, plot_path=args.plot, only=args.only,
                threads=args.threads, compile_peers=args.compile_peers)

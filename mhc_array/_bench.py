@@ -264,7 +264,7 @@ def _workloads(quick, rng, threads, compile_peers):
                 cands["HF DeepseekV4 eager"] = (hf, (targs[0].reshape(1, tokens, n, C),))
         for label, ctx in mhc:
             cands[label] = (ours, (x,), ctx)
-        work.append((name, cands, _read_floor(x, 2, "one read of x + one write of x_next")))
+        work.append((name, cands, _mhc_floor(x, n * C * (2 + n) * n)))
 
     def mhc_block(name, tokens, n, C):
         """End to end: F = torch Linear(C, C) around the mHC connection (native pre and
@@ -453,6 +453,40 @@ def _arith_floor(batch, n, m, iterations, logits):
     return floor
 
 
+def _fma_rate():
+    """Lane-FMAs per second of one core, measured now (None without the probe)."""
+    lib = _probe()
+    if lib is None or lib.mhc_probe_fma_lanes() == 0:
+        return None
+    it = 200_000
+    best = min(_time_once(lib.mhc_probe_fma, (it,), 1) for _ in range(5))
+    return it * lib.mhc_probe_fma_lanes() / best
+
+
+def _mhc_floor(x, fma_per_token):
+    """The mHC connection's floors: memory (one read of x + one write of x_next) and
+    compute (the projection's ``n*C*(2+n)*n`` FMAs per token at one core's FMA peak);
+    the binding one is the floor, both are kept (``floors_s``)."""
+    memory = _read_floor(x, 2, "one read of x + one write of x_next")
+    if memory is None:
+        return None
+
+    def floor():
+        mem_s, mem_what = memory()
+        rate = _fma_rate()
+        if rate is None:
+            return mem_s, mem_what, {"memory": mem_s}
+        ops = x.shape[0] * fma_per_token
+        comp_s = ops / rate
+        comp_what = f"{ops / 1e9:.2f} G FMAs of the projection at {rate / 1e9:.1f} G/s (1 core)"
+        what = comp_what if comp_s > mem_s else mem_what
+        other = mem_what if comp_s > mem_s else comp_what
+        lesser = _fmt_time(min(mem_s, comp_s)).strip()
+        return (max(mem_s, comp_s), f"{what} (binds; {other}: {lesser})",
+                {"memory": mem_s, "compute": comp_s})
+    return floor
+
+
 def _bare_distance(manifold, x, c):
     """The native kernel called directly through cffi with prepared pointers: what
     the frontend's cost per call is measured against."""
@@ -533,18 +567,39 @@ def run(*, quick=False, json_path=None, plot_path=None, only=None, threads=1,
         med = _measure(cands, rounds, budget)
         entry = {"workload": name, "median_s": med}
         if floor is not None:
-            entry["floor_s"], entry["floor"] = floor()
+            measured = floor()
+            entry["floor_s"], entry["floor"] = measured[:2]
+            if len(measured) > 2:
+                entry["floors_s"] = measured[2]
         results.append(entry)
         bar(name)
     bar(None)
     for r in results:
         _print_workload(r)
+    data = {"machine": machine, "quick": quick, "threads": threads, "rounds": rounds,
+            "results": results}
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"machine": machine, "quick": quick, "threads": threads,
-                       "results": results}, f, indent=2)
+            json.dump(data, f, indent=2)
     if plot_path:
-        _plot(results, plot_path)
+        from ._bench_plot import plot
+        for written in plot(data, plot_path):
+            print(f"chart: {written}")
+    return 0
+
+
+def replot(json_path, plot_path):
+    """``bench --from-json FILE``: print the tables of a saved run (``--json``) and, with
+    ``plot_path``, draw its charts; nothing is measured."""
+    with open(json_path) as f:
+        data = json.load(f)
+    print(f"mhc_array bench results from {json_path}: {data['machine']}")
+    for r in data["results"]:
+        _print_workload(r)
+    if plot_path:
+        from ._bench_plot import plot
+        for written in plot(data, plot_path):
+            print(f"chart: {written}")
     return 0
 
 
@@ -577,8 +632,12 @@ def _machine():
     import os
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     native = _dispatch.backend("native")
+    peers = "".join(f", {label} {mod.__version__}" for label, mod in
+                    (("PyTorch", sys.modules.get("torch")),
+                     ("SimSIMD", sys.modules.get("simsimd")))
+                    if mod is not None and hasattr(mod, "__version__"))
     return (f"{model}, {cores} cores usable, ISA {native.BEST_ISA}, Python "
-            f"{platform.python_version()}, NumPy {np.__version__}")
+            f"{platform.python_version()}, NumPy {np.__version__}{peers}")
 
 
 def _progress(total):
@@ -597,28 +656,6 @@ def _progress(total):
         def step(name):
             print("." if name else "", end="" if name else "\n", file=sys.stderr, flush=True)
         return step
-
-
-def _plot(results, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
-        return
-    fig, ax = plt.subplots(figsize=(10, 0.5 + 0.45 * len(results)))
-    labels = [r["workload"] for r in results]
-    for k, r in enumerate(results):
-        base = r["median_s"].get("numpy")
-        for j, (label, s) in enumerate(r["median_s"].items()):
-            ax.barh(k + j * 0.1, base / s if base else 0, height=0.1, label=label if k == 0 else None)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xscale("log")
-    ax.set_xlabel("speed-up over NumPy")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 # ---------------------------------------------------------------- Dask
