@@ -373,3 +373,18 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
         return res
     out[...] = res
     return out
+
+
+def mhc_post_backward(xp, x, f_out, h_post, h_res, grad, *, call):
+    """The gradients of ``mhc_post`` for ``grad`` (x's shape): ``(g_x, g_f, g_post,
+    g_res)``, the last three per token of x's batch (not summed over broadcast axes)."""
+    batch = tuple(x.shape[:-2])
+    n, C = x.shape[-2], x.shape[-1]
+    g_x = xp.matrix_transpose(h_res) @ grad
+    if tuple(g_x.shape) != tuple(x.shape):
+        g_x = xp.broadcast_to(g_x, x.shape)
+    g_f = xp.sum(xp.expand_dims(h_post, axis=-1) * grad, axis=-2)
+    g_post = xp.sum(grad * xp.expand_dims(f_out, axis=-2), axis=-1)
+    g_res = grad @ xp.matrix_transpose(x)
+    return (g_x, xp.broadcast_to(g_f, batch + (C,)), xp.broadcast_to(g_post, batch + (n,)),
+            xp.broadcast_to(g_res, batch + (n, n)))

@@ -66,11 +66,13 @@ if lib is not None:
         np.dtype(np.float32): ((ffi.typeof("float[]"), ffi.typeof("float *")),
                                lib.mhc_sinkhorn_f32, lib.mhc_distance_f32, lib.mhc_pairwise_f32,
                                lib.mhc_hc_pre_f32, lib.mhc_hc_post_f32,
-                               lib.mhc_sinkhorn_backward_f32, lib.mhc_hc_pre_backward_f32),
+                               lib.mhc_sinkhorn_backward_f32, lib.mhc_hc_pre_backward_f32,
+                               lib.mhc_hc_post_backward_f32),
         np.dtype(np.float64): ((ffi.typeof("double[]"), ffi.typeof("double *")),
                                lib.mhc_sinkhorn_f64, lib.mhc_distance_f64, lib.mhc_pairwise_f64,
                                lib.mhc_hc_pre_f64, lib.mhc_hc_post_f64,
-                               lib.mhc_sinkhorn_backward_f64, lib.mhc_hc_pre_backward_f64),
+                               lib.mhc_sinkhorn_backward_f64, lib.mhc_hc_pre_backward_f64,
+                               lib.mhc_hc_post_backward_f64),
     }
 else:
     ISA_CODES, ISA_NAMES, BEST_ISA, MAX_STREAMS, _KERNELS = {}, {}, None, 0, {}
@@ -451,11 +453,12 @@ def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, ite
     return tuple(_back(xp, x, r) for r in (g_x, gz, y, gp))
 
 
-def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
-    a = _to_numpy(x)
+def _post_operands(a, f_out, h_post, h_res, call):
+    """x's tokens and the post step's other operands broadcast to x's batch, as the C
+    kernels take them: (xt, tokens, f, f_tstride, h_post, h_res). One f_out for
+    every token is passed with token stride 0 (not copied)."""
     n, C = a.shape[-2], a.shape[-1]
     batch = a.shape[:-2]
-    dt = a.dtype
     xt, tokens = _tokens(a, (n, C), call)
     parts = []
     for t, inner in ((_to_numpy(f_out), (C,)), (_to_numpy(h_post), (n,)),
@@ -472,6 +475,14 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
         f, _ = _tokens(f, (C,), call)
     hp, _ = _tokens(parts[1], (n,), call)
     hr, _ = _tokens(parts[2], (n, n), call)
+    return xt, tokens, f, f_tstride, hp, hr
+
+
+def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
+    a = _to_numpy(x)
+    n, C = a.shape[-2], a.shape[-1]
+    dt = a.dtype
+    xt, tokens, f, f_tstride, hp, hr = _post_operands(a, f_out, h_post, h_res, call)
     res, direct = None, False
     if out is not None:   # written directly when it is x itself or does not overlap it
         o = _to_numpy(out)
@@ -486,6 +497,28 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
         _check(kernel(p[0], n * C, p[1], f_tstride, p[2], p[3], p[4], n * C, tokens, n, C,
                       resolve_isa(call.isa), call.threads))
     return out if direct else _back(xp, x, res)
+
+
+def mhc_post_backward(xp, x, f_out, h_post, h_res, grad, *, call):
+    """The gradients of ``mhc_post`` for the upstream gradient ``grad`` (x's shape):
+    ``(g_x, g_f, g_post, g_res)``, the last three per token of x's batch (the
+    frontend sums them over the axes it broadcast)."""
+    a = _to_numpy(x)
+    n, C = a.shape[-2], a.shape[-1]
+    batch = a.shape[:-2]
+    dt = a.dtype
+    xt, tokens, f, f_tstride, hp, hr = _post_operands(a, f_out, h_post, h_res, call)
+    gt, _ = _tokens(_to_numpy(grad), (n, C), call)
+    g_x = np.empty(a.shape, dt)
+    g_f = np.empty(batch + (C,), dt)
+    g_post = np.empty(batch + (n,), dt)
+    g_res = np.empty(batch + (n, n), dt)
+    ctype, kernel = _KERNELS[dt][0], _KERNELS[dt][8]
+    if tokens:
+        p = [ffi.from_buffer(ctype[0], v) for v in (xt, f, hp, hr, gt, g_x, g_f, g_post, g_res)]
+        _check(kernel(p[0], n * C, p[1], f_tstride, p[2], p[3], p[4], n * C, tokens, n, C,
+                      p[5], n * C, p[6], p[7], p[8], resolve_isa(call.isa), call.threads))
+    return tuple(_back(xp, x, r) for r in (g_x, g_f, g_post, g_res))
 
 
 # ---------------------------------------------------------------- plans

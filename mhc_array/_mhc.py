@@ -124,6 +124,26 @@ MHC_POST = Op("mhc_post", kernel="mhc_post",
               dtype="coefficients", shapes=_post_shapes, out=True)
 
 
+
+def _post_backward_shapes(xp, call, names, arrays, opts, cdt):
+    """The forward's checks, and ``grad`` of x's shape."""
+    _post_shapes(xp, call, names[:4], arrays[:4], opts, cdt)
+    x, grad = arrays[0], arrays[4]
+    if tuple(grad.shape) != tuple(x.shape):
+        raise ShapeError(f"grad must have the shape of x {tuple(x.shape)}; got shape "
+                         f"{tuple(grad.shape)}")
+    return arrays, {}
+
+
+# The gradients of mhc_post (not public: mhc_array.torch's autograd calls it):
+# (g_x, g_f, g_post, g_res), the last three per token of x's batch (the caller
+# sums them over the axes along which it broadcast f_out, h_post, h_res).
+MHC_POST_BACKWARD = Op(
+    "mhc_post_backward", kernel="mhc_post_backward",
+    arrays=(_STREAMS, ("f_out", None), ("h_post", None), ("h_res", None), ("grad", None)),
+    dtype="coefficients", shapes=_post_backward_shapes, restore=(0,),
+    backends=("native", "array_api"))
+
 def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=NORM_EPS, variant="paper",
             hc_eps=HC_EPS):
     """The coefficients of one mHC connection and the input of its block.

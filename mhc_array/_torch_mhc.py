@@ -24,7 +24,9 @@ and V4's first column step ``S1``, both undone around it -- then ``g_x`` from
 cache); elsewhere the same math in the array's own namespace. It returns ``g_x``
 and per token ``g_z``, ``y`` and ``g_p``; ``g_W = sum_t v^T g_p`` is a torch
 matmul (BLAS), the bias and alpha gradients are sums. ``mhc_post``'s backward is
-the native post step (``h_res^T g``) and three small batched products.
+one call of ``MHC_POST_BACKWARD`` (op ``mhc_array::mhc_post_backward``; natively
+one pass over the streams and the upstream gradient), its per-token results summed
+over the axes along which ``f_out``, ``h_post`` or ``h_res`` were broadcast.
 """
 
 from typing import Optional
@@ -32,7 +34,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._mhc import HC_EPS, MHC_POST, MHC_PRE, MHC_PRE_BACKWARD, NORM_EPS, MHCLayer
+from ._mhc import (HC_EPS, MHC_POST, MHC_POST_BACKWARD, MHC_PRE, MHC_PRE_BACKWARD, NORM_EPS,
+                   MHCLayer)
 # mhc_array.torch imports this module after defining these
 from .torch import _fresh, _plain, _reduce_to
 
@@ -128,21 +131,29 @@ def _mhc_post_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
+@torch.library.custom_op("mhc_array::mhc_post_backward", mutates_args=())
+def _mhc_post_backward_op(x: Tensor, f_out: Tensor, h_post: Tensor, h_res: Tensor,
+                          grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    res = MHC_POST_BACKWARD(tuple(_plain(t) for t in (x, f_out, h_post, h_res, grad)))
+    return tuple(_fresh(r, x, f_out, h_post, h_res, grad) for r in res)
+
+
+@_mhc_post_backward_op.register_fake
+def _(x, f_out, h_post, h_res, grad):
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    cdt = _coeff_dtype(x)
+    return (x.new_empty(x.shape), x.new_empty(batch + (C,), dtype=cdt),
+            x.new_empty(batch + (n,), dtype=cdt), x.new_empty(batch + (n, n), dtype=cdt))
+
+
 def _mhc_post_backward(ctx, g):
     x, f_out, h_post, h_res = ctx.saved_tensors
-    cdt = _coeff_dtype(x)
-    gc = g.to(cdt)
-    gx = gf = ghp = ghr = None
-    if ctx.needs_input_grad[0]:    # h_res^T @ g: the native post step with f_out = 0
-        gx = _mhc_post_op(gc, gc.new_zeros(g.shape[-1]), gc.new_zeros(g.shape[-2]),
-                          h_res.to(cdt).transpose(-1, -2)).to(x.dtype)
-    if ctx.needs_input_grad[1]:
-        gf = _reduce_to((h_post.to(cdt).unsqueeze(-2) @ gc).squeeze(-2), f_out)
-    if ctx.needs_input_grad[2]:
-        ghp = _reduce_to((gc @ f_out.to(cdt).unsqueeze(-1)).squeeze(-1), h_post)
-    if ctx.needs_input_grad[3]:
-        ghr = _reduce_to(gc @ x.to(cdt).transpose(-1, -2), h_res)
-    return gx, gf, ghp, ghr
+    gx, gf, ghp, ghr = _mhc_post_backward_op(x, f_out, h_post, h_res, g)
+    need = ctx.needs_input_grad
+    return (gx if need[0] else None, _reduce_to(gf, f_out) if need[1] else None,
+            _reduce_to(ghp, h_post) if need[2] else None,
+            _reduce_to(ghr, h_res) if need[3] else None)
 
 
 _mhc_post_op.register_autograd(_mhc_post_backward, setup_context=_mhc_post_setup)

@@ -9,7 +9,7 @@ import pytest
 import reference as ref
 from conftest import native_available
 
-from mhc_array._mhc import MHC_PRE_BACKWARD
+from mhc_array._mhc import MHC_POST_BACKWARD, MHC_PRE_BACKWARD
 
 VARIANTS = ["paper", "deepseek-v4"]
 
@@ -118,6 +118,42 @@ def test_record_checks_shapes():
                          (2, 1e-6, "paper", 1e-6))
 
 
+# ---------------------------------------------------------------- the post step
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("n,C", [(4, 64), (3, 21), (16, 5)])
+def test_post_backward_against_the_equations(backend, dtype, n, C):
+    """x_next[i] = sum_j h_res[i, j] x[j] + h_post[i] f: its gradients written out
+    in float64 here, per token (C = 21: vector tails; n = 16: many streams)."""
+    rng = np.random.default_rng(n * C)
+    x = rng.standard_normal((2, 3, n, C))
+    f = rng.standard_normal((2, 3, C))
+    hp = rng.random((2, 3, n))
+    hr = rng.random((2, 3, n, n))
+    g = rng.standard_normal(x.shape)
+    want = (np.einsum("...ij,...ic->...jc", hr, g), np.einsum("...i,...ic->...c", hp, g),
+            np.einsum("...ic,...c->...i", g, f), np.einsum("...ic,...jc->...ij", g, x))
+    got = MHC_POST_BACKWARD(tuple(a.astype(dtype) for a in (x, f, hp, hr, g)))
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=2e-5, atol=2e-5)
+    for name, u, w in zip(("g_x", "g_f", "g_post", "g_res"), got, want):
+        assert u.dtype == np.dtype(dtype) and u.shape == w.shape
+        np.testing.assert_allclose(u, w, **tol, err_msg=name)
+    # broadcast operands (one f_out, one h_res per batch row): per-token results
+    got = MHC_POST_BACKWARD((x, f[0, 0], hp, hr[:, :1], g))
+    want_b = (np.einsum("...ij,...ic->...jc", np.broadcast_to(hr[:, :1], hr.shape), g),
+              np.einsum("...i,...ic->...c", hp, g), np.einsum("...ic,c->...i", g, f[0, 0]),
+              want[3])
+    for name, u, w in zip(("g_x", "g_f", "g_post", "g_res"), got, want_b):
+        np.testing.assert_allclose(u, w, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_post_backward_checks_shapes():
+    x = np.ones((3, 2, 4))
+    with pytest.raises(ValueError, match="grad"):
+        MHC_POST_BACKWARD((x, np.ones((3, 4)), np.ones((3, 2)), np.ones((3, 2, 2)),
+                           np.ones((3, 2, 5))))
+
+
 # ---------------------------------------------------------------- the C ABI
 
 PARAMS = ("x", "x_tstride", "tokens", "n", "C", "phi", "Kp", "phi_t", "bias", "alpha",
@@ -208,3 +244,50 @@ def test_native_abi_threads_give_the_same_result(variant):
     assert _call(fn, args, n_threads=2) == lib.MHC_OK
     for o, w in zip(outs, one):
         np.testing.assert_array_equal(o, w)
+
+
+POST_PARAMS = ("x", "x_tstride", "f", "f_tstride", "h_post", "h_res", "g", "g_tstride",
+               "tokens", "n", "C", "g_x", "gx_tstride", "g_f", "g_post", "g_res", "isa",
+               "n_threads")
+
+
+def _post_abi(dtype, tokens=5, n=3, C=8):
+    if not native_available():
+        pytest.skip("native backend unavailable")
+    from mhc_array._native import ffi, lib
+    ct = "float" if dtype == "float32" else "double"
+    rng = np.random.default_rng(3)
+    ins = [rng.standard_normal(s).astype(dtype) for s in
+           ((tokens, n * C), (tokens, C), (tokens, n), (tokens, n * n), (tokens, n * C))]
+    outs = [np.full(s, 42, dtype) for s in ((tokens, n * C), (tokens, C), (tokens, n),
+                                           (tokens, n * n))]
+    b = [ffi.from_buffer(f"{ct}[]", v) for v in (*ins, *outs)]
+    args = dict(x=b[0], x_tstride=n * C, f=b[1], f_tstride=C, h_post=b[2], h_res=b[3], g=b[4],
+                g_tstride=n * C, tokens=tokens, n=n, C=C, g_x=b[5], gx_tstride=n * C, g_f=b[6],
+                g_post=b[7], g_res=b[8], isa=-1, n_threads=1)
+    fn = getattr(lib, f"mhc_hc_post_backward_{'f32' if dtype == 'float32' else 'f64'}")
+    return ffi, lib, fn, args, (outs, ct)
+
+
+def _post_call(fn, args, **override):
+    args = dict(args, **override)
+    return fn(*[args[p] for p in POST_PARAMS])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_native_abi_post_backward_validation(dtype):
+    ffi, lib, fn, args, (outs, ct) = _post_abi(dtype)
+    for override in (dict(tokens=-1), dict(n=0), dict(n=17), dict(C=0), dict(n_threads=-1),
+                     dict(f_tstride=-1), dict(f_tstride=3), dict(g_tstride=23),
+                     dict(gx_tstride=2**62), dict(C=2**62), dict(tokens=2**62)):
+        assert _post_call(fn, args, **override) == lib.MHC_ERR_INVALID_DIMENSION, override
+    for name in ("x", "f", "h_post", "h_res", "g", "g_x", "g_f", "g_post", "g_res"):
+        assert _post_call(fn, args, **{name: ffi.NULL}) == lib.MHC_ERR_NULL_POINTER
+    bad = ffi.cast(f"{ct} *", int(ffi.cast("uintptr_t", args["x"])) + 1)
+    for name in ("x", "g", "g_x", "g_res"):
+        assert _post_call(fn, args, **{name: bad}) == lib.MHC_ERR_MISALIGNED
+    for o in outs:
+        np.testing.assert_array_equal(o, 42)
+    assert _post_call(fn, args, tokens=0) == lib.MHC_OK
+    assert _post_call(fn, args, f_tstride=0) == lib.MHC_OK      # one f for all tokens
+    assert all(np.isfinite(o).all() for o in outs)

@@ -210,7 +210,12 @@ def test_opcheck_mhc_ops():
     f = torch.randn((2, C), dtype=F64, generator=gen)
     hp = torch.rand((2, n), dtype=F64, generator=gen)
     hr = torch.rand((2, n, n), dtype=F64, generator=gen)
+    pb = torch.ops.mhc_array.mhc_post_backward.default
+    g = torch.randn((2, n, C), dtype=F64, generator=gen)
     for xx in (x, xp):
+        torch.library.opcheck(pb, (xx, f, hp, hr, g))
+        torch.library.opcheck(pb, (xx, f[:1], hp, hr.transpose(-1, -2), g.transpose(0, 1)
+                                   .contiguous().transpose(0, 1)))
         torch.library.opcheck(post, leaf(xx, f, hp, hr))
         torch.library.opcheck(post, leaf(xx, f[:1], hp, hr.transpose(-1, -2)))
 

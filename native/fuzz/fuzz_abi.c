@@ -259,10 +259,31 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
         arr_same(&f, "f");
         arr_same(&hp, "h_post");
         arr_same(&hr, "h_res");
-        arr_free(&x);
-        arr_free(&f);
-        arr_free(&hp);
-        arr_free(&hr);
+        /* the backward of the same step */
+        const int64_t gt = n * C + pick(s, 0, 3) * (pick(s, 0, 1) != 0);
+        arr_t g = arr_new(s, extent(tokens, gt, n * C), es, 0, 0);
+        arr_t gx = arr_new(s, extent(tokens, n * C, n * C), es, 0, 0);
+        arr_t gf = arr_new(s, tokens * C, es, 0, 0), gp = arr_new(s, tokens * n, es, 0, 0);
+        arr_t gr = arr_new(s, tokens * n * n, es, 0, 0);
+        st = f64 ? mhc_hc_post_backward_f64((const double *)x.data, xt, (const double *)f.data,
+                                            ft, (const double *)hp.data,
+                                            (const double *)hr.data, (const double *)g.data, gt,
+                                            tokens, n, C, (double *)gx.data, n * C,
+                                            (double *)gf.data, (double *)gp.data,
+                                            (double *)gr.data, isa, nth)
+                 : mhc_hc_post_backward_f32((const float *)x.data, xt, (const float *)f.data, ft,
+                                            (const float *)hp.data, (const float *)hr.data,
+                                            (const float *)g.data, gt, tokens, n, C,
+                                            (float *)gx.data, n * C, (float *)gf.data,
+                                            (float *)gp.data, (float *)gr.data, isa, nth);
+        check_status(st);
+        if (st == MHC_ERR_DOMAIN)
+            FAIL("mhc_hc_post_backward returned a domain error");
+        arr_same(&f, "f");
+        arr_same(&g, "g");
+        arr_t *all[] = {&x, &f, &hp, &hr, &g, &gx, &gf, &gp, &gr};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+            arr_free(all[i]);
         if (!inplace)
             arr_free(&o);
         return;

@@ -247,6 +247,23 @@ int mhc_hc_pre_backward_f64(const double *x, int64_t x_tstride, int64_t tokens, 
                             const double *g_res, double *g_x, int64_t gx_tstride, double *gz,
                             double *y, double *gp, int isa, int n_threads);
 
+/* mhc_hc_post_backward: the gradients of mhc_hc_post (same x, f, h_post, h_res,
+ * strides) given g, the upstream gradient of out (tokens rows of n*C at g +
+ * t*g_tstride): g_x_t[j, :] = sum_i h_res[t, i, j] g_t[i, :] (rows at g_x +
+ * t*gx_tstride) and, contiguous, g_f (tokens, C) = sum_i h_post[t, i] g_t[i, :],
+ * g_post (tokens, n) = g_t[i, :] . f_t and g_res (tokens, n, n) = g_t[i, :] .
+ * x_t[j, :] (per token: a caller that broadcast f, h_post or h_res sums them). */
+int mhc_hc_post_backward_f32(const float *x, int64_t x_tstride, const float *f,
+                             int64_t f_tstride, const float *h_post, const float *h_res,
+                             const float *g, int64_t g_tstride, int64_t tokens, int64_t n,
+                             int64_t C, float *g_x, int64_t gx_tstride, float *g_f,
+                             float *g_post, float *g_res, int isa, int n_threads);
+int mhc_hc_post_backward_f64(const double *x, int64_t x_tstride, const double *f,
+                             int64_t f_tstride, const double *h_post, const double *h_res,
+                             const double *g, int64_t g_tstride, int64_t tokens, int64_t n,
+                             int64_t C, double *g_x, int64_t gx_tstride, double *g_f,
+                             double *g_post, double *g_res, int isa, int n_threads);
+
 /* ---- Benchmark probes (not kernels) -------------------------------------
  * mhc_probe_read_f32: read x[0..n) once (sum): times a read-bandwidth floor.
  * mhc_probe_fma: iters rounds of mhc_probe_fma_lanes() independent lane-FMAs

@@ -28,7 +28,7 @@
      mhc_hc_proj_f32_##isa, mhc_hc_mix_f32_##isa, mhc_hc_post_f32_##isa,               \
      mhc_hc_proj_f64_##isa, mhc_hc_mix_f64_##isa, mhc_hc_post_f64_##isa,               \
      mhc_hc_dots_f32_##isa, mhc_hc_gx_f32_##isa, mhc_hc_dots_f64_##isa,                \
-     mhc_hc_gx_f64_##isa}
+     mhc_hc_gx_f64_##isa, mhc_hc_post_bwd_f32_##isa, mhc_hc_post_bwd_f64_##isa}
 
 /* Indexed by mhc_isa; levels this build lacks fall back to portable. */
 static const mhc_kernel_table g_tables[4] = {

@@ -108,6 +108,13 @@ typedef struct {
     void (*hc_gx_f64)(const double *, int64_t, int64_t, int64_t, int64_t, const double *, int64_t,
                       const double *, const double *, const double *, const double *, int64_t,
                       double *, int64_t);
+    /* the backward of the mHC post step */
+    void (*hc_post_bwd_f32)(const float *, int64_t, const float *, int64_t, const float *,
+                            const float *, const float *, int64_t, int64_t, int64_t, int64_t,
+                            float *, int64_t, float *, float *, float *);
+    void (*hc_post_bwd_f64)(const double *, int64_t, const double *, int64_t, const double *,
+                            const double *, const double *, int64_t, int64_t, int64_t, int64_t,
+                            double *, int64_t, double *, double *, double *);
 } mhc_kernel_table;
 
 /* Kernels are internal to the module: hidden from the dynamic symbol table. */
@@ -145,7 +152,15 @@ typedef struct {
     MHC_HIDDEN void mhc_hc_gx_f64_##isa(const double *, int64_t, int64_t, int64_t, int64_t,         \
                                         const double *, int64_t, const double *, const double *,    \
                                         const double *, const double *, int64_t, double *,          \
-                                        int64_t);
+                                        int64_t);                                                   \
+    MHC_HIDDEN void mhc_hc_post_bwd_f32_##isa(const float *, int64_t, const float *, int64_t,       \
+                                              const float *, const float *, const float *, int64_t, \
+                                              int64_t, int64_t, int64_t, float *, int64_t, float *, \
+                                              float *, float *);                                    \
+    MHC_HIDDEN void mhc_hc_post_bwd_f64_##isa(const double *, int64_t, const double *, int64_t,     \
+                                              const double *, const double *, const double *,       \
+                                              int64_t, int64_t, int64_t, int64_t, double *,         \
+                                              int64_t, double *, double *, double *);
 
 MHC_DECLARE_KERNELS(portable)
 #if MHC_X86

@@ -1,5 +1,7 @@
 """Native kernels exercised for valgrind memcheck (run by native/tests/memcheck.sh)."""
 import numpy as np, mhc_array as mx
+from mhc_array._api import SINKHORN_BACKWARD
+from mhc_array._mhc import MHC_POST_BACKWARD, MHC_PRE_BACKWARD
 rng = np.random.default_rng(0)
 with mx.use_backend("native"):
     for isa in ("avx2", "sse", "portable"):
@@ -11,6 +13,7 @@ with mx.use_backend("native"):
                     mx.sinkhorn_knopp(x, logits=True, order="cols-first", tau=0.1)
                     mx.sinkhorn_knopp(np.abs(x), iterations=3)
                     mx.sinkhorn_knopp(np.abs(x)[..., ::1, 1:], iterations=3)
+                    SINKHORN_BACKWARD((x, None, None, x * 0.5), (5, 0.0, True, "cols-first"))
                 for rows, d in ((1, 1), (33, 17), (5, 1031)):
                     p = (rng.standard_normal((rows, d)) * 0.01).astype(dt)
                     for m in ("euclidean", "poincare", "spherical"):
@@ -34,5 +37,11 @@ with mx.use_backend("native"):
                                 mx.mhc_post(x, h_in, h_post, h_res)
                                 mx.mhc_post(x, h_in[0], h_post, h_res, out=x)
                         mx.mhc_pre(x, layer.phi, layer.bias, layer.alpha, variant=variant)
+                        ups = (h_in, h_pre, h_post, h_res)        # backward, threads 1 and 2
+                        for nt in (1, 2):
+                            with mx.use_num_threads(nt):
+                                MHC_PRE_BACKWARD((x, layer.phi, layer.bias, layer.alpha, *ups),
+                                                 (5, 1e-6, variant, 1e-6))
+                                MHC_POST_BACKWARD((x, h_in, h_post, h_res, x))
                         del layer
 print("done")
