@@ -123,6 +123,18 @@ def sinkhorn_knopp(x, /, *, iterations=20, tau=0.0, logits=False, order="rows-fi
 
     Returns an array of the shape and dtype of ``x`` in the caller's library.
     Only the side normalised last is exact after finitely many iterations.
+
+    Examples
+    --------
+    >>> P = mx.sinkhorn_knopp(np.array([[1.0, 2.0], [3.0, 4.0]]), iterations=50)
+    >>> P.round(4)
+    array([[0.4495, 0.5505],
+           [0.5505, 0.4495]])
+    >>> P.sum(axis=0), P.sum(axis=1)
+    (array([1., 1.]), array([1., 1.]))
+    >>> H = mx.sinkhorn_knopp(np.zeros((8, 4, 4), np.float32), logits=True)  # a batch
+    >>> H.shape, H.dtype, float(H[0, 0, 0])
+    ((8, 4, 4), dtype('float32'), 0.25)
     """
     return SINKHORN((x, row_sums, col_sums), (iterations, tau, logits, order), out=out)
 
@@ -197,7 +209,11 @@ PAIRWISE = Op("pairwise_distance", kernel="pairwise", arrays=(("x", None), ("y",
 
 def euclidean_distance(x, c, /):
     """Euclidean distance ``|x - c|`` between the points ``x (..., d)`` and ``c``
-    (broadcastable, e.g. ``(d,)`` for one reference point); result ``(...)``."""
+    (broadcastable, e.g. ``(d,)`` for one reference point); result ``(...)``.
+
+    >>> mx.euclidean_distance(np.array([[3.0, 4.0], [0.0, 0.0]]), np.zeros(2))
+    array([5., 0.])
+    """
     return EUCLIDEAN((x, c), (1.0, "raise"))
 
 
@@ -208,26 +224,50 @@ def poincare_distance(x, c, /, *, curvature=1.0, on_domain_error="raise"):
     ``log1p`` so that near points keep full relative precision. Points with
     ``K|p|^2 >= 1`` are a DomainError ("raise"), give NaN ("nan"), or are projected
     to radius ``(1-1e-5)/sqrt(K)`` ("clip").
+
+    >>> x = np.array([[0.5, 0.0], [2.0, 0.0]])       # the second point is outside
+    >>> mx.poincare_distance(x[:1], np.zeros(2)).round(6)   # 2 artanh(0.5)
+    array([1.098612])
+    >>> mx.poincare_distance(x, np.zeros(2), on_domain_error="nan").round(6)
+    array([1.098612,      nan])
+    >>> mx.poincare_distance(x, np.zeros(2))
+    Traceback (most recent call last):
+    ...
+    mhc_array.errors.DomainError: x[1] lies outside the Poincare ball of curvature -K (needs K*|p|^2 < 1)
     """
     return POINCARE((x, c), (curvature, on_domain_error))
 
 
 def spherical_distance(x, c, /, *, on_domain_error="raise"):
     """The angle between ``x`` and ``c`` (any non-zero norms), accurate for tiny and
-    near-pi angles. A zero vector is a DomainError ("raise") or gives NaN."""
+    near-pi angles. A zero vector is a DomainError ("raise") or gives NaN.
+
+    >>> mx.spherical_distance(np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([1.0, 0.0]))
+    array([0.        , 1.57079633])
+    """
     return SPHERICAL((x, c), (1.0, on_domain_error))
 
 
 def geometric_distance(x, c, /, *, manifold="euclidean", curvature=1.0,
                        on_domain_error="raise"):
-    """The distance on ``manifold`` ("euclidean", "poincare" or "spherical")."""
+    """The distance on ``manifold`` ("euclidean", "poincare" or "spherical").
+
+    >>> round(float(mx.geometric_distance(np.array([0.0, 0.5]), np.zeros(2),
+    ...                                   manifold="poincare")), 6)
+    1.098612
+    """
     return GEOMETRIC((x, c), (manifold, curvature, on_domain_error))
 
 
 def pairwise_distance(x, y, /, *, manifold="euclidean", curvature=1.0,
                       on_domain_error="raise"):
     """``(N, M)`` distances between the rows of ``x (N, d)`` and ``y (M, d)``, like
-    ``scipy.spatial.distance.cdist``, computed directly (no ``|x|^2+|y|^2-2xy``)."""
+    ``scipy.spatial.distance.cdist``, computed directly (no ``|x|^2+|y|^2-2xy``).
+
+    >>> mx.pairwise_distance(np.eye(2), np.eye(2), manifold="spherical")
+    array([[0.        , 1.57079633],
+           [1.57079633, 0.        ]])
+    """
     return PAIRWISE((x, y), (manifold, curvature, on_domain_error))
 
 
@@ -244,6 +284,9 @@ def check_manifold(x, /, *, manifold, curvature=1.0, atol=1e-6):
     """Boolean ``(...)``: is each point of ``x (..., d)`` on the manifold?
 
     Sphere: ``abs(|x| - 1) <= atol``; ball: ``K|x|^2 < 1 - atol``; Euclidean: finite.
+
+    >>> mx.check_manifold(np.array([[1.0, 0.0], [0.6, 0.8], [2.0, 0.0]]), manifold="spherical")
+    array([ True,  True, False])
     """
     return CHECK_MANIFOLD((x,), (manifold, curvature, atol))
 
@@ -251,5 +294,11 @@ def check_manifold(x, /, *, manifold, curvature=1.0, atol=1e-6):
 def project_to_manifold(x, /, *, manifold, curvature=1.0):
     """``x (..., d)`` projected onto the unit sphere (a zero vector is a DomainError) or
     into the Poincare ball (points beyond radius ``(1-1e-5)/sqrt(K)`` scaled to it);
-    Euclidean returns a copy. The input is not modified."""
+    Euclidean returns a copy. The input is not modified.
+
+    >>> mx.project_to_manifold(np.array([[3.0, 4.0]]), manifold="spherical")
+    array([[0.6, 0.8]])
+    >>> mx.project_to_manifold(np.array([[3.0, 4.0]]), manifold="poincare")
+    array([[0.599994, 0.799992]])
+    """
     return PROJECT((x,), (manifold, curvature))
