@@ -233,7 +233,7 @@ def poincare_distance(x, c, /, *, curvature=1.0, on_domain_error="raise"):
     >>> mx.poincare_distance(x, np.zeros(2))
     Traceback (most recent call last):
     ...
-    mhc_array.errors.DomainError: x[1] lies outside the Poincare ball of curvature -K (needs K*|p|^2 < 1)
+    mhc_array.errors.DomainError: x[1] lies outside the Poincare ball of curvature -K ...
     """
     return POINCARE((x, c), (curvature, on_domain_error))
 
