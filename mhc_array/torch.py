@@ -99,7 +99,17 @@ def sinkhorn_knopp(x, *, iterations=20, tau=0.0, logits=False, order="rows-first
     """``mhc_array.sinkhorn_knopp`` for torch tensors, differentiable w.r.t. ``x``
     (the exact gradient of the unrolled iterations; the backward recomputes the
     forward). The targets ``row_sums`` / ``col_sums`` (optional tensors) are held
-    fixed: no gradient flows to them. Returns a new tensor of x's shape and dtype."""
+    fixed: no gradient flows to them. Returns a new tensor of x's shape and dtype.
+
+    >>> import torch, mhc_array.torch as mt
+    >>> x = torch.zeros(2, 3, 3, requires_grad=True)
+    >>> P = mt.sinkhorn_knopp(x, logits=True)       # uniform logits: every entry 1/3
+    >>> round(P[0, 0, 0].item(), 4)
+    0.3333
+    >>> P[:, 0, 0].sum().backward()
+    >>> [round(v, 4) for v in x.grad[0, 0].tolist()]
+    [0.1481, -0.0741, -0.0741]
+    """
     opts = SINKHORN.validate((iterations, tau, logits, order))  # errors name the option
     iterations, tau, logits, order = (opts[k] for k in ("iterations", "tau", "logits", "order"))
     for name, t in (("x", x), ("row_sums", row_sums), ("col_sums", col_sums)):
@@ -318,7 +328,15 @@ def euclidean_distance(x, c):
     """``mhc_array.euclidean_distance`` for torch tensors, differentiable w.r.t. ``x``
     and ``c`` (``c`` broadcastable, e.g. ``(d,)``; its gradient is summed over the
     broadcast axes). ``dd/dx = (x - c)/d``; at ``x = c`` (``d = 0``) the gradient is
-    0, the minimal-norm subgradient (never NaN)."""
+    0, the minimal-norm subgradient (never NaN).
+
+    >>> import torch, mhc_array.torch as mt
+    >>> x = torch.tensor([[3.0, 4.0], [0.0, 0.0]], requires_grad=True)
+    >>> d = mt.euclidean_distance(x, torch.zeros(2))
+    >>> d.sum().backward()
+    >>> d.tolist(), [[round(v, 4) for v in row] for row in x.grad.tolist()]
+    ([5.0, 0.0], [[0.6, 0.8], [0.0, 0.0]])
+    """
     EUCLIDEAN.validate((1.0, "raise"))
     return _distance("euclidean", x, c, 1.0, "raise")
 
@@ -332,7 +350,15 @@ def poincare_distance(x, c, *, curvature=1.0, on_domain_error="raise"):
     and returned in the input dtype. At ``x = c`` the gradient is 0 (the minimal-norm
     subgradient, never NaN). With ``on_domain_error="nan"`` points outside the ball get
     NaN gradients; with ``"clip"`` the gradient flows through the projection onto the
-    ball (its tangential part, for the points that were clipped)."""
+    ball (its tangential part, for the points that were clipped).
+
+    >>> import torch, mhc_array.torch as mt
+    >>> x = torch.tensor([[0.5, 0.0]], requires_grad=True)
+    >>> d = mt.poincare_distance(x, torch.zeros(2))       # 2 artanh(0.5)
+    >>> d.sum().backward()
+    >>> round(d.item(), 4), [round(v, 4) for v in x.grad[0].tolist()]   # 2/(1-0.25)
+    (1.0986, [2.6667, 0.0])
+    """
     opts = POINCARE.validate((curvature, on_domain_error))  # errors name the option
     return _distance("poincare", x, c, opts["curvature"], opts["on_domain_error"])
 
@@ -342,7 +368,15 @@ def spherical_distance(x, c, *, on_domain_error="raise"):
     w.r.t. ``x`` and ``c`` (``c`` broadcastable; its gradient is summed over the
     broadcast axes): ``dθ/dx = -(v - cos θ u)/(|x| sin θ)`` with ``u = x/|x|``,
     ``v = c/|c|``. At ``θ = 0`` and ``θ = π`` (``x`` and ``c`` parallel) the gradient
-    is 0, the minimal-norm subgradient (never NaN); a zero vector gives NaN."""
+    is 0, the minimal-norm subgradient (never NaN); a zero vector gives NaN.
+
+    >>> import torch, mhc_array.torch as mt
+    >>> x = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    >>> d = mt.spherical_distance(x, torch.tensor([1.0, 0.0]))
+    >>> d.sum().backward()
+    >>> round(d.item(), 4), x.grad.tolist()
+    (1.5708, [[-1.0, -0.0]])
+    """
     opts = SPHERICAL.validate((1.0, on_domain_error))
     return _distance("spherical", x, c, 1.0, opts["on_domain_error"])
 
@@ -350,7 +384,13 @@ def spherical_distance(x, c, *, on_domain_error="raise"):
 def geometric_distance(x, c, *, manifold="euclidean", curvature=1.0, on_domain_error="raise"):
     """``mhc_array.geometric_distance`` for torch tensors: the distance on ``manifold``,
     differentiable as ``euclidean_distance`` / ``poincare_distance`` /
-    ``spherical_distance`` (0 gradient at coincident or parallel points)."""
+    ``spherical_distance`` (0 gradient at coincident or parallel points).
+
+    >>> import torch, mhc_array.torch as mt
+    >>> d = mt.geometric_distance(torch.tensor([[0.0, 0.5]]), torch.zeros(2), manifold="poincare")
+    >>> round(d.item(), 4)
+    1.0986
+    """
     opts = GEOMETRIC.validate((manifold, curvature, on_domain_error))
     return _distance(opts["manifold"], x, c, opts["curvature"],
                      opts["on_domain_error"])
@@ -360,7 +400,15 @@ def pairwise_distance(x, y, *, manifold="euclidean", curvature=1.0, on_domain_er
     """``mhc_array.pairwise_distance`` for torch tensors: ``(N, M)`` distances between
     the rows of ``x (N, d)`` and ``y (M, d)``, differentiable w.r.t. both. The backward
     applies the per-pair gradients of the row-wise distances (0 at coincident or, on
-    the sphere, parallel points) in blocks of rows, summed over the other argument."""
+    the sphere, parallel points) in blocks of rows, summed over the other argument.
+
+    >>> import torch, mhc_array.torch as mt
+    >>> x = torch.eye(2, requires_grad=True)
+    >>> D = mt.pairwise_distance(x, torch.zeros(1, 2))
+    >>> D.sum().backward()
+    >>> D.tolist(), x.grad.tolist()
+    ([[1.0], [1.0]], [[1.0, 0.0], [0.0, 1.0]])
+    """
     opts = PAIRWISE.validate((manifold, curvature, on_domain_error))
     _check_points(x=x, y=y)
     return _pairwise_op(x, y, opts["manifold"], float(opts["curvature"]),
