@@ -107,17 +107,33 @@ def _use(key, value):
 
 
 def set_backend(name):
-    """Set the default backend: "auto", "native", "cupy" or "array_api"."""
+    """Set the default backend: "auto", "native", "cupy" or "array_api".
+
+    >>> mx.set_backend("array_api"); mx.get_backend()
+    'array_api'
+    >>> mx.set_backend("auto")
+    """
     _set_default("backend", _check_backend("backend", name))
 
 
 def get_backend():
-    """The backend in force in this context."""
+    """The backend in force in this context.
+
+    >>> mx.get_backend()      # the default, unless MHC_ARRAY_BACKEND says otherwise
+    'auto'
+    """
     return _get("backend")
 
 
 def use_backend(name):
-    """``with use_backend("native"):`` -- override the backend in this context only."""
+    """``with use_backend("native"):`` -- override the backend in this context only.
+
+    >>> with mx.use_backend("array_api"):
+    ...     print(mx.get_backend())
+    array_api
+    >>> mx.get_backend()
+    'auto'
+    """
     return _use("backend", _check_backend("backend", name))
 
 
@@ -125,30 +141,59 @@ def set_isa(level):
     """Set the default instruction-set level: "auto", "avx512", "avx2", "sse", "portable".
 
     A level the CPU lacks falls back to the best one it has, with a warning.
+
+    >>> mx.set_isa("portable"); mx.get_isa()
+    'portable'
+    >>> mx.set_isa("auto")
     """
     _set_default("isa", _check_isa("isa", level))
 
 
 def get_isa():
-    """The instruction-set level requested in this context (see ``config()`` for the one used)."""
+    """The instruction-set level requested in this context (see ``config()`` for the one used).
+
+    >>> mx.get_isa()
+    'auto'
+    """
     return _get("isa")
 
 
 def use_isa(level):
-    """``with use_isa("avx2"):`` -- override the ISA level in this context only."""
+    """``with use_isa("avx2"):`` -- override the ISA level in this context only.
+
+    >>> with mx.use_isa("sse"):
+    ...     d = mx.euclidean_distance(np.ones((4, 3)), np.zeros(3))   # SSE kernels
+    >>> d.round(4)
+    array([1.7321, 1.7321, 1.7321, 1.7321])
+    """
     return _use("isa", _check_isa("isa", level))
 
 
 def set_num_threads(n):
-    """Set how many threads a native call may use (default: the cores this process may use)."""
+    """Set how many threads a native call may use (default: the cores this process may use).
+
+    >>> before = mx.get_num_threads()
+    >>> mx.set_num_threads(1); mx.get_num_threads()
+    1
+    >>> mx.set_num_threads(before)
+    """
     _set_default("num_threads", positive_int("n", n))
 
 
 def get_num_threads():
-    """The thread count in force in this context."""
+    """The thread count in force in this context.
+
+    >>> mx.get_num_threads() >= 1
+    True
+    """
     return _get("num_threads")
 
 
 def use_num_threads(n):
-    """``with use_num_threads(1):`` -- override the thread count in this context only."""
+    """``with use_num_threads(1):`` -- override the thread count in this context only.
+
+    >>> with mx.use_num_threads(1):
+    ...     print(mx.get_num_threads())
+    1
+    """
     return _use("num_threads", positive_int("n", n))

@@ -14,14 +14,26 @@ __all__ = ["cpu_features", "config", "show_config", "empty_aligned"]
 
 def cpu_features():
     """The CPU features the native library detected (CPUID and XGETBV), as a dict of
-    bools; empty when the native library is unavailable."""
+    bools; empty when the native library is unavailable.
+
+    >>> feats = mx.cpu_features()
+    >>> all(isinstance(v, bool) for v in feats.values())
+    True
+    """
     return _dispatch.backend("native").describe()["cpu_features"]
 
 
 def config():
     """The configuration as a dict: version, backends (available or why not), ISA
     level requested and in use, thread count, CUDA device, how the native part was
-    compiled."""
+    compiled.
+
+    >>> info = mx.config()
+    >>> info["backends"]["array_api"]
+    {'available': True, 'reason': None}
+    >>> info["isa"] in (None, "avx512", "avx2", "sse", "portable"), info["num_threads"] >= 1
+    (True, True)
+    """
     from . import __version__
     nat = _dispatch.backend("native")
     native = nat.describe()
@@ -61,7 +73,13 @@ def _cuda_info():
 
 
 def show_config(file=None):
-    """Print ``config()`` in a readable form (what ``python -m mhc_array info`` prints)."""
+    """Print ``config()`` in a readable form (what ``python -m mhc_array info`` prints).
+
+    >>> mx.show_config()
+    mhc_array 0.1.0  (Python ...)
+    backend setting: auto
+    ...
+    """
     info = config()
     out = file or sys.stdout
     print(f"mhc_array {info['version']}  (Python {info['python']}, NumPy {info['numpy']}, "
@@ -81,7 +99,12 @@ def show_config(file=None):
 
 def empty_aligned(shape, dtype="float32", alignment=64, like=None):
     """An uninitialised array of ``shape`` and ``dtype`` whose data starts at a multiple
-    of ``alignment`` bytes, in the library (and device) of ``like`` (NumPy by default)."""
+    of ``alignment`` bytes, in the library (and device) of ``like`` (NumPy by default).
+
+    >>> a = mx.empty_aligned((3, 5), dtype="float32", alignment=64)
+    >>> a.shape, a.dtype, a.ctypes.data % 64
+    ((3, 5), dtype('float32'), 0)
+    """
     if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 1 \
             or alignment & (alignment - 1):
         raise ValueError(f"alignment must be a power of two; got {alignment!r}")
