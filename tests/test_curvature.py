@@ -149,7 +149,8 @@ def test_knn_graph_of_points_matches_linear_programming():
     assert max_error(edges, kappa, ref) < max_error(e01, k01, ref)
 
 
-def test_log_domain_below_1e_3_is_tighter():
+def test_reg_below_1e_3_is_tighter():
+    """Epsilon scaling in the scaled domain: no underflow at reg = 1e-4."""
     A = GRAPHS["weighted"]
     ref = lp_kappa(A, 0.5)
     edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, reg=1e-4, iterations=300)
