@@ -42,28 +42,38 @@ def _short(name, width=46):
     return name if len(name) <= width else name[:width - 1] + "\u2026"
 
 
-def _colours(labels):
-    """One fixed colour per candidate label (the same in every chart)."""
-    fixed = {"numpy": "#7f7f7f", "torch eager": "#d62728", "torch.compile": "#ff7f0e",
-             "simsimd": "#8c564b", "HF DeepseekV4 eager": "#e377c2",
-             "bare cffi call": "#bcbd22"}
-    ours = ("#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#393b79", "#98df8a", "#aec7e8",
-            "#637939", "#c5b0d5", "#9edae5")
-    out, k = {}, 0
-    for label in sorted(set(labels), key=lambda s: (not _ours(s), s)):
-        if label in fixed:
-            out[label] = fixed[label]
-        else:
-            out[label] = ours[k % len(ours)]
-            k += 1
-    return out
+_PEER_COLOURS = {"numpy": "#7f7f7f", "torch eager": "#d62728", "torch.compile": "#ff7f0e",
+                 "simsimd": "#8c564b", "HF DeepseekV4 eager": "#e377c2",
+                 "bare cffi call": "#aec7e8"}
+# mhc_array candidates by backend / level (checked in this order), the same in every chart
+_OUR_COLOURS = ((" x2", "#9467bd"), ("cupy", "#000080"), ("cuda", "#000080"),
+                ("array_api", "#c49c94"), ("avx512", "#1f77b4"), ("avx2", "#2ca02c"),
+                ("sse", "#17becf"), ("portable", "#bcbd22"))
+
+
+def _base(label):
+    """A candidate's label without the end-to-end suffix (" + F"): its backend / level."""
+    return label[:-4] if label.endswith(" + F") else label
+
+
+def _colour(label):
+    if label in _PEER_COLOURS:
+        return _PEER_COLOURS[label]
+    for key, colour in _OUR_COLOURS:
+        if key in label:
+            return colour
+    return "#393b79"
 
 
 def _footer(fig, data):
+    """The machine line and the run's settings, in two lines at the bottom."""
     threads = data.get("threads", 1)
-    fig.text(0.01, 0.005, f"{data.get('machine', '')} -- float32, {threads} thread(s) unless "
-             f"labelled x2; median of {data.get('rounds', '?')} interleaved rounds",
-             fontsize=7, color="#444444", ha="left", va="bottom")
+    fig.text(0.01, 0.005, f"{data.get('machine', '')}\nfloat32, {threads} thread(s) unless "
+             f"labelled x2; median of {data.get('rounds', '?')} interleaved rounds; "
+             "python -m mhc_array bench", fontsize=7, color="#444444", ha="left", va="bottom")
+
+
+_BOTTOM = 0.4   # inches kept for the footer
 
 
 def _time_axis(ax, axis="y"):
@@ -95,10 +105,9 @@ def _speedup(plt, data, results, title, path):
         return None
     workloads = [r["workload"] for r in results
                  if any(r in rows for _, _, rows in panels)]
-    labels = []
+    labels = []     # one bar slot per backend / level
     for r in results:
-        labels += [c for c in r["median_s"] if _ours(c) and c not in labels]
-    colours = _colours(labels)
+        labels += [_base(c) for c in r["median_s"] if _ours(c) and _base(c) not in labels]
     nb = len(labels)
     height = 0.8 / nb
     size = (4.2 * len(panels) + 3.2, max(3.5, 1.6 + 0.5 * len(workloads)))
@@ -111,13 +120,14 @@ def _speedup(plt, data, results, title, path):
             ys, xs = [], []
             for k, w in enumerate(workloads):
                 r = by_name.get(w)
-                if r is None or label not in r["median_s"]:
+                own = [c for c in (r["median_s"] if r else ()) if _base(c) == label]
+                if not own:
                     continue
                 ys.append(k - 0.4 + (j + 0.5) * height)
-                xs.append(r["median_s"][key] / r["median_s"][label])
+                xs.append(r["median_s"][key] / r["median_s"][own[0]])
             if xs:
                 lo, hi = min(lo, *xs), max(hi, *xs)
-                ax.barh(ys, xs, height=height * 0.92, color=colours[label], label=label)
+                ax.barh(ys, xs, height=height * 0.92, color=_colour(label), label=label)
         for k, w in enumerate(workloads):  # the best candidate's ratio, written at its bar
             r = by_name.get(w)
             if r is None:
@@ -140,7 +150,8 @@ def _speedup(plt, data, results, title, path):
                title_fontsize=8)
     fig.suptitle(title, x=0.01, ha="left", fontsize=12)
     _footer(fig, data)
-    fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1 - 0.65 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, _BOTTOM / fig.get_figheight(), 1,
+                           1 - 0.65 / fig.get_figheight()))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -171,13 +182,12 @@ def _scaling(plt, data, kind, path):
     labels = []
     for _, r in rows:
         labels += [c for c in r["median_s"] if c not in labels and c != "mhc array_api"]
-    colours = _colours(labels)
     fig, ax = plt.subplots(figsize=(9, 6))
     sizes = [s for s, _ in rows]
     for label in labels:
         pts = [(s, r["median_s"][label]) for s, r in rows if label in r["median_s"]]
         style = "-o" if _ours(label) else "--s"
-        ax.plot(*zip(*pts), style, color=colours[label], label=label, markersize=4,
+        ax.plot(*zip(*pts), style, color=_colour(label), label=label, markersize=4,
                 linewidth=2 if _ours(label) else 1.2)
     floors = [(s, r["floor_s"]) for s, r in rows if r.get("floor_s")]
     if floors:
@@ -190,13 +200,15 @@ def _scaling(plt, data, kind, path):
     ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
     ax.minorticks_off()
     _time_axis(ax)
+    from matplotlib.ticker import LogLocator
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.grid(which="major", alpha=0.3)
     ax.set_xlabel(xlabel + " (log scale)")
     ax.set_ylabel("median time per call (log scale)")
     ax.set_title(title, fontsize=11)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
     _footer(fig, data)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.tight_layout(rect=(0, _BOTTOM / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -208,13 +220,12 @@ def _mhc(plt, data, path):
     rows = [r for r in data["results"] if r["workload"].startswith("W3 mhc pre+post")]
     if not rows:
         return None
-    fig, axes = plt.subplots(len(rows), 1, squeeze=False, figsize=(10, 0.9 + 3.3 * len(rows)))
+    fig, axes = plt.subplots(len(rows), 1, squeeze=False, figsize=(13, 1.2 + 3.3 * len(rows)))
     for ax, r in zip(axes[:, 0], rows):
         med = r["median_s"]
         labels = list(med)
-        colours = _colours(labels)
         ax.barh(range(len(labels)), [med[c] for c in labels],
-                color=[colours[c] for c in labels], height=0.7)
+                color=[_colour(c) for c in labels], height=0.7)
         for k, c in enumerate(labels):
             ax.text(med[c] * 1.05, k, f"{med[c] * 1e3:.1f} ms", va="center", fontsize=7)
         floors = r.get("floors_s") or ({"memory": r["floor_s"]} if r.get("floor_s") else {})
@@ -233,10 +244,10 @@ def _mhc(plt, data, path):
         ax.grid(axis="x", alpha=0.3)
         ax.set_xlabel("median time per call (log scale; shorter is faster)", fontsize=8)
         ax.set_title(_short(r["workload"], 80) + ": pre + post, F = identity", fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle("The mHC connection against its floors", x=0.01, ha="left", fontsize=12)
     _footer(fig, data)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.tight_layout(rect=(0, _BOTTOM / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
