@@ -21,7 +21,7 @@
 #endif
 
 /* Matrices with n*m <= this go to the SoA kernel (one SIMD lane per matrix). */
-#define MHC_SK_SMALL_MAX 64
+#define MHC_SK_SMALL_MAX 256
 
 /* Poincare clip radius factor: points with sqrt(K)|p| >= this are scaled to it. */
 #define MHC_CLIP_RADIUS (1.0 - 1e-5)
