@@ -174,6 +174,18 @@ def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=NORM_EPS, variant
     h_pre, h_post : (..., n), h_res : (..., n, n) -- coefficients, float32 (float64
         for float64 activations). ``h_res`` is doubly stochastic up to the
         iteration's exactness and acts on the raw (not normalised) streams.
+
+    Examples
+    --------
+    >>> layer = mx.MHCLayer(4, 8, seed=0)          # the paper's parameters, near identity
+    >>> x = np.ones((3, 4, 8), np.float32)         # 3 tokens, n = 4 streams, C = 8
+    >>> h_in, h_pre, h_post, h_res = mx.mhc_pre(x, layer.phi, layer.bias, layer.alpha)
+    >>> h_in.shape, h_pre.shape, h_post.shape, h_res.shape
+    ((3, 8), (3, 4), (3, 4), (3, 4, 4))
+    >>> h_pre[0].round(3)                          # the streams averaged
+    array([0.25, 0.25, 0.25, 0.25], dtype=float32)
+    >>> bool(np.allclose(h_res.sum(axis=-2), 1, atol=1e-5))
+    True
     """
     return MHC_PRE((x, phi, bias, alpha), (iterations, norm_eps, variant, hc_eps))
 
@@ -184,7 +196,14 @@ def mhc_post(x, f_out, h_post, h_res, /, *, out=None):
     ``x (..., n, C)``, ``f_out (..., C)`` (the block's output), ``h_post (..., n)``,
     ``h_res (..., n, n)`` as returned by ``mhc_pre`` (batch axes broadcast).
     Computed in the coefficient dtype, returned in ``x``'s dtype (or written to
-    ``out``, which may be ``x`` itself)."""
+    ``out``, which may be ``x`` itself).
+
+    >>> x = np.arange(8.0).reshape(1, 2, 4)               # 1 token, 2 streams, C = 4
+    >>> swap = np.array([[[0.0, 1.0], [1.0, 0.0]]])       # h_res exchanges the streams
+    >>> mx.mhc_post(x, np.ones((1, 4)), np.array([[1.0, 0.0]]), swap)
+    array([[[5., 6., 7., 8.],
+            [0., 1., 2., 3.]]])
+    """
     return MHC_POST((x, f_out, h_post, h_res), out=out)
 
 
@@ -208,6 +227,12 @@ class MHCLayer:
     to the library and device of each input and cached. On the native backend the
     layer owns a workspace in C (created on first use, reused by every call, freed
     when the layer is garbage-collected), so a warm forward allocates no scratch.
+
+    >>> layer = mx.MHCLayer(4, 8, seed=0)
+    >>> x = layer.expand(np.ones((2, 8), np.float32))     # (2, 4, 8): 4 copies
+    >>> x = layer(x, np.tanh)                             # pre -> F(h_in) -> post
+    >>> x.shape, layer.reduce(x).shape
+    ((2, 4, 8), (2, 8))
     """
 
     def __init__(self, n_streams, dim, *, iterations=20, variant="paper", dtype="float32",
