@@ -1,6 +1,7 @@
 """``python -m mhc_array info`` and ``python -m mhc_array bench [--quick]``."""
 
 import argparse
+import os
 import sys
 
 
@@ -50,5 +51,16 @@ def main(argv=None):
                threads=args.threads, compile_peers=args.compile_peers)
 
 
+def _run(argv=None):
+    """main(), quiet when the reader of stdout goes away (``... info | head -1``)."""
+    try:
+        return main(argv)
+    except BrokenPipeError:
+        # the rest of the output has nowhere to go: point stdout at devnull so that
+        # Python's exit-time flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_run())
