@@ -174,7 +174,19 @@ def mhc_pre(x, phi, bias, alpha, *, iterations=20, norm_eps=NORM_EPS, variant="p
     """``mhc_array.mhc_pre`` for torch tensors, differentiable w.r.t. ``x`` and the
     three parameters (``phi, bias, alpha``, or V4's ``fn, base, scale``). Returns
     ``(h_in, h_pre, h_post, h_res)`` (coefficients in float32, float64 for float64
-    ``x``); the backward runs the Sinkhorn part in the native backward kernel."""
+    ``x``); the backward runs the Sinkhorn part in the native backward kernel.
+
+    >>> import torch, mhc_array.torch as mt
+    >>> x = torch.randn(8, 4, 16, requires_grad=True)        # 8 tokens, n = 4, C = 16
+    >>> phi = torch.randn(64, 24) * 0.1
+    >>> bias, alpha = torch.zeros(24), torch.full((3,), 0.5)
+    >>> h_in, h_pre, h_post, h_res = mt.mhc_pre(x, phi, bias, alpha)
+    >>> h_in.shape, h_res.shape
+    (torch.Size([8, 16]), torch.Size([8, 4, 4]))
+    >>> h_in.sum().backward()
+    >>> x.grad.shape
+    torch.Size([8, 4, 16])
+    """
     opts = MHC_PRE.validate((iterations, norm_eps, variant, hc_eps))
     names = ("x", "phi", "bias", "alpha") if opts["variant"] == "paper" else \
         ("x", "fn", "base", "scale")
@@ -185,7 +197,15 @@ def mhc_pre(x, phi, bias, alpha, *, iterations=20, norm_eps=NORM_EPS, variant="p
 
 def mhc_post(x, f_out, h_post, h_res):
     """``mhc_array.mhc_post`` for torch tensors, differentiable w.r.t. all four:
-    ``x_next[i] = sum_j h_res[i, j] x[j] + h_post[i] f_out`` in ``x``'s dtype."""
+    ``x_next[i] = sum_j h_res[i, j] x[j] + h_post[i] f_out`` in ``x``'s dtype.
+
+    >>> import torch, mhc_array.torch as mt
+    >>> x = torch.randn(8, 4, 16)
+    >>> f = torch.randn(8, 16, requires_grad=True)
+    >>> out = mt.mhc_post(x, f, torch.ones(8, 4), torch.eye(4).expand(8, 4, 4))
+    >>> bool(torch.allclose(out, x + f.unsqueeze(-2)))
+    True
+    """
     _tensors(x=x, f_out=f_out, h_post=h_post, h_res=h_res)
     return _mhc_post_op(x, f_out, h_post, h_res)
 
@@ -202,7 +222,17 @@ class MHCConnection(nn.Module):
     ``mhc_array.MHCLayer`` (close to the identity residual). ``forward(x, fn)`` =
     ``post(x, fn(h_in), h_post, h_res)``; ``pre``, ``post``, ``expand`` (first layer:
     one stream copied into ``n``) and ``reduce`` (last layer: the ``n`` streams
-    summed) as in ``MHCLayer``. Differentiable through the native kernels."""
+    summed) as in ``MHCLayer``. Differentiable through the native kernels.
+
+    >>> import torch, mhc_array.torch as mt
+    >>> layer = mt.MHCConnection(4, 16, seed=0)
+    >>> block = torch.nn.Linear(16, 16)
+    >>> x = layer.expand(torch.randn(8, 16))                 # (8, 4, 16)
+    >>> y = layer(x, block)
+    >>> layer.reduce(y).sum().backward()
+    >>> [tuple(p.grad.shape) for p in layer.parameters()]
+    [(64, 24), (24,), (3,)]
+    """
 
     def __init__(self, n_streams, dim, *, iterations=20, norm_eps=NORM_EPS, seed=None,
                  dtype=torch.float32, device=None):
