@@ -282,12 +282,19 @@ def _sinkhorn_backward(eng, x, rs, cs, g, *, iterations, tau, logits, order, cal
             tb, stride = _rows(eng, t, batch, (k,), call)
             targets += [tb, np.int64(stride)]
     flags = (1 if logits else 0) | (2 if order == "cols-first" else 0)
+    args = [a, gb, res, *targets, np.int64(count), np.int32(n), np.int32(m),
+            np.int32(iterations), np.float64(tau), np.int32(flags)]
+    B = eng.block
+    if n * m <= SMALL_MAX:
+        # a thread per matrix; the steps' denominators in x's dtype, slot s of
+        # matrix b at ws[s * count + b] (consecutive threads, consecutive addresses)
+        ws = xp.empty(count * iterations * (n + m), x.dtype) if iterations else _NULL
+        name = "mhc_sk_4x4_bwd" if (n, m) == (4, 4) else "mhc_sk_small_bwd"
+        eng.launch(name + _suffix(x.dtype), eng.grid(-(-count // B)), B, args + [ws], 0)
+        return res
     per = n * m + (2 * iterations + 1) * (n + m)
     ws = xp.empty(count * per, np.float64)
-    B = eng.block
-    eng.launch("mhc_sk_bwd" + _suffix(x.dtype), eng.grid(count), B,
-               [a, gb, res, *targets, np.int64(count), np.int32(n), np.int32(m),
-                np.int32(iterations), np.float64(tau), np.int32(flags), ws],
+    eng.launch("mhc_sk_bwd" + _suffix(x.dtype), eng.grid(count), B, args + [ws],
                (B + max(n, m)) * 8)
     return res
 
@@ -443,6 +450,74 @@ def _mhc_post(eng, x, f, hp, hr, *, out, call):
     return res
 
 
+COEF_BLOCK = 64                 # threads per block of the per-token coefficient kernel
+CHUNK = 8                       # mhc.cu's MHC_HC_CHUNK
+
+
+def _mhc_pre_backward(eng, x, w, b, al, g_in, g_pre, g_post, g_res, *, iterations, norm_eps,
+                      variant, hc_eps, call):
+    """The gradients of mhc_pre (upstream gradients None: zero) as
+    ``backends/native.py``'s ``mhc_pre_backward``: ``(g_x, gz, y, gp)``, all per
+    token. Three launches: the projection's sums by a block per token, the
+    coefficients' gradients by a thread per token, the streams' gradient by a
+    thread per value; the intermediates in double, nothing summed over tokens."""
+    xp = eng.xp
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    tokens = math.prod(batch)
+    K = (2 + n) * n
+    dt = x.dtype
+    g_x = xp.empty(tuple(x.shape), dt)
+    gz, y, gp = (xp.empty(batch + (K,), dt) for _ in range(3))
+    if not tokens:
+        return g_x, gz, y, gp
+    sfx = _suffix(dt)
+    v4 = 0 if variant == "paper" else 1
+    xc, wc = _contiguous(eng, x, call), _contiguous(eng, w, call)
+    gi, gpre, gpost, gres = (_NULL if g is None else _contiguous(eng, g, call)
+                             for g in (g_in, g_pre, g_post, g_res))
+    B = eng.block
+    acc = xp.empty(tokens * (K + 1 + n), np.float64)
+    eng.launch("mhc_pre_bwd_sums" + sfx, eng.grid(tokens), B,
+               [xc, np.int64(tokens), np.int32(n), np.int32(C), wc, np.int32(v4), gi, acc],
+               B * CHUNK * 8)
+    steps = max(iterations - v4, 0) if g_res is not None else 0
+    ws = xp.empty(tokens * steps * 2 * n, np.float64) if steps else _NULL
+    aux = xp.empty(tokens * (1 + n + K), np.float64)
+    cb = min(B, COEF_BLOCK)
+    eng.launch("mhc_pre_bwd_coef" + sfx, eng.grid(-(-tokens // cb)), cb,
+               [acc, np.int64(tokens), np.int32(n), np.int32(C), _contiguous(eng, b, call),
+                _contiguous(eng, al, call), np.int32(v4), np.int32(iterations),
+                np.float64(norm_eps), np.float64(hc_eps), gpre, gpost, gres,
+                np.int32(g_in is not None), gz, y, gp, aux, ws], 0)
+    eng.launch("mhc_pre_bwd_gx" + sfx, eng.grid(-(-(tokens * n * C) // B)), B,
+               [xc, np.int64(tokens), np.int32(n), np.int32(C), wc, np.int32(v4), gi, aux,
+                g_x], 0)
+    return g_x, gz, y, gp
+
+
+def _mhc_post_backward(eng, x, f, hp, hr, grad, *, call):
+    """The gradients of mhc_post: ``(g_x, g_f, g_post, g_res)``, the last three per
+    token of x's batch (f_out, h_post, h_res broadcast with token stride 0)."""
+    xp = eng.xp
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    tokens = math.prod(batch)
+    dt = x.dtype
+    outs = (xp.empty(tuple(x.shape), dt), xp.empty(batch + (C,), dt),
+            xp.empty(batch + (n,), dt), xp.empty(batch + (n, n), dt))
+    if tokens:
+        fb, f_ts = _rows(eng, f, batch, (C,), call)
+        pb, p_ts = _rows(eng, hp, batch, (n,), call)
+        rb, r_ts = _rows(eng, hr, batch, (n, n), call)
+        B = eng.block
+        eng.launch("mhc_post_bwd" + _suffix(dt), eng.grid(tokens), B,
+                   [_contiguous(eng, x, call), fb, np.int64(f_ts), pb, np.int64(p_ts), rb,
+                    np.int64(r_ts), _contiguous(eng, grad, call), np.int64(tokens),
+                    np.int32(n), np.int32(C), *outs], B * CHUNK * 8)
+    return outs
+
+
 def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, call):
     def body(eng, cp):
         outs = _mhc_pre(eng, cp(x), cp(phi), cp(bias), cp(alpha), iterations=iterations,
@@ -462,4 +537,24 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
                 dst = o
         res = _mhc_post(eng, a, cp(f_out), cp(h_post), cp(h_res), out=dst, call=call)
         return out if dst is not None else _back(xp, x, res)
+    return _call(x, body)
+
+
+def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, iterations,
+                     norm_eps, variant, hc_eps, call):
+    def body(eng, cp):
+        def opt(g):
+            return None if g is None else cp(g)
+        outs = _mhc_pre_backward(eng, cp(x), cp(phi), cp(bias), cp(alpha), opt(g_in),
+                                 opt(g_pre), opt(g_post), opt(g_res), iterations=iterations,
+                                 norm_eps=norm_eps, variant=variant, hc_eps=hc_eps, call=call)
+        return tuple(_back(xp, x, r) for r in outs)
+    return _call(x, body)
+
+
+def mhc_post_backward(xp, x, f_out, h_post, h_res, grad, *, call):
+    def body(eng, cp):
+        outs = _mhc_post_backward(eng, cp(x), cp(f_out), cp(h_post), cp(h_res), cp(grad),
+                                  call=call)
+        return tuple(_back(xp, x, r) for r in outs)
     return _call(x, body)

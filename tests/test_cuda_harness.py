@@ -54,7 +54,26 @@ _CTYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.uint64: ctypes
            np.float64: ctypes.c_double}
 
 
-def engine(lib, block=32, max_grid=5):
+class _PoisonedNumpy:
+    """NumPy whose ``empty`` fills float arrays with NaN and keeps them in
+    ``allocated``: a result or workspace entry a kernel should write and does not
+    stays NaN, and a test can read the workspaces' layout."""
+
+    def __init__(self):
+        self.allocated = []
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def empty(self, shape, dtype=np.float64):
+        a = np.empty(shape, dtype)
+        if a.dtype.kind == "f":
+            a.fill(np.nan)
+        self.allocated.append(a)
+        return a
+
+
+def engine(lib, block=32, max_grid=5, poison=False):
     """An Engine of the cupy backend that runs the kernels on the CPU."""
     launches = []
 
@@ -74,7 +93,8 @@ def engine(lib, block=32, max_grid=5):
         assert rc == 0, (name, rc)
         launches.append(name)
 
-    eng = cb.Engine(np, launch, block=block, max_grid=max_grid)
+    eng = cb.Engine(_PoisonedNumpy() if poison else np, launch, block=block,
+                    max_grid=max_grid)
     eng.launches = launches
     return eng
 
@@ -95,7 +115,7 @@ def test_every_kernel_is_in_the_harness(harness):
         text = open(os.path.join(CUDA, f)).read()
         for base in re.findall(r'extern "C" __global__ void (\w+)##SUF', text):
             names |= {base + "_f32", base + "_f64"}
-    assert len(names) == 14
+    assert len(names) == 26
     assert names == set(harness.mhc_harness_kernels().decode().split())
 
 
@@ -201,9 +221,12 @@ def test_sinkhorn_backward(harness, shape, order, logits):
     cs = np.full(m, rs.sum() / m)
     kw = dict(iterations=4, tau=0.05, logits=logits, order=order, row_sums=rs, col_sums=cs)
     want = _numeric_grad(x, up, **kw)
-    got = cb._sinkhorn_backward(engine(harness), x, rs, cs, up, iterations=4, tau=0.05,
-                                logits=logits, order=order, call=Call())
+    eng = engine(harness)
+    got = cb._sinkhorn_backward(eng, x, rs, cs, up, iterations=4, tau=0.05, logits=logits,
+                                order=order, call=Call())
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+    kind = "4x4_bwd" if (n, m) == (4, 4) else "small_bwd" if n * m <= 64 else "bwd"
+    assert eng.launches == [f"mhc_sk_{kind}_f64"]
     g32 = cb._sinkhorn_backward(engine(harness), x.astype(np.float32), rs.astype(np.float32),
                                 cs.astype(np.float32), up.astype(np.float32), iterations=4,
                                 tau=0.05, logits=logits, order=order, call=Call())
@@ -211,9 +234,10 @@ def test_sinkhorn_backward(harness, shape, order, logits):
     np.testing.assert_allclose(g32, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
 
 
-def test_sinkhorn_backward_default_targets_and_zero_lines(harness):
-    rng = rng_for("cuda-sk-bwd0")
-    x = rng.uniform(0.2, 1.0, (2, 3, 5))
+@pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 25)], ids=["thread", "block"])
+def test_sinkhorn_backward_default_targets_and_zero_lines(harness, shape):
+    rng = rng_for("cuda-sk-bwd0", shape)
+    x = rng.uniform(0.2, 1.0, shape)
     x[0, 1, :] = 0                                   # a zero row: its gradient is 0
     up = rng.standard_normal(x.shape)
     kw = dict(iterations=3, tau=0.0, logits=False, order="rows-first")
@@ -221,6 +245,101 @@ def test_sinkhorn_backward_default_targets_and_zero_lines(harness):
     want = _numeric_grad(x, up, **kw)
     np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-8)
     assert np.all(got[0, 1] == 0)
+
+
+def _array_api_sk_grad(x, up, dtype=np.float64, **kw):
+    """The array_api backend's Sinkhorn backward in NumPy float64 (every iterate kept:
+    an independent algorithm) -- the reference where finite differences are too slow."""
+    from mhc_array.backends import array_api as aa
+    rs, cs = kw.pop("row_sums", None), kw.pop("col_sums", None)
+    return aa.sinkhorn_backward(np, x.astype(np.float64), rs, cs, up.astype(np.float64),
+                                call=Call(), **kw)
+
+
+def _denominators(x, rs, cs, *, iterations, tau, logits, order):
+    """Every forward step's sums + tau, per matrix in order: (count, iterations (n + m))."""
+    M = np.asarray(x, np.float64)
+    if logits:
+        M = np.exp(M - M.max(axis=(-2, -1), keepdims=True))
+    out = []
+    for _ in range(iterations):
+        for axis in ((-2, -1) if order == "cols-first" else (-1, -2)):
+            t = rs if axis == -1 else cs
+            D = M.sum(axis=axis) + tau
+            out.append(D)
+            M = M * (np.asarray(t, np.float64) / D)[..., :, None] if axis == -1 else \
+                M * (np.asarray(t, np.float64) / D)[..., None, :]
+    return np.concatenate(out, axis=-1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("nm", [(4, 4), (2, 7), (8, 8), (1, 1)], ids=str)
+def test_sinkhorn_backward_one_thread_per_matrix(harness, nm, dtype):
+    """Many small matrices, more than the grid's threads (the grid-stride loop and the
+    workspace's stride), 20 iterations, both orders, logits, tau, per-matrix targets."""
+    n, m = nm
+    count = 173                                       # > block 32 x grid 5, odd
+    rng = rng_for("cuda-sk-bwd-thread", nm, dtype)
+    for logits, order, tau in ((False, "rows-first", 0.0), (True, "cols-first", 0.0),
+                               (True, "rows-first", 0.1), (False, "cols-first", 0.02)):
+        x = rng.standard_normal((count, n, m)) * 2 if logits else \
+            rng.uniform(0.05, 1.0, (count, n, m))
+        up = rng.standard_normal((count, n, m))
+        rs = rng.uniform(0.5, 2, (count, n))
+        cs = rng.uniform(0.5, 2, (count, m))
+        cs *= rs.sum(-1, keepdims=True) / cs.sum(-1, keepdims=True)
+        x, up, rs, cs = (a.astype(dtype) for a in (x, up, rs, cs))
+        kw = dict(iterations=20, tau=tau, logits=logits, order=order)
+        eng = engine(harness, poison=True)
+        got = cb._sinkhorn_backward(eng, x, rs, cs, up, call=Call(), **kw)
+        assert got.dtype == x.dtype and got.shape == x.shape
+        # the workspace: every step's denominators, slot s of matrix b at s * count + b
+        ws = [a for a in eng.xp.allocated if a.size == count * 20 * (n + m)]
+        assert len(ws) == 1 and ws[0].dtype == x.dtype
+        _close_to = dict(rtol=1e-4 if dtype == "float32" else 1e-12)
+        np.testing.assert_allclose(ws[0].reshape(20 * (n + m), count).T,
+                                   _denominators(x, rs, cs, **kw), **_close_to)
+        assert eng.launches == [f"mhc_sk_{'4x4' if nm == (4, 4) else 'small'}_bwd_"
+                                f"{dtype[0]}{dtype[-2:]}"]
+        want = _array_api_sk_grad(x, up, row_sums=rs.astype(np.float64),
+                                  col_sums=cs.astype(np.float64), **kw)
+        scale = max(np.abs(want).max(), 1e-6)        # 1x1: the gradient is ~0
+        if dtype == "float64":
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11 * scale)
+        else:
+            np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-4 * scale)
+
+
+def test_sinkhorn_backward_one_thread_zero_targets_nan_and_no_iterations(harness):
+    """A zero target (its line cannot be recovered by undoing the step: that matrix
+    recomputes each step from x) next to ordinary matrices; a NaN matrix; 0 iterations."""
+    rng = rng_for("cuda-sk-bwd-zero-target")
+    x = rng.uniform(0.2, 1.0, (3, 3, 4))
+    up = rng.standard_normal(x.shape)
+    rs = np.array([[1.0, 1.0, 1.0], [0.0, 1.5, 1.5], [1.0, 1.0, 1.0]])
+    cs = np.array([[0.75] * 4, [0.75] * 4, [1.5, 0.0, 0.75, 0.75]])
+    for logits in (False, True):
+        for order in ("rows-first", "cols-first"):
+            kw = dict(iterations=5, tau=0.01, logits=logits, order=order)
+            got = cb._sinkhorn_backward(engine(harness), x, rs, cs, up, call=Call(), **kw)
+            for b in range(3):
+                want = _numeric_grad(x[b:b + 1], up[b:b + 1], row_sums=rs[b], col_sums=cs[b],
+                                     **kw)
+                np.testing.assert_allclose(got[b:b + 1], want, rtol=1e-6, atol=1e-8)
+    y = x.copy()
+    y[1, 2, 0] = np.nan
+    got = cb._sinkhorn_backward(engine(harness), y, None, None, up, iterations=3, tau=0.0,
+                                logits=True, order="rows-first", call=Call())
+    assert np.isnan(got[1]).all() and not np.isnan(got[[0, 2]]).any()
+    np.testing.assert_allclose(got[[0, 2]], _array_api_sk_grad(
+        y[[0, 2]], up[[0, 2]], iterations=3, tau=0.0, logits=True, order="rows-first"),
+        rtol=1e-10, atol=1e-12)
+    for logits in (False, True):
+        eng = engine(harness)
+        got = cb._sinkhorn_backward(eng, x, None, None, up, iterations=0, tau=0.0,
+                                    logits=logits, order="rows-first", call=Call())
+        want = _numeric_grad(x, up, iterations=0, logits=logits)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
 
 
 # ---------------------------------------------------------------- distances
@@ -446,3 +565,170 @@ def test_mhc_post(harness, dtype):
     np.testing.assert_allclose(cb._mhc_post(engine(harness), x, fb, hp, hr, out=None,
                                             call=call), want, **MHC_TOL[dtype])
     assert call.bytes == f.nbytes
+
+
+# ---------------------------------------------------------------- the mHC backward
+
+MHC_BWD_TOL = {"float32": (2e-3, 2e-4), "float64": (1e-9, 1e-11)}   # rtol, atol x scale
+
+
+def _close(got, want, dtype):
+    rtol, atol = MHC_BWD_TOL[dtype]
+    assert got.dtype == np.dtype(dtype) and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=rtol,
+                               atol=atol * max(np.abs(want).max(), 1e-3))
+
+
+def _upstream(rng, batch, n, C, dtype, which="ipqr"):
+    """Upstream gradients of (h_in, h_pre, h_post, h_res); a letter missing: None."""
+    shapes = {"i": (C,), "p": (n,), "q": (n,), "r": (n, n)}
+    return [rng.standard_normal(batch + shapes[k]).astype(dtype) if k in which else None
+            for k in "ipqr"]
+
+
+def _pre_bwd_array_api(x, w, b, a, gs, **kw):
+    """The array_api backend's mhc_pre_backward in NumPy float64: the reference."""
+    from mhc_array.backends import array_api as aa
+    f64 = [None if v is None else np.asarray(v, np.float64) for v in (x, w, b, a, *gs)]
+    return aa.mhc_pre_backward(np, *f64, call=Call(), **kw)
+
+
+def _pre_bwd(lib, x, w, b, a, gs, **kw):
+    eng = engine(lib)
+    got = cb._mhc_pre_backward(eng, x, w, b, a, *gs, call=Call(), **kw)
+    sfx = f"_{x.dtype.name[0]}{x.dtype.name[-2:]}"
+    assert eng.launches == [k + sfx for k in ("mhc_pre_bwd_sums", "mhc_pre_bwd_coef",
+                                              "mhc_pre_bwd_gx")]
+    return got
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("variant", ["paper", "deepseek-v4"])
+@pytest.mark.parametrize("n,C", [(4, 8), (3, 37), (1, 5), (16, 3)])
+def test_mhc_pre_backward(harness, n, C, variant, dtype):
+    """(g_x, gz, y, gp) against the array_api backend in float64; n = 4 takes the
+    unrolled path, 1, 3 and 16 the general one; C = 37 is not a multiple of the block."""
+    rng = rng_for("cuda-pre-bwd", n, C, variant, dtype)
+    x = rng.standard_normal((2, 3, n, C)).astype(dtype)
+    w, b, a = _mhc_params(rng, n, C, variant, dtype)
+    gs = _upstream(rng, (2, 3), n, C, dtype)
+    for iterations in (20, 2, 1, 0):
+        kw = dict(iterations=iterations, norm_eps=1e-6, variant=variant, hc_eps=1e-3)
+        got = _pre_bwd(harness, x, w, b, a, gs, **kw)
+        want = _pre_bwd_array_api(x, w, b, a, gs, **kw)
+        for g, wv in zip(got, want):
+            _close(g, wv, dtype)
+
+
+def _pre_loss(x, w, b, a, ups, **kw):
+    out = ref.mhc_pre(x, w, b, a, **kw)
+    return sum(float(np.sum(u * o)) for u, o in zip(ups, out))
+
+
+def _pre_numeric(args, which, ups, h=1e-6, **kw):
+    args = [v.copy() for v in args]
+    g = np.zeros_like(args[which])
+    for idx in np.ndindex(g.shape):
+        keep = args[which][idx]
+        args[which][idx] = keep + h
+        lp = _pre_loss(*args, ups, **kw)
+        args[which][idx] = keep - h
+        lm = _pre_loss(*args, ups, **kw)
+        args[which][idx] = keep
+        g[idx] = (lp - lm) / (2 * h)
+    return g
+
+
+@pytest.mark.parametrize("variant", ["paper", "deepseek-v4"])
+def test_mhc_pre_backward_finite_differences(harness, variant):
+    """The streams' and the parameters' gradients (summed from the per-token outputs as
+    mhc_array.torch does) against central differences of reference.mhc_pre."""
+    rng = rng_for("cuda-pre-bwd-fd", variant)
+    n, C, iterations = 3, 5, 4
+    K = (2 + n) * n
+    x = rng.standard_normal((2, n, C))
+    w, b, a = _mhc_params(rng, n, C, variant, "float64")
+    w *= 5
+    ups = _upstream(rng, (2,), n, C, "float64")
+    kw = dict(iterations=iterations, variant=variant)
+    g_x, gz, y, gp = _pre_bwd(harness, x, w, b, a, ups, norm_eps=1e-6, hc_eps=1e-6, **kw)
+    num = [_pre_numeric((x, w, b, a), k, ups, **kw) for k in range(4)]
+    v = x.reshape(2, n * C)
+    gw = v.T @ gp if variant == "paper" else gp.T @ v
+    ga = np.array([np.sum((gz * y)[:, :n]), np.sum((gz * y)[:, n:2 * n]),
+                   np.sum((gz * y)[:, 2 * n:])])
+    assert gz.shape == (2, K)
+    for got, want in zip((g_x, gw, gz.sum(0), ga), num):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("which", ["i", "r", "pq", ""], ids=["g_in", "g_res", "pre_post",
+                                                           "none"])
+def test_mhc_pre_backward_missing_upstream_gradients(harness, which, dtype):
+    """Upstream gradients passed as None are zero (NULL pointers in the kernels)."""
+    rng = rng_for("cuda-pre-bwd-none", which, dtype)
+    n, C = 4, 9
+    x = rng.standard_normal((5, n, C)).astype(dtype)
+    for variant in ("paper", "deepseek-v4"):
+        w, b, a = _mhc_params(rng, n, C, variant, dtype)
+        gs = _upstream(rng, (5,), n, C, dtype, which)
+        kw = dict(iterations=6, norm_eps=1e-6, variant=variant, hc_eps=1e-3)
+        got = _pre_bwd(harness, x, w, b, a, gs, **kw)
+        want = _pre_bwd_array_api(x, w, b, a, gs, **kw)
+        for g, wv in zip(got, want):
+            _close(g, wv, dtype)
+        if not which:
+            assert not got[0].any() and not got[1].any() and not got[3].any()
+
+
+def test_mhc_pre_backward_many_tokens(harness):
+    """More tokens than the grids' blocks and threads (every grid-stride loop, the
+    Sinkhorn workspace's token stride); no tokens at all."""
+    rng = rng_for("cuda-pre-bwd-many")
+    n, C = 2, 3
+    x = rng.standard_normal((170, n, C))
+    for variant in ("paper", "deepseek-v4"):
+        w, b, a = _mhc_params(rng, n, C, variant, "float64")
+        gs = _upstream(rng, (170,), n, C, "float64")
+        kw = dict(iterations=7, norm_eps=1e-6, variant=variant, hc_eps=1e-3)
+        eng = engine(harness, poison=True)
+        got = cb._mhc_pre_backward(eng, x, w, b, a, *gs, call=Call(), **kw)
+        for g, wv in zip(got, _pre_bwd_array_api(x, w, b, a, gs, **kw)):
+            _close(g, wv, "float64")
+        # the Sinkhorn workspace: (iterations, V4: - 1) x 2n slots per token, every one
+        # written, slot s of token t at s * tokens + t (positive denominators)
+        steps = 7 - (variant != "paper")
+        ws = [v for v in eng.xp.allocated if v.size == 170 * steps * 2 * n]
+        assert len(ws) == 1 and np.all(ws[0] > 0)
+        empty = cb._mhc_pre_backward(engine(harness), x[:0], w, b, a, *(g[:0] for g in gs),
+                                     call=Call(), **kw)
+        assert [e.shape for e in empty] == [(0, n, C)] + [(0, (2 + n) * n)] * 3
+
+
+def _post_bwd_reference(x, f, hp, hr, g):
+    batch = x.shape[:-2]
+    f, hp, hr = (np.broadcast_to(np.asarray(v, np.float64), batch + v.shape[v.ndim - k:])
+                 for v, k in ((f, 1), (hp, 1), (hr, 2)))
+    x, g = np.asarray(x, np.float64), np.asarray(g, np.float64)
+    return (np.einsum("...ij,...ic->...jc", hr, g), np.einsum("...i,...ic->...c", hp, g),
+            np.einsum("...ic,...c->...i", g, f), np.einsum("...ic,...jc->...ij", g, x))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n,C", [(4, 19), (1, 70), (16, 37), (3, 5)])
+def test_mhc_post_backward(harness, n, C, dtype):
+    """(g_x, g_f, g_post, g_res) per token against the formulas in float64; f_out,
+    h_post, h_res per token, one for every token (stride 0) and broadcast."""
+    rng = rng_for("cuda-post-bwd", n, C, dtype)
+    x = rng.standard_normal((2, 3, n, C)).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    f = rng.standard_normal((2, 3, C)).astype(dtype)
+    hp = rng.uniform(0, 2, (2, 3, n)).astype(dtype)
+    hr = rng.uniform(0, 1, (2, 3, n, n)).astype(dtype)
+    for args in ((f, hp, hr), (f[:1, :1], hp[:1, :1], hr[:1, :1]), (f[:1], hp, hr[:1])):
+        eng = engine(harness)
+        got = cb._mhc_post_backward(eng, x, *args, g, call=Call())
+        assert eng.launches == [f"mhc_post_bwd_{dtype[0]}{dtype[-2:]}"]
+        for gv, wv in zip(got, _post_bwd_reference(x, *args, g)):
+            _close(gv, wv, dtype)

@@ -1,8 +1,9 @@
 /*
  * mhc_cuda.cuh -- what the CUDA kernels of native/cuda/ (the .cu files) share: integer
- * types, IEEE constants, double-double sums and the block-wide segmented
+ * types, IEEE constants, double-double sums, the block-wide segmented
  * reduction (deterministic: a fixed tree in shared memory, no atomics, no
- * warp shuffles).
+ * warp shuffles) and the Sinkhorn backward of one matrix in one thread
+ * (sk1_bwd: sinkhorn.cu's small-matrix backward and mhc.cu's h_res gradient).
  *
  * Written for NVRTC (CuPy's RawModule): no standard headers, only the CUDA
  * built-ins. The CPU test harness (native/cuda/harness/cuda_cpu.h) defines
@@ -105,6 +106,163 @@ static __device__ __forceinline__ int mhc_lanes(i64 len)
     while (L < (int)blockDim.x && (i64)L * 4 < len)
         L <<= 1;
     return L;
+}
+
+/* ---- the Sinkhorn backward of one matrix in one thread ----------------------
+ * The gradient of sum(G * sinkhorn(x)) w.r.t. x for one n x m matrix, computed
+ * by one thread in the compute type W: A and G hold n*m values (registers when
+ * n, m are compile-time, NF and MF; local memory otherwise).
+ *
+ *   on entry  A = x (the start before exp for logits), G = the upstream gradient
+ *   on return G = the gradient w.r.t. x; A is clobbered
+ *
+ * The forward (flags: 1 logits, 2 cols-first; tau; targets tr (n), tc (m) or
+ * NULL for 1 and n/m) stores only each step's denominators D = sum + tau, slot
+ * s at h[s * hs] (hs: the number of threads of the launch, so that consecutive
+ * threads touch consecutive addresses: ws[s * count + b] for matrix b);
+ * iters * (n + m) slots. The backward walks the steps in reverse. A row step
+ * B = diag(t / D) A gives
+ *   dA_ij = (t_i dB_ij - sum_k dB_ik B_ik) / D_i     (0 where D_i == 0)
+ * and A_ij = B_ij D_i / t_i recovers the step's input from its output: a pure
+ * per-line scaling, exact up to a rounding per step (a line with D_i == 0 was
+ * zero and stays zero). Columns likewise. A zero target loses its line, so a
+ * matrix with one (ANY_TARGET, checked per matrix) recomputes each step's
+ * output from x instead (O(steps^2), only for such matrices): x is then read
+ * again. Logits: dx = dK * K, and -sum(dK * K) at the first maximal entry. */
+template <typename W>
+static __device__ __forceinline__ int sk1_start(W *A, int nm, int logits)
+{
+    int arg = 0;
+    if (logits) {
+        W mx = A[0];
+        bool bad = A[0] != A[0];
+        for (int e = 1; e < nm; e++) {
+            if (A[e] > mx) {
+                mx = A[e];
+                arg = e;
+            }
+            bad |= A[e] != A[e];
+        }
+        if (bad)
+            mx = (W)mhc_nan();                /* NaN anywhere -> NaN matrix */
+        for (int e = 0; e < nm; e++)
+            A[e] = mhc_exp(A[e] - mx);
+    }
+    return arg;
+}
+
+/* one forward step of A (n x m, row or column); the denominators into h when
+ * h is not NULL */
+template <typename W, typename S, int NF, int MF>
+static __device__ __forceinline__ void sk1_step(W *A, int n_, int m_, int rows, W tau,
+                                                const S *tr, const S *tc, W *h, i64 hs)
+{
+    const int n = NF ? NF : n_, m = MF ? MF : m_;
+    if (rows) {
+        for (int i = 0; i < n; i++) {
+            W s = A[i * m];
+            for (int j = 1; j < m; j++)
+                s += A[i * m + j];
+            const W d = s + tau;
+            if (h)
+                h[(i64)i * hs] = d;
+            const W f = d != 0 ? (tr ? (W)tr[i] : (W)1) / d : (W)0;
+            for (int j = 0; j < m; j++)
+                A[i * m + j] *= f;
+        }
+    } else {
+        const W cdef = (W)((double)n / (double)m);
+        for (int j = 0; j < m; j++) {
+            W s = A[j];
+            for (int i = 1; i < n; i++)
+                s += A[i * m + j];
+            const W d = s + tau;
+            if (h)
+                h[(i64)j * hs] = d;
+            const W f = d != 0 ? (tc ? (W)tc[j] : cdef) / d : (W)0;
+            for (int i = 0; i < n; i++)
+                A[i * m + j] *= f;
+        }
+    }
+}
+
+template <typename W, int NF, int MF, bool ANY_TARGET, typename S>
+static __device__ __forceinline__ void sk1_bwd(const S *x, W *A, W *G, int n_, int m_,
+                                               int iters, W tau, int flags, const S *tr,
+                                               const S *tc, W *h, i64 hs)
+{
+    const int n = NF ? NF : n_, m = MF ? MF : m_, nm = n * m;
+    const int logits = flags & 1, cols_first = (flags & 2) != 0;
+    const W cdef = (W)((double)n / (double)m);
+    bool exact = true;
+    if (ANY_TARGET) {
+        for (int i = 0; i < n; i++)
+            exact &= !(tr && tr[i] == 0);
+        for (int j = 0; j < m; j++)
+            exact &= !(tc && tc[j] == 0);
+    }
+    const int arg = sk1_start<W>(A, nm, logits);
+    const int P = 2 * iters;
+    i64 off = 0;
+    for (int p = 0; p < P; p++) {
+        const int rows = (p % 2 == 0) != cols_first;
+        sk1_step<W, S, NF, MF>(A, n, m, rows, tau, tr, tc, h + off * hs, hs);
+        off += rows ? n : m;
+    }
+    for (int p = P - 1; p >= 0; p--) {
+        const int rows = (p % 2 == 0) != cols_first;
+        off -= rows ? n : m;
+        const W *D = h + off * hs;
+        if (ANY_TARGET && !exact) {           /* A = the output of step p, from x */
+            for (int e = 0; e < nm; e++)
+                A[e] = (W)x[e];
+            sk1_start<W>(A, nm, logits);
+            for (int q = 0; q <= p; q++)
+                sk1_step<W, S, NF, MF>(A, n, m, (q % 2 == 0) != cols_first, tau, tr, tc,
+                                       (W *)0, 0);
+        }
+        if (rows) {
+            for (int i = 0; i < n; i++) {
+                const W d = D[(i64)i * hs], t = tr ? (W)tr[i] : (W)1;
+                W acc = 0;
+                for (int j = 0; j < m; j++)
+                    acc += G[i * m + j] * A[i * m + j];
+                const W inv = d != 0 ? (W)1 / d : (W)0, u = d / t;
+                for (int j = 0; j < m; j++) {
+                    G[i * m + j] = d != 0 ? (t * G[i * m + j] - acc) * inv : (W)0;
+                    if (exact && d != 0)
+                        A[i * m + j] *= u;
+                }
+            }
+        } else {
+            for (int j = 0; j < m; j++) {
+                const W d = D[(i64)j * hs], t = tc ? (W)tc[j] : cdef;
+                W acc = 0;
+                for (int i = 0; i < n; i++)
+                    acc += G[i * m + j] * A[i * m + j];
+                const W inv = d != 0 ? (W)1 / d : (W)0, u = d / t;
+                for (int i = 0; i < n; i++) {
+                    G[i * m + j] = d != 0 ? (t * G[i * m + j] - acc) * inv : (W)0;
+                    if (exact && d != 0)
+                        A[i * m + j] *= u;
+                }
+            }
+        }
+    }
+    if (logits) {
+        if (ANY_TARGET && !exact) {
+            for (int e = 0; e < nm; e++)
+                A[e] = (W)x[e];
+            sk1_start<W>(A, nm, logits);
+        }
+        W s = 0;
+        for (int e = 0; e < nm; e++) {
+            G[e] *= A[e];
+            s += G[e];
+        }
+        for (int e = 0; e < nm; e++)          /* no dynamic index: G stays in registers */
+            G[e] -= e == arg ? s : (W)0;
+    }
 }
 
 #endif /* MHC_CUDA_CUH */

@@ -21,6 +21,9 @@
  *                  w.r.t. x, forward recomputed in factored form with every
  *                  step's scalings and denominators in `ws`, steps undone in
  *                  reverse (sinkhorn_bwd_t.inc)
+ *   mhc_sk_small_bwd, mhc_sk_4x4_bwd   the same gradient, one thread per matrix
+ *                  (n*m <= 64; 4x4 in registers): sk1_bwd of mhc_cuda.cuh, the
+ *                  denominators in `ws` (T, iters (n + m) per matrix, SoA)
  * Flags: 1 logits, 2 cols-first.
  */
 #include "mhc_cuda.cuh"
@@ -318,6 +321,34 @@ static __device__ __forceinline__ void sk_bwd(const T *x, const T *g, T *gx, con
     }
 }
 
+/* ---- backward: one thread per small matrix ----------------------------------
+ * n*m <= MHC_SK_SMALL_MAX (4x4 unrolled in registers): sk1_bwd of
+ * mhc_cuda.cuh in T; ws (T) holds iters * (n + m) denominators per matrix,
+ * slot s of matrix b at ws[s * count + b] (coalesced across the threads). */
+template <typename T, int NF, int MF>
+static __device__ __forceinline__ void sk_thread_bwd(const T *x, const T *g, T *gx,
+                                                     const T *rs, i64 rs_b, const T *cs,
+                                                     i64 cs_b, i64 count, int n_, int m_,
+                                                     int iters, double tau, int flags, T *ws)
+{
+    const int n = NF ? NF : n_, m = MF ? MF : m_, nm = n * m;
+    for (i64 b = (i64)blockIdx.x * blockDim.x + threadIdx.x; b < count;
+         b += (i64)gridDim.x * blockDim.x) {
+        T A[NF ? NF * MF : MHC_SK_SMALL_MAX], G[NF ? NF * MF : MHC_SK_SMALL_MAX];
+        const T *xb = x + b * nm, *gb = g + b * nm;
+        for (int e = 0; e < nm; e++) {
+            A[e] = xb[e];
+            G[e] = gb[e];
+        }
+        sk1_bwd<T, NF, MF, true, T>(xb, A, G, n, m, iters, (T)tau, flags,
+                                    rs ? rs + b * rs_b : (const T *)0,
+                                    cs ? cs + b * cs_b : (const T *)0, ws + b, count);
+        T *ob = gx + b * nm;
+        for (int e = 0; e < nm; e++)
+            ob[e] = G[e];
+    }
+}
+
 #define MHC_SK_KERNELS(T, SUF)                                                                  \
     extern "C" __global__ void mhc_sk_small##SUF(const T *x, T *out, const T *rs, i64 rs_b,    \
                                                  const T *cs, i64 cs_b, i64 count, int n,     \
@@ -344,6 +375,22 @@ static __device__ __forceinline__ void sk_bwd(const T *x, const T *g, T *gx, con
                                                double *ws)                                     \
     {                                                                                           \
         sk_bwd<T>(x, g, gx, rs, rs_b, cs, cs_b, count, n, m, iters, tau, flags, ws);           \
+    }                                                                                           \
+    extern "C" __global__ void mhc_sk_small_bwd##SUF(const T *x, const T *g, T *gx,             \
+                                                     const T *rs, i64 rs_b, const T *cs,        \
+                                                     i64 cs_b, i64 count, int n, int m,         \
+                                                     int iters, double tau, int flags, T *ws)   \
+    {                                                                                           \
+        sk_thread_bwd<T, 0, 0>(x, g, gx, rs, rs_b, cs, cs_b, count, n, m, iters, tau, flags,   \
+                               ws);                                                             \
+    }                                                                                           \
+    extern "C" __global__ void mhc_sk_4x4_bwd##SUF(const T *x, const T *g, T *gx, const T *rs, \
+                                                   i64 rs_b, const T *cs, i64 cs_b, i64 count, \
+                                                   int n, int m, int iters, double tau,        \
+                                                   int flags, T *ws)                           \
+    {                                                                                           \
+        sk_thread_bwd<T, 4, 4>(x, g, gx, rs, rs_b, cs, cs_b, count, n, m, iters, tau, flags,   \
+                               ws);                                                             \
     }
 
 MHC_SK_KERNELS(float, _f32)
