@@ -118,7 +118,7 @@ MHC_PRE_BACKWARD = Op(
     arrays=(_STREAMS, ("phi", None), ("bias", None), ("alpha", None), ("g_in", None),
             ("g_pre", None), ("g_post", None), ("g_res", None)),
     options=MHC_PRE.options, names=_pre_backward_names, dtype="coefficients",
-    shapes=_pre_backward_shapes, restore=(0,), backends=("native", "array_api"))
+    shapes=_pre_backward_shapes, restore=(0,), backends=("native", "array_api", "cupy"))
 MHC_POST = Op("mhc_post", kernel="mhc_post",
               arrays=(_STREAMS, ("f_out", None), ("h_post", None), ("h_res", None)),
               dtype="coefficients", shapes=_post_shapes, out=True)
@@ -142,7 +142,7 @@ MHC_POST_BACKWARD = Op(
     "mhc_post_backward", kernel="mhc_post_backward",
     arrays=(_STREAMS, ("f_out", None), ("h_post", None), ("h_res", None), ("grad", None)),
     dtype="coefficients", shapes=_post_backward_shapes, restore=(0,),
-    backends=("native", "array_api"))
+    backends=("native", "array_api", "cupy"))
 
 def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=NORM_EPS, variant="paper",
             hc_eps=HC_EPS):

@@ -185,6 +185,124 @@ def test_mhc_pre_post(glib, variant, dtype):
                                **MHC_TOL[dtype])
 
 
+def _aa(name, *arrays, **kw):
+    """The array_api backend's function in NumPy float64: the reference."""
+    from mhc_array.backends import array_api as aa
+
+    class Call:
+        def copied(self, nbytes):
+            pass
+    f64 = [None if a is None else np.asarray(a, np.float64) for a in arrays]
+    return getattr(aa, name)(np, *f64, call=Call(), **kw)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(4099, 4, 4), (301, 3, 5)], ids=str)
+def test_sinkhorn_backward_small_matrices(glib, shape, dtype):
+    """The one-thread-per-matrix backward (20 iterations, both orders, logits)."""
+    from mhc_array._api import SINKHORN_BACKWARD
+    rng = rng_for("gpu-sk-bwd-small", shape, dtype)
+    for logits, order in ((False, "rows-first"), (True, "cols-first")):
+        x_np = (rng.standard_normal(shape) if logits else
+                rng.uniform(0.05, 1, shape)).astype(dtype)
+        up = rng.standard_normal(shape).astype(dtype)
+        mx.reset_stats()
+        with mx.use_backend("cupy"):
+            got = glib.to_numpy(SINKHORN_BACKWARD((glib.asarray(x_np), None, None,
+                                                   glib.asarray(up)),
+                                                  (20, 0.0, logits, order)))
+        _served_by_cupy("sinkhorn_backward")
+        want = _aa("sinkhorn_backward", x_np, None, None, up, iterations=20, tau=0.0,
+                   logits=logits, order=order)
+        tol = (1e-9, 1e-11) if dtype == "float64" else (2e-3, 2e-4)
+        np.testing.assert_allclose(got, want, rtol=tol[0], atol=tol[1] * np.abs(want).max())
+
+
+def _mhc_bwd_tol(dtype, want):
+    rtol, atol = (1e-9, 1e-11) if dtype == "float64" else (2e-3, 2e-4)
+    return dict(rtol=rtol, atol=atol * max(np.abs(want).max(), 1e-3))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("variant", ["paper", "deepseek-v4"])
+@pytest.mark.parametrize("n,C,missing", [(4, 64, ""), (3, 37, "r"), (16, 5, "ipq")])
+def test_mhc_pre_backward(glib, n, C, missing, variant, dtype):
+    """The record mhc_array.torch's autograd calls, on the GPU: (g_x, gz, y, gp) per
+    token; upstream gradients named in ``missing`` (i, p, q, r) passed as None."""
+    from mhc_array._mhc import MHC_PRE_BACKWARD
+    rng = rng_for("gpu-mhc-bwd", n, C, variant, dtype)
+    K = (2 + n) * n
+    x_np = rng.standard_normal((3, 5, n, C)).astype(dtype)
+    w = rng.standard_normal((n * C, K) if variant == "paper" else (K, n * C)) * 0.1
+    b, a = rng.standard_normal(K) * 0.1, np.array([0.8, 0.5, 1.3])
+    w, b, a = (v.astype(dtype) for v in (w, b, a))
+    shapes = {"i": (C,), "p": (n,), "q": (n,), "r": (n, n)}
+    ups = [None if k in missing else rng.standard_normal((3, 5) + shapes[k]).astype(dtype)
+           for k in "ipqr"]
+    opts = (20, 1e-6, variant, 1e-3)
+    mx.reset_stats()
+    with mx.use_backend("cupy"):
+        got = MHC_PRE_BACKWARD(tuple(None if v is None else glib.asarray(v)
+                                     for v in (x_np, w, b, a, *ups)), opts)
+        again = MHC_PRE_BACKWARD(tuple(None if v is None else glib.asarray(v)
+                                       for v in (x_np, w, b, a, *ups)), opts)
+    _served_by_cupy("mhc_pre_backward")
+    want = _aa("mhc_pre_backward", x_np, w, b, a, *ups, iterations=20, norm_eps=1e-6,
+               variant=variant, hc_eps=1e-3)
+    for g, g2, wv in zip(got, again, want):
+        g, g2 = glib.to_numpy(g), glib.to_numpy(g2)
+        np.testing.assert_array_equal(g, g2)          # deterministic: no atomics
+        np.testing.assert_allclose(g, wv, **_mhc_bwd_tol(dtype, wv))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mhc_post_backward(glib, dtype):
+    from mhc_array._mhc import MHC_POST_BACKWARD
+    rng = rng_for("gpu-mhc-post-bwd", dtype)
+    n, C = 4, 300
+    x_np = rng.standard_normal((3, 5, n, C)).astype(dtype)
+    g_np = rng.standard_normal(x_np.shape).astype(dtype)
+    f = rng.standard_normal((3, 5, C)).astype(dtype)
+    hp = rng.uniform(0, 2, (3, 5, n)).astype(dtype)
+    hr = rng.uniform(0, 1, (3, 5, n, n)).astype(dtype)
+    mx.reset_stats()
+    with mx.use_backend("cupy"):
+        got = MHC_POST_BACKWARD(tuple(glib.asarray(v) for v in (x_np, f, hp, hr, g_np)), ())
+    _served_by_cupy("mhc_post_backward")
+    want = _aa("mhc_post_backward", x_np, f, hp, hr, g_np)
+    for gv, wv in zip(got, want):
+        np.testing.assert_allclose(glib.to_numpy(gv), wv, **_mhc_bwd_tol(dtype, wv))
+
+
+@pytest.mark.parametrize("variant", ["paper", "deepseek-v4"])
+def test_torch_mhc_autograd_on_cuda(variant):
+    """mhc_array.torch's mHC connection on CUDA tensors, forward and backward through
+    the cupy kernels, against the same on CPU tensors (the native backend)."""
+    lib = TorchCudaLib()
+    torch = lib.torch
+    import mhc_array.torch as mt
+    rng = rng_for("gpu-torch-mhc", variant)
+    n, C = 4, 48
+    K = (2 + n) * n
+    x_np = rng.standard_normal((2, 3, n, C))
+    w = rng.standard_normal((n * C, K) if variant == "paper" else (K, n * C)) * 0.1
+    b, a = rng.standard_normal(K) * 0.1, np.array([0.8, 0.5, 1.3])
+    f_np = rng.standard_normal((2, 3, C))
+    grads = {}
+    for dev in ("cpu", "cuda"):
+        ts = [torch.tensor(v, device=dev, requires_grad=True) for v in (x_np, w, b, a, f_np)]
+        mx.reset_stats()
+        h_in, h_pre, h_post, h_res = mt.mhc_pre(*ts[:4], variant=variant)
+        out = mt.mhc_post(ts[0], ts[4] * h_in, h_post, h_res)
+        (out.square().sum() + h_pre.sum()).backward()
+        grads[dev] = [t.grad.detach().cpu().numpy() for t in ts]
+        if dev == "cuda":
+            _served_by_cupy("mhc_pre_backward")
+            _served_by_cupy("mhc_post_backward")
+    for g, want in zip(grads["cuda"], grads["cpu"]):
+        np.testing.assert_allclose(g, want, rtol=1e-9, atol=1e-11 * np.abs(want).max())
+
+
 def test_auto_sends_cuda_arrays_to_cupy(glib):
     x = glib.asarray(np.random.default_rng(0).uniform(0, 1, (8, 4, 4)))
     mx.reset_stats()
