@@ -485,7 +485,8 @@ def _mhc_pre_backward(eng, x, w, b, al, g_in, g_pre, g_post, g_res, *, iteration
     ws = xp.empty(tokens * steps * 2 * n, np.float64) if steps else _NULL
     aux = xp.empty(tokens * (1 + n + K), np.float64)
     cb = min(B, COEF_BLOCK)
-    eng.launch("mhc_pre_bwd_coef" + sfx, eng.grid(-(-tokens // cb)), cb,
+    coef = "mhc_pre_bwd_coef4" if n == 4 else "mhc_pre_bwd_coef"    # 4: in registers
+    eng.launch(coef + sfx, eng.grid(-(-tokens // cb)), cb,
                [acc, np.int64(tokens), np.int32(n), np.int32(C), _contiguous(eng, b, call),
                 _contiguous(eng, al, call), np.int32(v4), np.int32(iterations),
                 np.float64(norm_eps), np.float64(hc_eps), gpre, gpost, gres,

@@ -233,7 +233,8 @@ static __device__ __forceinline__ void hc_post(const T *x, const T *f, i64 f_ts,
  * Three kernels (the math of native/src/mhc_abi_t.inc's hc_bwd_chunk):
  *   mhc_pre_bwd_sums   a block per token: acc[t] = (v . phi (K), v . v,
  *                      v[i, :] . g_in[t] (n, with g_in)), double, (tokens, K+1+n)
- *   mhc_pre_bwd_coef   a thread per token: from acc, the coefficients again and the
+ *   mhc_pre_bwd_coef   a thread per token (mhc_pre_bwd_coef4: n = 4 in registers):
+ *                      from acc, the coefficients again and the
  *                      gradients gz, y, gp (T, (tokens, K)), and aux[t] = (cv,
  *                      h_pre (n), gp (K)) in double for the next kernel; the
  *                      Sinkhorn part by sk1_bwd (mhc_cuda.cuh) in double, its
@@ -441,6 +442,31 @@ static __device__ __forceinline__ void hc_post_bwd(const T *x, const T *f, i64 f
     }
 }
 
+/* every token of mhc_pre_bwd_coef (NF = 0: any n; its local arrays are sized for
+ * n = 16) or mhc_pre_bwd_coef4 (NF = 4: in registers, no local memory for the
+ * launch to reserve) */
+template <typename T, int NF>
+static __device__ __forceinline__ void hc_bwd_coef_all(
+    const double *acc, i64 tokens, int n, int C, const T *bias, const T *alpha, int variant,
+    int iters, double norm_eps, double hc_eps, const T *g_pre, const T *g_post, const T *g_res,
+    int has_g_in, T *gz, T *y, T *gp, double *aux, double *ws)
+{
+    const int K = (2 + n) * n;
+    for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < tokens;
+         t += (i64)gridDim.x * blockDim.x)
+        hc_bwd_coef<T, NF>(t, tokens, acc + t * (K + 1 + n), n, C, bias, alpha, variant, iters,
+                           norm_eps, hc_eps, g_pre, g_post, g_res, has_g_in, gz, y, gp,
+                           aux + t * (1 + n + K), ws);
+}
+
+#define MHC_HC_COEF_PARAMS(T)                                                                  \
+    const double *acc, i64 tokens, int n, int C, const T *bias, const T *alpha, int variant,   \
+        int iters, double norm_eps, double hc_eps, const T *g_pre, const T *g_post,            \
+        const T *g_res, int has_g_in, T *gz, T *y, T *gp, double *aux, double *ws
+#define MHC_HC_COEF_ARGS                                                                       \
+    acc, tokens, n, C, bias, alpha, variant, iters, norm_eps, hc_eps, g_pre, g_post, g_res,    \
+        has_g_in, gz, y, gp, aux, ws
+
 #define MHC_HC_KERNELS(T, SUF)                                                                 \
     extern "C" __global__ void mhc_pre##SUF(const T *x, i64 tokens, int n, int C, const T *w, \
                                             const T *bias, const T *alpha, int variant,       \
@@ -470,24 +496,13 @@ static __device__ __forceinline__ void hc_post_bwd(const T *x, const T *f, i64 f
                                   acc + t * KA);                                               \
         }                                                                                      \
     }                                                                                          \
-    extern "C" __global__ void mhc_pre_bwd_coef##SUF(                                         \
-        const double *acc, i64 tokens, int n, int C, const T *bias, const T *alpha,            \
-        int variant, int iters, double norm_eps, double hc_eps, const T *g_pre,                \
-        const T *g_post, const T *g_res, int has_g_in, T *gz, T *y, T *gp, double *aux,        \
-        double *ws)                                                                            \
+    extern "C" __global__ void mhc_pre_bwd_coef##SUF(MHC_HC_COEF_PARAMS(T))                  \
     {                                                                                          \
-        const int K = (2 + n) * n;                                                             \
-        for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < tokens;                   \
-             t += (i64)gridDim.x * blockDim.x) {                                               \
-            const double *at = acc + t * (K + 1 + n);                                          \
-            double *ax = aux + t * (1 + n + K);                                                \
-            if (n == 4)                                                                        \
-                hc_bwd_coef<T, 4>(t, tokens, at, n, C, bias, alpha, variant, iters, norm_eps, \
-                                  hc_eps, g_pre, g_post, g_res, has_g_in, gz, y, gp, ax, ws); \
-            else                                                                               \
-                hc_bwd_coef<T, 0>(t, tokens, at, n, C, bias, alpha, variant, iters, norm_eps, \
-                                  hc_eps, g_pre, g_post, g_res, has_g_in, gz, y, gp, ax, ws); \
-        }                                                                                      \
+        hc_bwd_coef_all<T, 0>(MHC_HC_COEF_ARGS);                                               \
+    }                                                                                          \
+    extern "C" __global__ void mhc_pre_bwd_coef4##SUF(MHC_HC_COEF_PARAMS(T))                 \
+    {                                                                                          \
+        hc_bwd_coef_all<T, 4>(MHC_HC_COEF_ARGS);                                               \
     }                                                                                          \
     extern "C" __global__ void mhc_pre_bwd_gx##SUF(const T *x, i64 tokens, int n, int C,      \
                                                    const T *w, int variant, const T *g_in,    \
