@@ -37,7 +37,7 @@ from torch import nn
 from ._mhc import (HC_EPS, MHC_POST, MHC_POST_BACKWARD, MHC_PRE, MHC_PRE_BACKWARD, NORM_EPS,
                    MHCLayer)
 # mhc_array.torch imports this module after defining these
-from .torch import _fresh, _plain, _reduce_to
+from .torch import _check_points, _fresh, _plain, _reduce_to
 
 Tensor = torch.Tensor
 
@@ -161,14 +161,6 @@ _mhc_post_op.register_autograd(_mhc_post_backward, setup_context=_mhc_post_setup
 
 # ---------------------------------------------------------------- functions
 
-def _tensors(**arrays):
-    for name, t in arrays.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor; got {t.dtype}")
-
-
 def mhc_pre(x, phi, bias, alpha, *, iterations=20, norm_eps=NORM_EPS, variant="paper",
             hc_eps=HC_EPS):
     """``mhc_array.mhc_pre`` for torch tensors, differentiable w.r.t. ``x`` and the
@@ -190,7 +182,7 @@ def mhc_pre(x, phi, bias, alpha, *, iterations=20, norm_eps=NORM_EPS, variant="p
     opts = MHC_PRE.validate((iterations, norm_eps, variant, hc_eps))
     names = ("x", "phi", "bias", "alpha") if opts["variant"] == "paper" else \
         ("x", "fn", "base", "scale")
-    _tensors(**dict(zip(names, (x, phi, bias, alpha))))
+    _check_points(**dict(zip(names, (x, phi, bias, alpha))))
     return _mhc_pre_op(x, phi, bias, alpha, int(opts["iterations"]), float(opts["norm_eps"]),
                        str(opts["variant"]), float(opts["hc_eps"]))
 
@@ -206,7 +198,7 @@ def mhc_post(x, f_out, h_post, h_res):
     >>> bool(torch.allclose(out, x + f.unsqueeze(-2)))
     True
     """
-    _tensors(x=x, f_out=f_out, h_post=h_post, h_res=h_res)
+    _check_points(x=x, f_out=f_out, h_post=h_post, h_res=h_res)
     return _mhc_post_op(x, f_out, h_post, h_res)
 
 
