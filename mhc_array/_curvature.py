@@ -75,12 +75,39 @@ def _check_real(name, value, low, high=None, *, open_low=False):
     return value
 
 
+def _host(a):
+    """A NumPy view or copy of any library's array: DLPack where it works (CPU
+    arrays, no copy), else the library's own way to the host (a torch tensor that
+    requires grad or lives on a GPU, a CuPy array), else np.asarray."""
+    if isinstance(a, np.ndarray):
+        return a
+    try:
+        return np.from_dlpack(a)
+    except Exception:  # noqa: BLE001 - not exportable as is: the library's own way
+        pass
+    if hasattr(a, "detach") and hasattr(a, "cpu"):     # torch
+        return a.detach().cpu().numpy()
+    if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
+        return a.get()
+    return np.asarray(a)
+
+
+def _like(points, edges, kappa):
+    """(edges, kappa) in the library and on the device of ``points`` (NumPy when the
+    points are NumPy or were not given)."""
+    if points is None or isinstance(points, np.ndarray) or not hasattr(points, "__dlpack__"):
+        return edges, kappa
+    from ._dispatch import common_namespace, device_of
+    xp, _ = common_namespace((("points", points),))
+    dev = device_of(points)
+    try:
+        return xp.asarray(edges, device=dev), xp.asarray(kappa, device=dev)
+    except TypeError:   # a namespace without device=
+        return xp.asarray(edges), xp.asarray(kappa)
+
+
 def _as_points(points):
-    if not isinstance(points, np.ndarray):
-        try:
-            points = np.from_dlpack(points)
-        except Exception:  # noqa: BLE001 - not a DLPack array: try the plain way
-            points = np.asarray(points)
+    points = _host(points)
     if points.dtype.kind == "c":
         raise TypeError(f"points must be real; got dtype {points.dtype}")
     if points.dtype.kind not in "fiub":
@@ -420,9 +447,10 @@ def ollivier_ricci_curvature(points, /, *, k=10, alpha=0.5, manifold="euclidean"
     graph : (edges (E, 2), weights (E,)), or a dense or SciPy-sparse adjacency
         matrix (nonzero = edge length), optional. Replaces the k-NN graph.
 
-    Returns ``(edges (E, 2) int64 with u < v, sorted; kappa (E,) float64)``, NumPy
-    arrays (whatever the input library, in this version). Edges of zero length
-    (duplicate points) have kappa NaN.
+    Returns ``(edges (E, 2) int64 with u < v, sorted; kappa (E,) float64)`` in the
+    library and on the device of ``points`` (NumPy for a given ``graph``); the
+    computation itself runs on the CPU (the points are copied to the host when they
+    live on a GPU). Edges of zero length (duplicate points) have kappa NaN.
 
     Examples
     --------
@@ -440,9 +468,11 @@ def ollivier_ricci_curvature(points, /, *, k=10, alpha=0.5, manifold="euclidean"
     curvature = _check_real("curvature", curvature, 0.0, open_low=True)
     if graph is not None:
         edges, weights, n = _given_graph(graph)
+        caller = None
     else:
         if points is None:
             raise TypeError("points must be an (N, d) array when graph is not given")
+        caller = points
         points = _as_points(points)
         n = points.shape[0]
         if n < 2:
@@ -454,7 +484,7 @@ def ollivier_ricci_curvature(points, /, *, k=10, alpha=0.5, manifold="euclidean"
         kappa = _curvature_of_graph(edges[~zero], weights[~zero], n, alpha, reg, iterations)
     out = np.full(edges.shape[0], np.nan)
     out[~zero] = kappa
-    return edges, out
+    return _like(caller, edges, out)
 
 
 def estimate_curvature(points, /, **options):
@@ -478,7 +508,7 @@ def estimate_curvature(points, /, **options):
     >>> mx.estimate_curvature(None, graph=(tree, np.ones(len(tree))))["suggested"]
     'poincare'
     """
-    edges, kappa = ollivier_ricci_curvature(points, **options)
+    edges, kappa = (_host(a) for a in ollivier_ricci_curvature(points, **options))
     deg = np.bincount(edges.ravel()) if edges.size else np.zeros(0, np.int64)
     leaf = (deg[edges[:, 0]] == 1) | (deg[edges[:, 1]] == 1) if edges.size else \
         np.zeros(0, bool)

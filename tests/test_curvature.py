@@ -307,3 +307,18 @@ def test_bench_curvature_says_skipped_without_graph_ricci_curvature(monkeypatch,
     monkeypatch.setattr(_curvature_bench, "grc_available", lambda: "ModuleNotFoundError: x")
     assert _curvature_bench.run(cases=()) == 0
     assert "skipped: GraphRicciCurvature not installed" in capsys.readouterr().out
+
+
+def test_results_in_the_callers_library():
+    """Torch points (requiring grad, so not exportable through DLPack as they are):
+    torch results, equal to the NumPy call's; estimate_curvature summarises them."""
+    torch = pytest.importorskip("torch")
+    pts = np.random.default_rng(4).standard_normal((40, 3))
+    e_np, k_np = mx.ollivier_ricci_curvature(pts, k=5)
+    t = torch.tensor(pts, requires_grad=True)
+    e_t, k_t = mx.ollivier_ricci_curvature(t, k=5)
+    assert isinstance(e_t, torch.Tensor) and isinstance(k_t, torch.Tensor)
+    assert e_t.dtype == torch.int64 and k_t.dtype == torch.float64
+    np.testing.assert_array_equal(e_t.numpy(), e_np)
+    np.testing.assert_array_equal(k_t.numpy(), k_np)
+    assert mx.estimate_curvature(t, k=5)["median"] == mx.estimate_curvature(pts, k=5)["median"]
