@@ -4,9 +4,10 @@ the manifold it suggests (SPEC 2.4). See docs/curvature.md.
 Not a record of the pipeline: a composite of public functions. The k-NN graph is
 built with ``pairwise_distance`` in row blocks, the transport problems are solved
 with the batched ``sinkhorn_knopp`` (one small matrix per edge, padded with zero
-mass into batches of one shape), shortest paths with bounded
-``scipy.sparse.csgraph.dijkstra`` searches whose dense rows the costs are gathered from.
-NumPy in, NumPy out in this first version.
+mass into batches of one shape). Costs: for points the manifold distances between
+the supports' points (``geometric_distance``); for a given graph shortest paths
+with bounded ``scipy.sparse.csgraph.dijkstra`` searches whose dense rows the costs
+are gathered from. Results in the points' library (NumPy for a given graph).
 """
 
 import math
@@ -14,7 +15,7 @@ import numbers
 
 import numpy as np
 
-from ._api import MANIFOLDS, pairwise_distance, sinkhorn_knopp
+from ._api import MANIFOLDS, geometric_distance, pairwise_distance, sinkhorn_knopp
 from .errors import DomainError, ShapeError
 
 __all__ = ["estimate_curvature", "ollivier_ricci_curvature"]
@@ -29,6 +30,8 @@ CHUNK_ELEMENTS = 1 << 23
 EDGE_ELEMENTS = 1 << 21
 #: Dijkstra searches: at most this many dense distance entries (sources x N) at once
 DIST_ELEMENTS = 1 << 22
+#: point costs: at most this many coordinates (edges x a x b x d) per distance call
+POINT_ELEMENTS = 1 << 22
 #: epsilon scaling: each stage's reg at most this many times below the last
 STAGE_RATIO = 3.0
 #: a matrix leaves the Sinkhorn loop when its row sums are this close (L1, the
@@ -296,9 +299,12 @@ def _round_plan(P, r, c):
 
 # ---------------------------------------------------------------- curvature
 
-def _curvature_of_graph(edges, weights, n, alpha, reg, iterations):
+def _curvature_of_graph(edges, weights, n, alpha, reg, iterations, coords=None):
     """kappa of every edge: transport problems padded into batches of one shape,
-    their costs gathered from bounded Dijkstra searches, W1 by ``_sinkhorn_w1``."""
+    their costs gathered from bounded Dijkstra searches (a given graph) or the
+    manifold distances between the supports' points (``coords = (points, manifold,
+    curvature)``, a k-NN graph whose edge lengths are those distances), W1 by
+    ``_sinkhorn_w1``."""
     import scipy.sparse as sp
     from scipy.sparse.csgraph import dijkstra
     E = edges.shape[0]
@@ -346,13 +352,29 @@ def _curvature_of_graph(edges, weights, n, alpha, reg, iterations):
                                                   cols_all[start] + CHUNK_ELEMENTS, "right")))
         stop = min(stop, start + EDGE_CHUNK)
         _chunk(slice(start, stop), p_all, q_all, rows_all, cols_all, weights, maxw, n,
-               support, adj, dijkstra, kappa, alpha, reg, iterations)
+               support, adj, dijkstra, kappa, alpha, reg, iterations, coords)
         start = stop
     return kappa
 
 
+def _point_costs(groups, w, coords):
+    """Costs of point supports: the manifold distances between the supports' points,
+    by ``geometric_distance`` over (edges, a, b) broadcasts in blocks of at most
+    POINT_ELEMENTS coordinates; d(u, v) is the edge's length (that distance)."""
+    points, manifold, curvature = coords
+    d = points.shape[1]
+    for members, X, Y, mp, mq, C, duv in groups:
+        a, b = X.shape[1], Y.shape[1]
+        step = max(1, POINT_ELEMENTS // (a * b * d))
+        for s in range(0, len(members), step):
+            C[s:s + step] = geometric_distance(points[X[s:s + step]][:, :, None, :],
+                                               points[Y[s:s + step]][:, None, :, :],
+                                               manifold=manifold, curvature=curvature)
+        duv[:] = w[members]
+
+
 def _chunk(sl, p_all, q_all, rows_all, cols_all, weights, maxw, n, support, adj, dijkstra,
-           kappa, alpha, reg, iterations):
+           kappa, alpha, reg, iterations, coords=None):
     base = sl.start
     p, q, w = p_all[sl], q_all[sl], weights[sl]
     rows, cols = rows_all[sl], cols_all[sl]
@@ -360,15 +382,20 @@ def _chunk(sl, p_all, q_all, rows_all, cols_all, weights, maxw, n, support, adj,
     order = np.argsort(key, kind="stable")
     groups = []
     need = np.zeros(n)
-    np.maximum.at(need, p, w)  # d(p, q) <= w(p, q): p is always a source
+    if coords is None:
+        np.maximum.at(need, p, w)  # d(p, q) <= w(p, q): p is always a source
     for members in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
         a, b = int(rows[members[0]]), int(cols[members[0]])
         X, wx, mp = support(p[members], a)
         Y, _, mq = support(q[members], b)
-        # every cost asked of the source x is d(x, y) <= w(x, p) + w(p, q) + maxw[q]
-        np.maximum.at(need, X.ravel(), (wx + (w[members] + maxw[q[members]])[:, None]).ravel())
+        if coords is None:
+            # every cost asked of the source x is d(x, y) <= w(x, p) + w(p, q) + maxw[q]
+            np.maximum.at(need, X.ravel(),
+                          (wx + (w[members] + maxw[q[members]])[:, None]).ravel())
         groups.append([members, X, Y, mp, mq, np.empty((len(members), a, b)),
                        np.empty(len(members))])
+    if coords is not None:  # points: no search (need stays 0, no Dijkstra source)
+        _point_costs(groups, w, coords)
     # bounded Dijkstra from the sources (sorted by how far each must search), a
     # batch of dense rows (DIST_ELEMENTS at most) at a time; every cost is gathered
     # from the rows of its source
@@ -468,7 +495,7 @@ def ollivier_ricci_curvature(points, /, *, k=10, alpha=0.5, manifold="euclidean"
     curvature = _check_real("curvature", curvature, 0.0, open_low=True)
     if graph is not None:
         edges, weights, n = _given_graph(graph)
-        caller = None
+        caller = coords = None
     else:
         if points is None:
             raise TypeError("points must be an (N, d) array when graph is not given")
@@ -479,9 +506,11 @@ def ollivier_ricci_curvature(points, /, *, k=10, alpha=0.5, manifold="euclidean"
             raise ShapeError(f"points must have at least 2 rows; got shape {points.shape}")
         k = _check_int("k", k, 1, n)
         edges, weights = _knn_graph(points, k, manifold, curvature)
+        coords = (points, manifold, curvature)
     zero = weights <= 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        kappa = _curvature_of_graph(edges[~zero], weights[~zero], n, alpha, reg, iterations)
+        kappa = _curvature_of_graph(edges[~zero], weights[~zero], n, alpha, reg, iterations,
+                                    coords)
     out = np.full(edges.shape[0], np.nan)
     out[~zero] = kappa
     return _like(caller, edges, out)

@@ -13,13 +13,15 @@ from mhc_array import _curvature
 
 # ---------------------------------------------------------------- exact reference
 
-def lp_kappa(A, alpha):
+def lp_kappa(A, alpha, D=None):
     """{(u, v): kappa} of every edge of the weighted adjacency ``A`` (dense, 0 = no
     edge): W1 by linear programming over the transport plans, all-pairs shortest
-    paths as costs, d(u, v) the shortest-path distance."""
+    paths as costs, d(u, v) the shortest-path distance -- or, given ``D``, the
+    metric D for both (points: their distances)."""
     A = np.asarray(A, dtype=np.float64)
     n = A.shape[0]
-    D = shortest_path(sp.csr_array(A), directed=False)
+    if D is None:
+        D = shortest_path(sp.csr_array(A), directed=False)
 
     def measure(x):
         p = np.zeros(n)
@@ -139,10 +141,10 @@ def test_matches_linear_programming(name, alpha):
 
 
 def test_knn_graph_of_points_matches_linear_programming():
-    """Edge lengths are the Euclidean distances, costs shortest paths on the graph."""
+    """Points: the k-NN graph's supports, costs and d(u, v) the points' distances."""
     pts = np.random.default_rng(3).random((25, 2))
     A = knn_adjacency(pts, 4)
-    ref = lp_kappa(A, 0.5)
+    ref = lp_kappa(A, 0.5, D=cdist(pts, pts))
     edges, kappa = mx.ollivier_ricci_curvature(pts, k=4, reg=1e-3)
     assert max_error(edges, kappa, ref) < 1e-2
     e01, k01 = mx.ollivier_ricci_curvature(pts, k=4, reg=1e-1)
@@ -160,16 +162,20 @@ def test_reg_below_1e_3_is_tighter():
 def test_knn_in_blocks_and_graph_forms_agree(monkeypatch):
     pts = np.random.default_rng(4).standard_normal((40, 3))
     e1, k1 = mx.ollivier_ricci_curvature(pts, k=5)
+    A = knn_adjacency(pts, 5)
+    g1 = mx.ollivier_ricci_curvature(None, graph=A)
     monkeypatch.setattr(_curvature, "KNN_BLOCK", 7)
     monkeypatch.setattr(_curvature, "EDGE_CHUNK", 11)
+    monkeypatch.setattr(_curvature, "POINT_ELEMENTS", 100)
     e2, k2 = mx.ollivier_ricci_curvature(pts.tolist(), k=5)
     np.testing.assert_array_equal(e1, e2)
     np.testing.assert_allclose(k1, k2, atol=1e-5)  # batches stop at other times
-    A = knn_adjacency(pts, 5)
-    for graph in (A, sp.csr_array(A), (e1, A[e1[:, 0], e1[:, 1]])):
+    # the same graph given in each form (costs: shortest paths, not the points')
+    for graph in (sp.csr_array(A), (e1, A[e1[:, 0], e1[:, 1]])):
         e3, k3 = mx.ollivier_ricci_curvature(None, graph=graph)
+        np.testing.assert_array_equal(g1[0], e3)
         np.testing.assert_array_equal(e1, e3)
-        np.testing.assert_allclose(k1, k3, atol=1e-5)
+        np.testing.assert_allclose(g1[1], k3, atol=1e-5)
 
 
 def test_other_manifolds_run():
@@ -322,3 +328,24 @@ def test_results_in_the_callers_library():
     np.testing.assert_array_equal(e_t.numpy(), e_np)
     np.testing.assert_array_equal(k_t.numpy(), k_np)
     assert mx.estimate_curvature(t, k=5)["median"] == mx.estimate_curvature(pts, k=5)["median"]
+
+
+@pytest.mark.parametrize("manifold", ["poincare", "spherical"])
+def test_points_on_other_manifolds_match_linear_programming(manifold):
+    """Costs of points are the chosen manifold's distances (not graph paths)."""
+    rng = np.random.default_rng(8)
+    pts = rng.standard_normal((20, 3))
+    if manifold == "poincare":
+        pts *= 0.8 / np.linalg.norm(pts, axis=1).max()
+    D = np.asarray(mx.pairwise_distance(pts, pts, manifold=manifold))
+    np.fill_diagonal(D, 0.0)
+    Dk = D.copy()
+    np.fill_diagonal(Dk, np.inf)
+    A = np.zeros_like(D)
+    idx = np.argsort(Dk, axis=1)[:, :4]
+    r = np.repeat(np.arange(len(pts)), 4)
+    A[r, idx.ravel()] = D[r, idx.ravel()]
+    A = np.maximum(A, A.T)
+    ref = lp_kappa(A, 0.5, D=D)
+    edges, kappa = mx.ollivier_ricci_curvature(pts, k=4, manifold=manifold, reg=1e-3)
+    assert max_error(edges, kappa, ref) < 1e-2
