@@ -238,17 +238,9 @@ def _sinkhorn(eng, x, rs, cs, *, iterations, tau, logits, order, out, call):
     if count == 0 or n == 0 or m == 0:
         return res
     a = _contiguous(eng, x, call)
-    targets = []
-    for t, k in ((rs, n), (cs, m)):
-        if t is None:
-            targets += [_NULL, np.int64(0)]
-        else:
-            tb, stride = _rows(eng, t, batch, (k,), call)
-            targets += [tb, np.int64(stride)]
-    flags = (1 if logits else 0) | (2 if order == "cols-first" else 0)
     sfx = _suffix(x.dtype)
-    common = [a, res, *targets, np.int64(count), np.int32(n), np.int32(m),
-              np.int32(iterations), np.float64(tau), np.int32(flags)]
+    common = [a, res, *_sk_args(eng, rs, cs, batch, n, m, iterations, tau, logits, order,
+                                call)]
     B = eng.block
     if n * m <= SMALL_MAX:
         name = "mhc_sk_4x4" if (n, m) == (4, 4) else "mhc_sk_small"
@@ -263,6 +255,21 @@ def _sinkhorn(eng, x, rs, cs, *, iterations, tau, logits, order, out, call):
     return res
 
 
+def _sk_args(eng, rs, cs, batch, n, m, iterations, tau, logits, order, call):
+    """The Sinkhorn kernels' arguments after the matrices: each target (its rows and
+    batch stride, or NULL and 0), the sizes, iterations, tau and the flags."""
+    targets = []
+    for t, k in ((rs, n), (cs, m)):
+        if t is None:
+            targets += [_NULL, np.int64(0)]
+        else:
+            tb, stride = _rows(eng, t, batch, (k,), call)
+            targets += [tb, np.int64(stride)]
+    flags = (1 if logits else 0) | (2 if order == "cols-first" else 0)
+    return [*targets, np.int64(math.prod(batch)), np.int32(n), np.int32(m),
+            np.int32(iterations), np.float64(tau), np.int32(flags)]
+
+
 def _sinkhorn_backward(eng, x, rs, cs, g, *, iterations, tau, logits, order, call):
     xp = eng.xp
     shape = tuple(x.shape)
@@ -274,16 +281,8 @@ def _sinkhorn_backward(eng, x, rs, cs, g, *, iterations, tau, logits, order, cal
         return res
     a = _contiguous(eng, x, call)
     gb = _contiguous(eng, g, call)
-    targets = []
-    for t, k in ((rs, n), (cs, m)):
-        if t is None:
-            targets += [_NULL, np.int64(0)]
-        else:
-            tb, stride = _rows(eng, t, batch, (k,), call)
-            targets += [tb, np.int64(stride)]
-    flags = (1 if logits else 0) | (2 if order == "cols-first" else 0)
-    args = [a, gb, res, *targets, np.int64(count), np.int32(n), np.int32(m),
-            np.int32(iterations), np.float64(tau), np.int32(flags)]
+    args = [a, gb, res, *_sk_args(eng, rs, cs, batch, n, m, iterations, tau, logits, order,
+                                  call)]
     B = eng.block
     if n * m <= SMALL_MAX:
         # a thread per matrix; the steps' denominators in x's dtype, slot s of
