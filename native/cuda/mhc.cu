@@ -37,6 +37,23 @@
 
 static __device__ __forceinline__ double hc_sig(double z) { return 1 / (1 + exp(-z)); }
 
+/* Row softmax of the n x n matrix z into p (p may be z itself). */
+static __device__ __forceinline__ void hc_row_softmax(const double *z, int n, double *p)
+{
+    for (int i = 0; i < n; i++) {
+        double mx = z[i * n];
+        for (int j = 1; j < n; j++)
+            mx = z[i * n + j] > mx ? z[i * n + j] : mx;
+        double s = 0;
+        for (int j = 0; j < n; j++) {
+            p[i * n + j] = exp(z[i * n + j] - mx);
+            s += p[i * n + j];
+        }
+        for (int j = 0; j < n; j++)
+            p[i * n + j] = p[i * n + j] / s;
+    }
+}
+
 /* the coefficients of one token from its projection y (K values, normalised):
  * into sh_pre (n), sh_post (n), sh_res (n n) */
 static __device__ void hc_coefficients(const double *y, int n, int variant, int iters,
@@ -88,18 +105,9 @@ static __device__ void hc_coefficients(const double *y, int n, int variant, int 
         return;
     }
     /* DeepSeek-V4: row softmax + eps, column, (row, column) x (iters - 1) */
-    for (int i = 0; i < n; i++) {
-        double mx = A[i * n];
-        for (int j = 1; j < n; j++)
-            mx = A[i * n + j] > mx ? A[i * n + j] : mx;
-        double s = 0;
-        for (int j = 0; j < n; j++) {
-            A[i * n + j] = exp(A[i * n + j] - mx);
-            s += A[i * n + j];
-        }
-        for (int j = 0; j < n; j++)
-            A[i * n + j] = A[i * n + j] / s + hc_eps;
-    }
+    hc_row_softmax(A, n, A);
+    for (int e = 0; e < n * n; e++)
+        A[e] += hc_eps;
     const int passes = iters > 0 ? 2 * iters - 1 : 1;  /* the first column step always */
     for (int p = 0; p < passes; p++) {
         const int rows = p % 2 == 1;     /* column, then row, column, ... */
@@ -251,18 +259,7 @@ static __device__ __forceinline__ void hc_v4_start(const double *z, int n_, doub
                                                    double *P, double *D)
 {
     const int n = NF ? NF : n_;
-    for (int i = 0; i < n; i++) {
-        double mx = z[i * n];
-        for (int j = 1; j < n; j++)
-            mx = z[i * n + j] > mx ? z[i * n + j] : mx;
-        double s = 0;
-        for (int j = 0; j < n; j++) {
-            P[i * n + j] = exp(z[i * n + j] - mx);
-            s += P[i * n + j];
-        }
-        for (int j = 0; j < n; j++)
-            P[i * n + j] = P[i * n + j] / s;
-    }
+    hc_row_softmax(z, n, P);
     for (int j = 0; j < n; j++) {
         double cs = eps;
         for (int i = 0; i < n; i++)
