@@ -251,3 +251,14 @@ def mhc_post(x, f_out, h_post, h_res):
             acc = acc + h_res[..., i, j, None] * x[..., j, :]
         out[..., i, :] = acc
     return out
+
+
+def sinkhorn_grad_numeric(x, up, h=1e-6, **kw):
+    """d sum(up * sinkhorn(x)) / dx by central differences of ``sinkhorn``."""
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        g[idx] = np.sum(up * (sinkhorn(xp, **kw) - sinkhorn(xm, **kw))) / (2 * h)
+    return g
