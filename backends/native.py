@@ -587,3 +587,67 @@ def plan(kernel, dtypes, ndims, call):
             return res
         return run_distance
     return None
+
+
+# ---------------------------------------------------------------- curvature
+
+def ot_w1(cost, mu, mv, *, reg, iterations, tolerance, relax, isa, threads):
+    """Entropic W1 of a batch of small transport problems by ``mhc_ot_w1_f64``:
+    ``cost (g, a, b)``, masses ``mu (g, a)``, ``mv (g, b)`` (float64; zero mass is
+    padding) -> ``(w (g,), iterations done (g,))``. Not a record of the pipeline:
+    the curvature composite calls it on host arrays it built itself."""
+    cost, mu, mv = (np.ascontiguousarray(a, dtype=np.float64) for a in (cost, mu, mv))
+    g, a, b = cost.shape
+    if mu.shape != (g, a) or mv.shape != (g, b):
+        raise ShapeError(f"ot_w1: masses of shapes {mu.shape} and {mv.shape} do not match "
+                         f"costs of shape {cost.shape}")
+    w = np.empty(g)
+    done = np.empty(g, dtype=np.int64)
+    err = ffi.new("int64_t *")
+    status = lib.mhc_ot_w1_f64(
+        ffi.from_buffer("double[]", cost), ffi.from_buffer("double[]", mu),
+        ffi.from_buffer("double[]", mv), g, a, b, reg, iterations, tolerance, int(relax),
+        ffi.from_buffer("double[]", w), ffi.cast("int64_t *", done.ctypes.data),
+        resolve_isa(isa), threads, err)
+    if status == lib.MHC_ERR_DOMAIN:
+        raise DomainError(f"transport problem {err[0]}: masses must be finite, >= 0 and of "
+                          "equal totals, costs finite where both masses are > 0",
+                          argument="cost")
+    if status == lib.MHC_ERR_COMPUTATION:
+        raise NativeError(f"transport problem {err[0]}: its W1 overflows the float64 range "
+                          "(masses times costs too large)")
+    _check(status)
+    return w, done
+
+
+def graph_costs(indptr, indices, weights, X, xptr, Y, yptr, *, threads, out=None):
+    """Shortest-path distances between ragged supports by ``mhc_graph_costs_f64``:
+    edge ``e``'s matrix ``d(X[xptr[e]:xptr[e+1]], Y[yptr[e]:yptr[e+1]])``, all edges'
+    matrices one after the other in one flat float64 array (``out`` when given: a
+    C-contiguous float64 array of that size); the graph in CSR form (both
+    directions stored). One bounded Dijkstra search per distinct source."""
+    arrs = [np.ascontiguousarray(a, dtype=np.int64) for a in (indptr, indices, X, xptr, Y, yptr)]
+    indptr, indices, X, xptr, Y, yptr = arrs
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    edges = xptr.shape[0] - 1
+    if (indptr.ndim != 1 or indptr.shape[0] < 1 or indices.shape != weights.shape or
+            edges < 0 or yptr.shape != xptr.shape):
+        raise ShapeError(f"graph_costs: graph arrays {indptr.shape}, {indices.shape}, "
+                         f"{weights.shape} or offset tables {xptr.shape}, {yptr.shape} "
+                         "do not match")
+    size = int(np.dot(np.diff(xptr), np.diff(yptr)))
+    if out is None:
+        out = np.empty(size)
+    elif out.dtype != np.float64 or out.size != size or not out.flags.c_contiguous:
+        raise ShapeError(f"graph_costs: out must be a C-contiguous float64 array of {size} "
+                         f"elements; got {out.dtype} {out.shape}")
+    err = ffi.new("int64_t *")
+    p = [ffi.from_buffer("int64_t[]", a) for a in arrs]
+    status = lib.mhc_graph_costs_f64(p[0], p[1], ffi.from_buffer("double[]", weights),
+                                     indptr.shape[0] - 1, p[2], p[3], p[4], p[5], edges,
+                                     ffi.from_buffer("double[]", out), threads, err)
+    if status == lib.MHC_ERR_DOMAIN:
+        raise DomainError(f"graph edge lengths must be finite and > 0; entry {err[0]} is "
+                          f"{weights[err[0]]!r}", argument="graph")
+    _check(status)
+    return out

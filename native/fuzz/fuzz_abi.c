@@ -3,8 +3,9 @@
  *
  * Each input picks a kernel family (MHC_FUZZ_FAMILY fixes one: 0 Sinkhorn
  * (forward and backward),
- * 1 distances (rows and pairwise), 2 the mHC connection (pre and post); -1 or
- * unset: all), then a kernel of that family,
+ * 1 distances (rows and pairwise), 2 the mHC connection (pre and post), 3 the
+ * curvature kernels (transport, graph costs); -1 or unset: all), then a kernel
+ * of that family,
  * a dtype, an ISA level, a thread count, sizes, strides, flags and options,
  * and fills the arrays with raw bit patterns from the input (NaN, inf,
  * denormals, huge values included). Every array is a heap block of exactly
@@ -351,6 +352,97 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
         arr_free(all[i]);
 }
 
+/* The curvature kernels: batched transport (masses and costs from raw bits: any
+ * problem with a NaN, a negative mass or unequal totals must be a domain error)
+ * and graph costs (a random CSR graph, its lengths from raw bits; ragged
+ * supports, some vertices out of range). */
+static void fuzz_curvature(src_t *s, int isa, int nth, int mis, int graph)
+{
+    int64_t err = -7;
+    if (!graph) {
+        const int64_t batch = pick(s, 0, 20), a = pick(s, 0, 19), b = pick(s, 0, 19);
+        arr_t C = arr_new(s, batch * a * b, 8, mis == 1, 1);
+        arr_t mu = arr_new(s, batch * a, 8, mis == 2, 1), mv = arr_new(s, batch * b, 8, 0, 1);
+        /* most problems get equal totals, so that the solver runs (mu aligned) */
+        for (int64_t k = 0; k < batch && mis != 2 && pick(s, 0, 3) != 0; k++) {
+            double *r = (double *)mu.data + k * a, *c = (double *)mv.data + k * b;
+            double sr = 0, sc = 0;
+            for (int64_t i = 0; i < a; i++)
+                sr += r[i];
+            for (int64_t j = 0; j < b; j++)
+                sc += c[j];
+            if (sr > 0 && sc > 0 && isfinite(sr) && isfinite(sc))
+                for (int64_t j = 0; j < b; j++)
+                    c[j] *= sr / sc;
+            memcpy(mv.copy + k * b * 8, c, (size_t)b * 8);
+        }
+        arr_t w = arr_new(s, batch, 8, mis == 3, 0), it = arr_new(s, batch, 8, 0, 0);
+        const double reg = pick(s, 0, 4) == 0 ? 1e-4 : 0.01 * (double)pick(s, 1, 100);
+        const int st = mhc_ot_w1_f64((const double *)C.data, (const double *)mu.data,
+                                     (const double *)mv.data, batch, a, b, reg, pick(s, 1, 300),
+                                     (double)pick(s, 0, 100) * 1e-4, (int)pick(s, 0, 1),
+                                     (double *)w.data, pick(s, 0, 1) ? (int64_t *)it.data : NULL,
+                                     isa, nth, &err);
+        check_status(st);
+        if (st == MHC_ERR_DOMAIN && (err < 0 || err >= batch))
+            FAIL("ot_w1 domain error index %lld outside the batch", (long long)err);
+        if (st == MHC_OK)
+            for (int64_t k = 0; k < batch; k++)
+                if (isnan(((double *)w.data)[k]))   /* +-inf: a W1 beyond double range */
+                    FAIL("ot_w1 gave a NaN W1 for problem %lld", (long long)k);
+        arr_same(&C, "cost");
+        arr_same(&mu, "mu");
+        arr_same(&mv, "mv");
+        arr_t *all[] = {&C, &mu, &mv, &w, &it};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+            arr_free(all[i]);
+        return;
+    }
+    const int64_t n = pick(s, 1, 40), deg = pick(s, 0, 6), edges = pick(s, 0, 30);
+    int64_t *indptr = malloc((size_t)(n + 1) * 8), *indices = malloc((size_t)(n * deg + 1) * 8);
+    indptr[0] = 0;
+    for (int64_t v = 0; v < n; v++) {
+        const int64_t d = pick(s, 0, deg);
+        for (int64_t k = 0; k < d; k++)
+            indices[indptr[v] + k] = pick(s, 0, n - (pick(s, 0, 50) != 0));   /* rarely n */
+        indptr[v + 1] = indptr[v] + d;
+    }
+    arr_t wts = arr_new(s, indptr[n], 8, mis == 1, 1);
+    int64_t *xptr = malloc((size_t)(edges + 1) * 8), *yptr = malloc((size_t)(edges + 1) * 8);
+    xptr[0] = yptr[0] = 0;
+    for (int64_t e = 0; e < edges; e++) {
+        xptr[e + 1] = xptr[e] + pick(s, 0, 5);
+        yptr[e + 1] = yptr[e] + pick(s, 0, 5);
+    }
+    int64_t *X = malloc((size_t)(xptr[edges] + 1) * 8), *Y = malloc((size_t)(yptr[edges] + 1) * 8);
+    int64_t total = 0;
+    for (int64_t k = 0; k < xptr[edges]; k++)
+        X[k] = pick(s, 0, n - 1);
+    for (int64_t k = 0; k < yptr[edges]; k++)
+        Y[k] = pick(s, -(pick(s, 0, 80) == 0), n - 1);                      /* rarely -1 */
+    for (int64_t e = 0; e < edges; e++)
+        total += (xptr[e + 1] - xptr[e]) * (yptr[e + 1] - yptr[e]);
+    arr_t out = arr_new(s, total, 8, mis == 2, 0);
+    const int st = mhc_graph_costs_f64(indptr, indices, (const double *)wts.data, n, X, xptr,
+                                       Y, yptr, edges, (double *)out.data, nth, &err);
+    check_status(st);
+    if (st == MHC_ERR_DOMAIN && (err < 0 || err >= indptr[n]))
+        FAIL("graph_costs domain error index %lld outside the graph", (long long)err);
+    if (st == MHC_OK)
+        for (int64_t k = 0; k < total; k++)
+            if (!(((double *)out.data)[k] >= 0))
+                FAIL("graph_costs gave a negative or NaN distance");
+    arr_same(&wts, "weights");
+    arr_free(&wts);
+    arr_free(&out);
+    free(indptr);
+    free(indices);
+    free(xptr);
+    free(yptr);
+    free(X);
+    free(Y);
+}
+
 /* NULL pointers and negative sizes: refused before any access. */
 static void fuzz_bad_args(src_t *s, int isa)
 {
@@ -382,6 +474,17 @@ static void fuzz_bad_args(src_t *s, int isa)
                         &one, &one, NULL, isa, 1);
     if (st != MHC_ERR_NULL_POINTER)
         FAIL("NULL phi accepted by hc_pre (status %d)", st);
+    double d1 = 1;
+    int64_t zero = 0;
+    st = mhc_ot_w1_f64(&d1, NULL, &d1, 1, 1, 1, 0.1, 1, 0, 0, &d1, NULL, isa, 1, &err);
+    if (st != MHC_ERR_NULL_POINTER)
+        FAIL("NULL mu accepted by ot_w1 (status %d)", st);
+    st = mhc_ot_w1_f64(&d1, &d1, &d1, neg, 1, 1, 0.1, 1, 0, 0, &d1, NULL, isa, 1, &err);
+    if (st != MHC_ERR_INVALID_DIMENSION)
+        FAIL("negative batch accepted by ot_w1 (status %d)", st);
+    st = mhc_graph_costs_f64(&zero, NULL, NULL, neg, NULL, &zero, NULL, &zero, 0, &d1, 1, &err);
+    if (st != MHC_ERR_INVALID_DIMENSION)
+        FAIL("negative n accepted by graph_costs (status %d)", st);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -393,7 +496,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     src_t s = {data, size};
     const int head = (int)take(&s, 1);
-    const int fam = family >= 0 ? family : head % 3;
+    const int fam = family >= 0 ? family : head % 4;
     const int sub = (head >> 4) & 1;
     const int f64 = (int)take(&s, 1) & 1;
     const int isa = (int)pick(&s, -1, 3);
@@ -407,7 +510,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     switch (fam) {
     case 0: fuzz_sinkhorn(&s, f64, isa, nth, mis, sub); break;
     case 1: fuzz_distance(&s, f64, isa, nth, mis, sub); break;
-    default: fuzz_hc(&s, f64, isa, nth, mis, sub); break;
+    case 2: fuzz_hc(&s, f64, isa, nth, mis, sub); break;
+    default: fuzz_curvature(&s, isa, nth, mis, sub); break;
     }
     return 0;
 }

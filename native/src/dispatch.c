@@ -6,6 +6,7 @@
  *   sinkhorn_abi_t.inc  mhc_sinkhorn_*, mhc_sinkhorn_backward_*
  *   distance_abi_t.inc  mhc_distance_*, mhc_pairwise_*
  *   mhc_abi_t.inc       mhc_hc_pre_*, mhc_hc_post_*
+ * and, double only, ot_abi.inc (mhc_ot_w1_f64, optimal transport for curvature).
  */
 #include <stdlib.h>
 #include "mhc_internal.h"
@@ -28,7 +29,8 @@
      mhc_hc_proj_f32_##isa, mhc_hc_mix_f32_##isa, mhc_hc_post_f32_##isa,               \
      mhc_hc_proj_f64_##isa, mhc_hc_mix_f64_##isa, mhc_hc_post_f64_##isa,               \
      mhc_hc_dots_f32_##isa, mhc_hc_gx_f32_##isa, mhc_hc_dots_f64_##isa,                \
-     mhc_hc_gx_f64_##isa, mhc_hc_post_bwd_f32_##isa, mhc_hc_post_bwd_f64_##isa}
+     mhc_hc_gx_f64_##isa, mhc_hc_post_bwd_f32_##isa, mhc_hc_post_bwd_f64_##isa,        \
+     mhc_ot_w1_f64_##isa}
 
 /* Indexed by mhc_isa; levels this build lacks fall back to portable. */
 static const mhc_kernel_table g_tables[4] = {
@@ -77,5 +79,6 @@ static int64_t manifold_cost(int manifold)
 #include "sinkhorn_abi_t.inc"
 #include "distance_abi_t.inc"
 #include "mhc_abi_t.inc"
+#include "ot_abi.inc"
 #undef T
 #undef SFX

@@ -63,6 +63,22 @@ typedef MHC_SK_BWD_ARGS(double) mhc_sk_bwd_args_f64;
 typedef MHC_DIST_ARGS(float) mhc_dist_args_f32;
 typedef MHC_DIST_ARGS(double) mhc_dist_args_f64;
 
+/* Arguments of one batched optimal-transport call (mhc_ot_w1_f64): problem b has
+ * costs cost[b*rows*cols ...] (C-contiguous rows x cols), masses mu[b*rows ...],
+ * mv[b*cols ...]; results w[b] and, when iters is not NULL, iters[b]. */
+typedef struct {
+    const double *cost, *mu, *mv;
+    double *w; int64_t *iters;
+    int64_t rows, cols, max_iter;
+    double reg, tol;
+    int relax;
+} mhc_ot_args;
+/* Workspace elements of one ot_w1 problem with vectors of `lanes` elements. */
+#define MHC_OT_RUP(x, lanes) (((x) + (lanes) - 1) / (lanes) * (lanes))
+#define MHC_OT_WS(n, m, lanes)                                                      \
+    ((n) * MHC_OT_RUP(m, lanes) + (m) * MHC_OT_RUP(n, lanes) +                      \
+     4 * (MHC_OT_RUP(n, lanes) + MHC_OT_RUP(m, lanes)))
+
 /*
  * Kernels of one ISA level:
  *  sk_small(a, b0, b1)       matrices [b0, b1) with n*m <= MHC_SK_SMALL_MAX
@@ -73,6 +89,8 @@ typedef MHC_DIST_ARGS(double) mhc_dist_args_f64;
  *                            MHC_SK_BWD_WS(n, m, iters) * 64 / sizeof(T) + 64 /
  *                            sizeof(T) elements (vectors of up to 64 bytes, aligned
  *                            by the kernel)
+ *  ot_w1(a, b0, b1, ws)      optimal transport problems [b0, b1) (ot_t.inc), ws
+ *                            holds MHC_OT_WS(rows, cols, 8) doubles
  */
 typedef struct {
     const char *name;
@@ -115,6 +133,8 @@ typedef struct {
     void (*hc_post_bwd_f64)(const double *, int64_t, const double *, int64_t, const double *,
                             const double *, const double *, int64_t, int64_t, int64_t, int64_t,
                             double *, int64_t, double *, double *, double *);
+    /* optimal transport of small problems (curvature), double only */
+    void (*ot_w1_f64)(const mhc_ot_args *, int64_t, int64_t, double *);
 } mhc_kernel_table;
 
 /* Kernels are internal to the module: hidden from the dynamic symbol table. */
@@ -160,7 +180,8 @@ typedef struct {
     MHC_HIDDEN void mhc_hc_post_bwd_f64_##isa(const double *, int64_t, const double *, int64_t,     \
                                               const double *, const double *, const double *,       \
                                               int64_t, int64_t, int64_t, int64_t, double *,         \
-                                              int64_t, double *, double *, double *);
+                                              int64_t, double *, double *, double *);         \
+    MHC_HIDDEN void mhc_ot_w1_f64_##isa(const mhc_ot_args *, int64_t, int64_t, double *);
 
 MHC_DECLARE_KERNELS(portable)
 #if MHC_X86

@@ -44,4 +44,12 @@ with mx.use_backend("native"):
                                                  (5, 1e-6, variant, 1e-6))
                                 MHC_POST_BACKWARD((x, h_in, h_post, h_res, x))
                         del layer
+            # curvature: batched transport and graph costs (threads 1 and 2)
+            pts = rng.standard_normal((60, 3))
+            for nt in (1, 2):
+                with mx.use_num_threads(nt):
+                    mx.ollivier_ricci_curvature(pts, k=4)
+                    A = (rng.random((40, 40)) < 0.15) * rng.uniform(0.5, 2, (40, 40))
+                    mx.ollivier_ricci_curvature(None, graph=np.triu(A, 1), alpha=0.0)
+                    mx.ollivier_ricci_curvature(None, graph=np.triu(A, 1), reg=1e-4)
 print("done")

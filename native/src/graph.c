@@ -1,0 +1,248 @@
+/*
+ * graph.c -- the cost matrices of Ollivier-Ricci curvature on a given graph:
+ * shortest-path distances between the supports of every edge's two measures
+ * (mhc_graph_costs_f64, see mhc_native.h). Scalar code (no ISA variants): the
+ * searches are memory-bound pointer chasing.
+ *
+ * The (edge, row) slots are grouped by their source vertex (counting sort); one
+ * Dijkstra search per distinct source (indexed binary heap) runs until
+ * every vertex its slots ask for is settled, and fills those slots' cost rows.
+ * Threads split the distinct sources; each slot row is written by one search.
+ */
+#include "mhc_internal.h"
+#include "checked.h"
+#include "threads.h"
+
+typedef struct {
+    const int64_t *indptr, *indices;
+    const double *weights;
+    int64_t n;
+    const int64_t *Y, *yptr;  /* edge e's targets: Y[yptr[e] .. yptr[e+1]) */
+    const int64_t *src;       /* distinct sources, in slot-group order */
+    const int64_t *slot_ptr;  /* group g: slots slot_ptr[g] .. slot_ptr[g+1] */
+    const int64_t *slots;     /* slot k: X[k], of edge slot_edge[k] */
+    const int64_t *slot_edge, *slot_out;  /* its edge, its cost row's offset in out */
+    double *out;
+    size_t ws_bytes;
+} graph_ctx;
+
+/* An indexed binary min-heap of vertices keyed by dist[], with each vertex's
+ * position in pos[] (so a shorter path moves it up in place: at most n items). */
+typedef struct {
+    int64_t *v, *pos, len;
+    const double *dist;
+} vheap;
+
+static void vheap_up(vheap *h, int64_t k)
+{
+    const int64_t x = h->v[k];
+    const double d = h->dist[x];
+    while (k > 0) {
+        const int64_t p = (k - 1) / 2;
+        if (h->dist[h->v[p]] <= d)
+            break;
+        h->v[k] = h->v[p];
+        h->pos[h->v[k]] = k;
+        k = p;
+    }
+    h->v[k] = x;
+    h->pos[x] = k;
+}
+
+static int64_t vheap_pop(vheap *h)
+{
+    const int64_t top = h->v[0], x = h->v[--h->len];
+    const double d = h->dist[x];
+    int64_t k = 0;
+    for (;;) {
+        int64_t c = 2 * k + 1;
+        if (c >= h->len)
+            break;
+        if (c + 1 < h->len && h->dist[h->v[c + 1]] < h->dist[h->v[c]])
+            c++;
+        if (h->dist[h->v[c]] >= d)
+            break;
+        h->v[k] = h->v[c];
+        h->pos[h->v[k]] = k;
+        k = c;
+    }
+    if (h->len > 0) {
+        h->v[k] = x;
+        h->pos[x] = k;
+    }
+    return top;
+}
+
+/* Sources [lo, hi) of the context; workspace: dist, and the stamps seen, done and
+ * want, the heap and its positions (n each). */
+static int graph_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
+{
+    const graph_ctx *g = ctx;
+    const int64_t n = g->n;
+    (void)err;
+    char *ws = mhc_malloc(g->ws_bytes);
+    if (!ws)
+        return MHC_ERR_OUT_OF_MEMORY;
+    double *dist = (double *)ws;
+    int64_t *seen = (int64_t *)(dist + n), *done = seen + n, *want = done + n;
+    vheap h = {want + n, want + 2 * n, 0, dist};
+    for (int64_t v = 0; v < n; v++)
+        seen[v] = done[v] = want[v] = -1;
+    for (int64_t s = lo; s < hi; s++) {
+        const int64_t x = g->src[s];
+        /* the vertices asked for: the Y rows of this source's slots */
+        int64_t missing = 0;
+        for (int64_t k = g->slot_ptr[s]; k < g->slot_ptr[s + 1]; k++) {
+            const int64_t e = g->slot_edge[g->slots[k]];
+            const int64_t *y = g->Y + g->yptr[e], b = g->yptr[e + 1] - g->yptr[e];
+            for (int64_t j = 0; j < b; j++)
+                if (want[y[j]] != s) {
+                    want[y[j]] = s;
+                    missing++;
+                }
+        }
+        /* Dijkstra from x until every asked vertex is settled (seen[v] == s: v was
+         * reached in this search, done[v] == s: settled, its distance final) */
+        h.len = 0;
+        seen[x] = s;
+        dist[x] = 0;
+        h.v[h.len++] = x;
+        h.pos[x] = 0;
+        while (h.len > 0 && missing > 0) {
+            const int64_t v = vheap_pop(&h);
+            const double dv = dist[v];
+            done[v] = s;
+            if (want[v] == s)
+                missing--;
+            for (int64_t e = g->indptr[v]; e < g->indptr[v + 1]; e++) {
+                const int64_t w = g->indices[e];
+                const double nd = dv + g->weights[e];
+                if (seen[w] != s) {
+                    seen[w] = s;
+                    dist[w] = nd;
+                    h.v[h.len] = w;
+                    vheap_up(&h, h.len++);
+                } else if (nd < dist[w] && done[w] != s) {
+                    dist[w] = nd;
+                    vheap_up(&h, h.pos[w]);
+                }
+            }
+        }
+        for (int64_t k = g->slot_ptr[s]; k < g->slot_ptr[s + 1]; k++) {
+            const int64_t slot = g->slots[k], e = g->slot_edge[slot];
+            const int64_t *y = g->Y + g->yptr[e], b = g->yptr[e + 1] - g->yptr[e];
+            double *row = g->out + g->slot_out[slot];
+            for (int64_t j = 0; j < b; j++)
+                row[j] = done[y[j]] == s ? dist[y[j]] : INFINITY;
+        }
+    }
+    mhc_free(ws);
+    return MHC_OK;
+}
+
+/* A pointer not aligned to its element type (C forbids dereferencing it). */
+#define MIS(p, T) (((uintptr_t)(const void *)(p)) % sizeof(T) != 0)
+
+/* ptr (count + 1) is an offset table from 0, non-decreasing; its entries index
+ * vals (ptr[count] of them) that must lie in [0, n). */
+static int ragged_ok(const int64_t *ptr, const int64_t *vals, int64_t count, int64_t n)
+{
+    if (ptr[0] != 0)
+        return 0;
+    for (int64_t e = 0; e < count; e++)
+        if (ptr[e + 1] < ptr[e])
+            return 0;
+    for (int64_t k = 0; k < ptr[count]; k++)
+        if (vals[k] < 0 || vals[k] >= n)
+            return 0;
+    return 1;
+}
+
+int mhc_graph_costs_f64(const int64_t *indptr, const int64_t *indices, const double *weights,
+                        int64_t n, const int64_t *X, const int64_t *xptr, const int64_t *Y,
+                        const int64_t *yptr, int64_t edges, double *out, int n_threads,
+                        int64_t *err_index)
+{
+    int64_t nnz, ea, total = 0;
+    if (err_index)
+        *err_index = -1;
+    if (!indptr || !xptr || !yptr)
+        return MHC_ERR_NULL_POINTER;
+    if (MIS(indptr, int64_t) || MIS(indices, int64_t) || MIS(weights, double) ||
+        MIS(X, int64_t) || MIS(xptr, int64_t) || MIS(Y, int64_t) || MIS(yptr, int64_t) ||
+        MIS(out, double))
+        return MHC_ERR_MISALIGNED;
+    if (n < 0 || edges < 0 || n_threads < 0)
+        return MHC_ERR_INVALID_DIMENSION;
+    nnz = indptr[n];
+    ea = xptr[edges];
+    if ((nnz > 0 && (!indices || !weights)) || (ea > 0 && !X) ||
+        (yptr[edges] > 0 && !Y))
+        return MHC_ERR_NULL_POINTER;
+    /* the graph: indptr from 0, non-decreasing; indices in [0, n); weights > 0;
+     * the supports: offset tables from 0, vertices in [0, n) */
+    if (!ragged_ok(indptr, indices, n, n) || !ragged_ok(xptr, X, edges, n) ||
+        !ragged_ok(yptr, Y, edges, n))
+        return MHC_ERR_INVALID_DIMENSION;
+    for (int64_t e = 0; e < nnz; e++)
+        if (!(weights[e] > 0) || isinf(weights[e])) {
+            if (err_index)
+                *err_index = e;
+            return MHC_ERR_DOMAIN;
+        }
+    for (int64_t e = 0; e < edges; e++) {   /* out holds sum a_e * b_e costs */
+        int64_t ab;
+        if (__builtin_mul_overflow(xptr[e + 1] - xptr[e], yptr[e + 1] - yptr[e], &ab) ||
+            __builtin_add_overflow(total, ab, &total))
+            return MHC_ERR_INVALID_DIMENSION;
+    }
+    if (total == 0)
+        return MHC_OK;
+    if (!out)
+        return MHC_ERR_NULL_POINTER;
+    /* per-thread workspace: dist, seen, done, want, heap, pos (n each); the slot
+     * tables: 3 * ea + 3 * (n + 1) int64 */
+    if ((uint64_t)n > SIZE_MAX / 48 - 2 || (uint64_t)ea > SIZE_MAX / (3 * sizeof(int64_t)) - 1)
+        return MHC_ERR_OUT_OF_MEMORY;
+    const size_t ws_bytes = (size_t)n * 48;
+    /* slots grouped by source: counting sort */
+    int64_t *count = mhc_malloc(((size_t)n + 1) * sizeof(int64_t));
+    int64_t *slots = mhc_malloc((size_t)(ea > 0 ? 3 * ea : 1) * sizeof(int64_t));
+    int64_t *src = mhc_malloc(((size_t)n + 1) * sizeof(int64_t));
+    int64_t *slot_ptr = mhc_malloc(((size_t)n + 1) * sizeof(int64_t));
+    int status = MHC_ERR_OUT_OF_MEMORY;
+    if (!count || !slots || !src || !slot_ptr)
+        goto finish;
+    int64_t *slot_edge = slots + ea, *slot_out = slot_edge + ea;
+    memset(count, 0, ((size_t)n + 1) * sizeof(int64_t));
+    for (int64_t e = 0, off = 0; e < edges; e++) {
+        const int64_t b = yptr[e + 1] - yptr[e];
+        for (int64_t k = xptr[e]; k < xptr[e + 1]; k++, off += b) {
+            slot_edge[k] = e;
+            slot_out[k] = off;
+            count[X[k] + 1]++;
+        }
+    }
+    int64_t groups = 0;
+    for (int64_t v = 0; v < n; v++) {
+        if (count[v + 1] > 0) {
+            src[groups] = v;
+            slot_ptr[groups] = count[v];
+            groups++;
+        }
+        count[v + 1] += count[v];
+    }
+    slot_ptr[groups] = ea;
+    for (int64_t k = 0; k < ea; k++)
+        slots[count[X[k]]++] = k;
+    const graph_ctx ctx = {indptr, indices, weights, n, Y, yptr, src, slot_ptr, slots,
+                           slot_edge, slot_out, out, ws_bytes};
+    const int nth = threads_for(n_threads, sat_mul(groups, sat_mul(nnz, 4) + 1), 1 << 18);
+    status = mhc_run_chunks(graph_chunk, &ctx, groups, 1, nth, err_index);
+finish:
+    mhc_free(count);
+    mhc_free(slots);
+    mhc_free(src);
+    mhc_free(slot_ptr);
+    return status;
+}
