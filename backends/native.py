@@ -591,22 +591,34 @@ def plan(kernel, dtypes, ndims, call):
 
 # ---------------------------------------------------------------- curvature
 
-def ot_w1(cost, mu, mv, *, reg, iterations, tolerance, relax, isa, threads):
+def ot_w1(cost, mu, mv, rptr=None, cptr=None, *, reg, iterations, tolerance, relax, isa,
+          threads):
     """Entropic W1 of a batch of small transport problems by ``mhc_ot_w1_f64``:
-    ``cost (g, a, b)``, masses ``mu (g, a)``, ``mv (g, b)`` (float64; zero mass is
-    padding) -> ``(w (g,), iterations done (g,))``. Not a record of the pipeline:
-    the curvature composite calls it on host arrays it built itself."""
+    ragged (flat ``mu``, ``mv`` with offset tables ``rptr``, ``cptr`` and the
+    problems' cost matrices one after the other in flat ``cost``), or uniform
+    (``cost (g, a, b)``, ``mu (g, a)``, ``mv (g, b)``, no tables); float64, zero
+    mass is padding -> ``(w (g,), iterations done (g,))``. Not a record of the
+    pipeline: the curvature composite calls it on host arrays it built itself."""
     cost, mu, mv = (np.ascontiguousarray(a, dtype=np.float64) for a in (cost, mu, mv))
-    g, a, b = cost.shape
-    if mu.shape != (g, a) or mv.shape != (g, b):
-        raise ShapeError(f"ot_w1: masses of shapes {mu.shape} and {mv.shape} do not match "
-                         f"costs of shape {cost.shape}")
+    if rptr is None:
+        g, a, b = cost.shape
+        if mu.shape != (g, a) or mv.shape != (g, b):
+            raise ShapeError(f"ot_w1: masses of shapes {mu.shape} and {mv.shape} do not "
+                             f"match costs of shape {cost.shape}")
+        rptr, cptr = np.arange(g + 1) * a, np.arange(g + 1) * b
+    rptr, cptr = (np.ascontiguousarray(t, dtype=np.int64) for t in (rptr, cptr))
+    g = rptr.shape[0] - 1
+    if (cptr.shape != rptr.shape or g < 0 or mu.size != rptr[-1] or mv.size != cptr[-1] or
+            cost.size != int(np.dot(np.diff(rptr), np.diff(cptr)))):
+        raise ShapeError(f"ot_w1: offset tables {rptr.shape}, {cptr.shape} do not match "
+                         f"masses ({mu.size}, {mv.size}) and costs ({cost.size})")
     w = np.empty(g)
     done = np.empty(g, dtype=np.int64)
     err = ffi.new("int64_t *")
     status = lib.mhc_ot_w1_f64(
         ffi.from_buffer("double[]", cost), ffi.from_buffer("double[]", mu),
-        ffi.from_buffer("double[]", mv), g, a, b, reg, iterations, tolerance, int(relax),
+        ffi.from_buffer("double[]", mv), ffi.from_buffer("int64_t[]", rptr),
+        ffi.from_buffer("int64_t[]", cptr), g, reg, iterations, tolerance, int(relax),
         ffi.from_buffer("double[]", w), ffi.cast("int64_t *", done.ctypes.data),
         resolve_isa(isa), threads, err)
     if status == lib.MHC_ERR_DOMAIN:
@@ -650,4 +662,23 @@ def graph_costs(indptr, indices, weights, X, xptr, Y, yptr, *, threads, out=None
         raise DomainError(f"graph edge lengths must be finite and > 0; entry {err[0]} is "
                           f"{weights[err[0]]!r}", argument="graph")
     _check(status)
+    return out
+
+
+def point_costs(points, manifold, curvature, X, xptr, Y, yptr, *, isa, threads, out):
+    """Manifold distances between ragged supports of a point cloud by
+    ``mhc_point_costs_f64``, in ``graph_costs``' layout, into ``out`` (C-contiguous
+    float64 of the right size); points outside the manifold give NaN."""
+    points = np.ascontiguousarray(points, dtype=np.float64)
+    arrs = [np.ascontiguousarray(a, dtype=np.int64) for a in (X, xptr, Y, yptr)]
+    xptr, yptr = arrs[1], arrs[3]
+    size = int(np.dot(np.diff(xptr), np.diff(yptr)))
+    if out.dtype != np.float64 or out.size != size or not out.flags.c_contiguous:
+        raise ShapeError(f"point_costs: out must be a C-contiguous float64 array of {size} "
+                         f"elements; got {out.dtype} {out.shape}")
+    p = [ffi.from_buffer("int64_t[]", a) for a in arrs]
+    _check(lib.mhc_point_costs_f64(_MANIFOLD[manifold], ffi.from_buffer("double[]", points),
+                                   points.shape[0], points.shape[1], curvature, p[0], p[1],
+                                   p[2], p[3], xptr.shape[0] - 1,
+                                   ffi.from_buffer("double[]", out), resolve_isa(isa), threads))
     return out

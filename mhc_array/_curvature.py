@@ -205,20 +205,6 @@ def _pad_to(x, base):
     return -(-x // step) * step
 
 
-def _w1(C, mu, mv, reg, iterations):
-    """W1 of a batch of padded transport problems: the native kernel (the whole
-    epsilon-scaled Sinkhorn per problem in C, over threads) when the backend in force
-    is ``auto`` or ``native`` and the native module is there, else ``_sinkhorn_w1``
-    (the public ``sinkhorn_knopp`` on the backend in force)."""
-    native = _native()
-    if native is None:
-        return _sinkhorn_w1(C, mu, mv, reg, iterations)
-    from ._config import current
-    _, isa, threads = current()
-    return native.ot_w1(C, mu, mv, reg=reg, iterations=iterations, tolerance=TOLERANCE,
-                        relax=True, isa=isa, threads=threads)[0]
-
-
 def _sinkhorn_w1(C, mu, mv, reg, iterations):
     """Entropic W1 of a batch of (g, a, b) cost matrices with masses mu (g, a) and
     mv (g, b): sum(P * C) of the plan rounded onto the transport polytope (an upper
@@ -315,11 +301,12 @@ def _round_plan(P, r, c):
 # ---------------------------------------------------------------- curvature
 
 def _curvature_of_graph(edges, weights, n, alpha, reg, iterations, coords=None):
-    """kappa of every edge: transport problems padded into batches of one shape,
-    their costs gathered from bounded Dijkstra searches (a given graph) or the
-    manifold distances between the supports' points (``coords = (points, manifold,
-    curvature)``, a k-NN graph whose edge lengths are those distances), W1 by
-    ``_sinkhorn_w1``."""
+    """kappa of every edge: by the native kernels (``_curvature_native``) where the
+    backend in force allows, else transport problems padded into batches of one
+    shape, their costs gathered from bounded SciPy Dijkstra searches (a given graph)
+    or the manifold distances between the supports' points (``coords = (points,
+    manifold, curvature)``, a k-NN graph whose edge lengths are those distances), W1
+    by ``_sinkhorn_w1`` (the public ``sinkhorn_knopp``)."""
     import scipy.sparse as sp
     from scipy.sparse.csgraph import dijkstra
     E = edges.shape[0]
@@ -331,6 +318,9 @@ def _curvature_of_graph(edges, weights, n, alpha, reg, iterations, coords=None):
                         (np.concatenate([u_all, v_all]), np.concatenate([v_all, u_all]))),
                        shape=(n, n))
     adj.sort_indices()
+    native = _native()
+    if native is not None:
+        return _curvature_native(native, adj, edges, weights, alpha, reg, iterations, coords)
     indptr, indices, data = adj.indptr, adj.indices, adj.data
     deg = np.diff(indptr)
     maxw = np.zeros(n)
@@ -407,21 +397,11 @@ def _chunk(sl, p_all, q_all, rows_all, cols_all, weights, maxw, n, support, adj,
             # every cost asked of the source x is d(x, y) <= w(x, p) + w(p, q) + maxw[q]
             np.maximum.at(need, X.ravel(),
                           (wx + (w[members] + maxw[q[members]])[:, None]).ravel())
-        groups.append([members, X, Y, mp, mq, (len(members), a, b), np.empty(len(members))])
-    # the groups' cost arrays: consecutive views of one buffer (the native graph
-    # kernel writes them in this order in one call)
-    flat = np.empty(sum(math.prod(g[5]) for g in groups))
-    start = 0
-    for g in groups:
-        size = math.prod(g[5])
-        g[5] = flat[start:start + size].reshape(g[5])
-        start += size
+        groups.append([members, X, Y, mp, mq, np.empty((len(members), a, b)),
+                       np.empty(len(members))])
     if coords is not None:  # points: no search (need stays 0, no Dijkstra source)
         _point_costs(groups, w, coords)
-    native = _native()
-    if coords is None and native is not None:
-        _graph_costs_native(native, groups, p, q, adj, alpha > 0, flat)
-    elif coords is None:
+    else:
         _graph_costs_scipy(groups, p, q, need, n, adj, dijkstra)
     for members, X, Y, mp, mq, C, duv in groups:
         if not np.all(np.isfinite(C)) or not np.all(np.isfinite(duv)):
@@ -430,7 +410,7 @@ def _chunk(sl, p_all, q_all, rows_all, cols_all, weights, maxw, n, support, adj,
         a, b = C.shape[1:]
         step = max(1, EDGE_ELEMENTS // (a * b))
         for s in range(0, len(members), step):
-            W = _w1(C[s:s + step], mp[s:s + step], mq[s:s + step], reg, iterations)
+            W = _sinkhorn_w1(C[s:s + step], mp[s:s + step], mq[s:s + step], reg, iterations)
             kappa[base + members[s:s + step]] = 1.0 - W / duv[s:s + step]
 
 
@@ -481,36 +461,67 @@ def _native():
     return None
 
 
-def _graph_costs_native(native, groups, p, q, adj, own, flat):
-    """Costs of a given graph by the native kernel, one call for all the chunk's
-    groups into ``flat`` (whose views they are; one bounded Dijkstra search per
-    distinct support vertex, in C, over threads); d(p, q) is the cost of the first
-    row and column when p and q are in their supports (alpha > 0), else one more
-    call."""
+def _curvature_native(native, adj, edges, weights, alpha, reg, iterations, coords):
+    """kappa of every edge by the native kernels, without padding: per chunk of
+    edges (at most CHUNK_ELEMENTS cost entries), the supports as ragged lists, their
+    costs in one call (bounded Dijkstra searches, or the points' manifold
+    distances), W1 of every edge in one call of the batched transport kernel."""
     from ._config import current
-    threads = current()[2]
+    _, isa, threads = current()
+    indptr, indices = adj.indptr, adj.indices
+    deg = np.diff(indptr)
+    own = 1 if alpha > 0 else 0
+    size = deg + own
+    u_all, v_all = edges[:, 0], edges[:, 1]
+    E = edges.shape[0]
+    kappa = np.empty(E)
+    work = size[u_all] * size[v_all]
+    ends = np.cumsum(work)
 
-    def offsets(sizes):
-        return np.concatenate([[0], np.cumsum(sizes)])
+    def supports(nodes):
+        """[node] + neighbours (or the neighbours only) of each node, one after the
+        other, their offset table and their masses."""
+        ptr = np.concatenate([[0], np.cumsum(size[nodes])])
+        seg = np.repeat(np.arange(len(nodes)), size[nodes])
+        local = np.arange(ptr[-1]) - ptr[seg]
+        first = indptr[nodes][seg]
+        verts = indices[first + np.maximum(local - own, 0)]
+        mass = (1 - alpha) / deg[nodes][seg]
+        if own:
+            verts = np.where(local == 0, nodes[seg], verts)
+            mass = np.where(local == 0, alpha, mass)
+        return verts, ptr, mass
 
-    X = np.concatenate([g[1].ravel() for g in groups])
-    Y = np.concatenate([g[2].ravel() for g in groups])
-    xs = np.concatenate([np.full(len(g[0]), g[1].shape[1]) for g in groups])
-    ys = np.concatenate([np.full(len(g[0]), g[2].shape[1]) for g in groups])
-    native.graph_costs(adj.indptr, adj.indices, adj.data, X, offsets(xs), Y, offsets(ys),
-                       threads=threads, out=flat)
-    if own:
-        for members, X, Y, mp, mq, C, duv in groups:
-            duv[:] = C[:, 0, 0]
-    if not own:
-        members = np.concatenate([g[0] for g in groups])
-        ones = np.arange(len(members) + 1)
-        d = native.graph_costs(adj.indptr, adj.indices, adj.data, p[members], ones,
-                               q[members], ones, threads=threads)
-        start = 0
-        for g in groups:
-            g[6][:] = d[start:start + len(g[0])]
-            start += len(g[0])
+    start = 0
+    while start < E:
+        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - work[start] +
+                                                  CHUNK_ELEMENTS, "right")))
+        sl = slice(start, stop)
+        p, q = u_all[sl], v_all[sl]
+        X, xptr, mp = supports(p)
+        Y, yptr, mq = supports(q)
+        cost = np.empty(int(work[sl].sum()))
+        if coords is not None:
+            points, manifold, curvature = coords
+            native.point_costs(points, manifold, curvature, X, xptr, Y, yptr, isa=isa,
+                               threads=threads, out=cost)
+            duv = weights[sl]                   # the edge's length: that distance
+        else:
+            native.graph_costs(indptr, indices, adj.data, X, xptr, Y, yptr, threads=threads,
+                               out=cost)
+            if own:                             # p and q head their supports
+                duv = cost[np.concatenate([[0], np.cumsum(work[sl])[:-1]])]
+            else:
+                one = np.arange(len(p) + 1)
+                duv = native.graph_costs(indptr, indices, adj.data, p, one, q, one,
+                                         threads=threads)
+            if not np.all(np.isfinite(cost)):   # cannot happen: p and q are adjacent
+                raise RuntimeError("internal error: a shortest-path distance is missing")
+        W, _ = native.ot_w1(cost, mp, mq, xptr, yptr, reg=reg, iterations=iterations,
+                            tolerance=TOLERANCE, relax=True, isa=isa, threads=threads)
+        kappa[sl] = 1.0 - W / duv
+        start = stop
+    return kappa
 
 
 def ollivier_ricci_curvature(points, /, *, k=10, alpha=0.5, manifold="euclidean",

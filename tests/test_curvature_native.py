@@ -51,7 +51,7 @@ def problems(g, a, b, seed, padding=True):
     mv /= mv.sum(1, keepdims=True)
     pa, pb = rng.standard_normal((g, a, 3)), rng.standard_normal((g, b, 3))
     C = np.linalg.norm(pa[:, :, None] - pb[:, None], axis=-1)
-    C[:, :, 1] += 2.0 * rng.random((g, a))   # not a plain metric everywhere
+    C[:, :, min(1, b - 1)] += 2.0 * rng.random((g, a))   # not a plain metric
     C[(mu == 0)[:, :, None] & np.ones(b, bool)] = np.nan
     C[(mv == 0)[:, None, :] & np.ones((a, 1), bool)] = np.inf
     return C, mu, mv
@@ -141,16 +141,18 @@ def test_ot_domain_errors_name_the_problem(bad, index):
 
 
 def _ot_args(ffi, arrays, err, **over):
-    """The arguments of a valid mhc_ot_w1_f64 call on (C, mu, mv, w, done), with
-    ``over`` replacing some."""
+    """The arguments of a valid mhc_ot_w1_f64 call on (C, mu, mv, w, done) (uniform
+    problems as ragged ones), with ``over`` replacing some."""
     C, mu, mv, w, done = arrays
     g, a, b = C.shape
+    i64 = lambda t: ffi.from_buffer("int64_t[]", np.asarray(t, np.int64))  # noqa: E731
     args = dict(cost=ffi.from_buffer("double[]", C), mu=ffi.from_buffer("double[]", mu),
-                mv=ffi.from_buffer("double[]", mv), batch=g, rows=a, cols=b, reg=0.1,
-                iterations=10, tolerance=1e-3, relax=1, w=ffi.from_buffer("double[]", w),
+                mv=ffi.from_buffer("double[]", mv), rptr=i64(np.arange(g + 1) * a),
+                cptr=i64(np.arange(g + 1) * b), batch=g, reg=0.1, iterations=10,
+                tolerance=1e-3, relax=1, w=ffi.from_buffer("double[]", w),
                 iters=ffi.cast("int64_t *", done.ctypes.data), isa=-1, n_threads=1,
                 err_index=err)
-    args.update(over)
+    args.update({k: (i64(v) if isinstance(v, list) else v) for k, v in over.items()})
     return list(args.values())
 
 
@@ -159,10 +161,13 @@ def _ot_args(ffi, arrays, err, **over):
     (dict(reg=float("nan")), "INVALID_DIMENSION"), (dict(iterations=0), "INVALID_DIMENSION"),
     (dict(tolerance=-1.0), "INVALID_DIMENSION"), (dict(relax=2), "INVALID_DIMENSION"),
     (dict(batch=-1), "INVALID_DIMENSION"), (dict(n_threads=-1), "INVALID_DIMENSION"),
-    (dict(batch=2**40, rows=2**20, cols=2**20), "INVALID_DIMENSION"),
-    (dict(rows=2**62, cols=1, batch=1), "OUT_OF_MEMORY"),
+    (dict(rptr=[1, 3, 6]), "INVALID_DIMENSION"),          # not from 0
+    (dict(cptr=[0, 5, 4]), "INVALID_DIMENSION"),          # decreasing
+    (dict(rptr=[0, 2**40, 2**41], cptr=[0, 2**40, 2**41]), "INVALID_DIMENSION"),  # overflow
+    (dict(rptr=[0, 2**62, 2**62], cptr=[0, 1, 1]), "OUT_OF_MEMORY"),
     (dict(cost=None), "NULL_POINTER"), (dict(mu=None), "NULL_POINTER"),
-    (dict(mv=None), "NULL_POINTER"), (dict(w=None), "NULL_POINTER")])
+    (dict(mv=None), "NULL_POINTER"), (dict(w=None), "NULL_POINTER"),
+    (dict(rptr=None), "NULL_POINTER"), (dict(cptr=None), "NULL_POINTER")])
 def test_ot_abi_refuses_bad_arguments(override, status):
     from mhc_array._native import ffi, lib
     C, mu, mv = problems(2, 3, 4, seed=5, padding=False)
@@ -177,6 +182,31 @@ def test_ot_abi_refuses_bad_arguments(override, status):
     # iters and err_index may be NULL
     assert lib.mhc_ot_w1_f64(*_ot_args(ffi, arrays, ffi.NULL, iters=ffi.NULL)) == lib.MHC_OK
     assert np.all(np.isfinite(w))
+
+
+def test_ot_ragged_batch_matches_linear_programming():
+    """Problems of different sizes in one call (the curvature kernel's batch: one
+    problem per edge, sized by the two vertices' degrees), empty ones included."""
+    rng = np.random.default_rng(11)
+    sizes = [(3, 5), (1, 1), (9, 2), (0, 0), (17, 23), (4, 4)]
+    costs, mus, mvs = [], [], []
+    for k, (a, b) in enumerate(sizes):
+        if a == 0:
+            costs.append(np.zeros((0, 0))), mus.append(np.zeros(0)), mvs.append(np.zeros(0))
+            continue
+        C, mu, mv = problems(1, a, b, seed=k, padding=False)
+        costs.append(C[0]), mus.append(mu[0]), mvs.append(mv[0])
+    rptr = np.concatenate([[0], np.cumsum([a for a, _ in sizes])])
+    cptr = np.concatenate([[0], np.cumsum([b for _, b in sizes])])
+    w, done = native().ot_w1(np.concatenate([c.ravel() for c in costs]), np.concatenate(mus),
+                             np.concatenate(mvs), rptr, cptr, reg=1e-3, iterations=5000,
+                             tolerance=1e-7, relax=True, isa="auto", threads=2)
+    for k, (a, b) in enumerate(sizes):
+        if a == 0:
+            assert w[k] == 0 and done[k] == 0
+            continue
+        ref = exact_w1(costs[k], mus[k], mvs[k])
+        assert ref - 1e-9 <= w[k] <= ref + 3e-3 * costs[k].max(), (k, w[k], ref)
 
 
 # ---------------------------------------------------------------- graph costs

@@ -264,27 +264,30 @@ int mhc_hc_post_backward_f64(const double *x, int64_t x_tstride, const double *f
                              int64_t C, double *g_x, int64_t gx_tstride, double *g_f,
                              double *g_post, double *g_res, int isa, int n_threads);
 
-/* ---- Optimal transport of small problems (Ollivier-Ricci curvature) -----
- * For b in [0, batch): masses r = mu + b*rows (rows), c = mv + b*cols (cols),
- * finite and >= 0 with equal totals (1e-6 relative; an entry 0 is padding: that
- * row or column is not part of the problem), costs C = cost + b*rows*cols
- * (C-contiguous rows x cols, finite wherever both masses are > 0). Entropic
- * optimal transport by Sinkhorn with epsilon scaling from 0.1 down to `reg`,
- * both relative to the problem's cost range (stages at most 3x apart, each
- * started from the last one's dual potentials, so nothing underflows), at most
- * `iterations` per stage; the last stage ends when the plan's marginals are
- * within `tolerance` (L1) of r and c. `relax` 1: over-relaxed scalings
- * (u <- u^(-1/2) (r / Kv)^(3/2), back to plain steps for the rest of a stage
- * when the error stops improving), 0: plain Sinkhorn. Writes w[b] = <P, C> of the final plan rounded
- * onto the exact marginals (an upper bound of the exact W1, equal to it as reg
- * -> 0) and, when iters is not NULL, iters[b] = iterations done in all stages.
- * MHC_ERR_DOMAIN (nothing written) when a problem breaks the rules above:
- * err_index = that problem's b. Masses times costs beyond the double range give
- * w[b] = +-inf, or MHC_ERR_COMPUTATION (err_index = b) where they cancel to NaN. */
-int mhc_ot_w1_f64(const double *cost, const double *mu, const double *mv, int64_t batch,
-                  int64_t rows, int64_t cols, double reg, int64_t iterations, double tolerance,
-                  int relax, double *w, int64_t *iters, int isa, int n_threads,
-                  int64_t *err_index);
+/* ---- Curvature: optimal transport of small problems and their costs -----
+ * mhc_ot_w1_f64: for b in [0, batch): problem b has rows rptr[b] .. rptr[b+1]
+ * with masses r = mu[rptr[b] ...] and columns cptr[b] .. cptr[b+1] with masses
+ * c = mv[cptr[b] ...] (rptr, cptr: offset tables from 0, non-decreasing), finite
+ * and >= 0 with equal totals (1e-6 relative; a 0 is padding: that row or column
+ * is not part of the problem), and costs C (rows x cols, row-major), the
+ * problems' matrices one after the other in `cost`, finite wherever both masses
+ * are > 0. Entropic optimal transport by Sinkhorn with epsilon scaling from 0.1
+ * down to `reg`, both relative to the problem's cost range (stages at most 3x
+ * apart, each started from the last one's dual potentials, so nothing
+ * underflows), at most `iterations` per stage; the last stage ends when the
+ * plan's marginals are within `tolerance` (L1) of r and c. `relax` 1:
+ * over-relaxed scalings (u <- u^(-1/2) (r / Kv)^(3/2), back to plain steps for
+ * the rest of a stage when the error stops improving), 0: plain Sinkhorn.
+ * Writes w[b] = <P, C> of the final plan rounded onto the exact marginals (an
+ * upper bound of the exact W1, equal to it as reg -> 0) and, when iters is not
+ * NULL, iters[b] = iterations done in all stages. MHC_ERR_DOMAIN (nothing
+ * written) when a problem breaks the rules above: err_index = that problem's
+ * b. Masses times costs beyond the double range give w[b] = +-inf, or
+ * MHC_ERR_COMPUTATION (err_index = b) where they cancel to NaN. */
+int mhc_ot_w1_f64(const double *cost, const double *mu, const double *mv, const int64_t *rptr,
+                  const int64_t *cptr, int64_t batch, double reg, int64_t iterations,
+                  double tolerance, int relax, double *w, int64_t *iters, int isa,
+                  int n_threads, int64_t *err_index);
 
 /* mhc_graph_costs_f64: the cost matrices of curvature on a given graph. The
  * undirected graph in CSR form, both directions stored: vertex v's neighbours
@@ -301,6 +304,17 @@ int mhc_graph_costs_f64(const int64_t *indptr, const int64_t *indices, const dou
                         int64_t n, const int64_t *X, const int64_t *xptr, const int64_t *Y,
                         const int64_t *yptr, int64_t edges, double *out, int n_threads,
                         int64_t *err_index);
+
+/* mhc_point_costs_f64: the cost matrices of curvature on a point cloud. points
+ * (n x d, C-contiguous); edges laid out as in mhc_graph_costs_f64 (sources X,
+ * targets Y, offset tables xptr, yptr from 0; vertex indices in [0, n), else
+ * MHC_ERR_INVALID_DIMENSION); out[...] = the manifold distance (as
+ * mhc_distance_f64 computes it, curvature K for MHC_POINCARE) between the points
+ * of source and target; a point outside the manifold's domain gives NaN. */
+int mhc_point_costs_f64(int manifold, const double *points, int64_t n, int64_t d,
+                        double curvature, const int64_t *X, const int64_t *xptr,
+                        const int64_t *Y, const int64_t *yptr, int64_t edges, double *out,
+                        int isa, int n_threads);
 
 /* ---- Benchmark probes (not kernels) -------------------------------------
  * mhc_probe_read_f32: read x[0..n) once (sum): times a read-bandwidth floor.

@@ -64,12 +64,14 @@ typedef MHC_DIST_ARGS(float) mhc_dist_args_f32;
 typedef MHC_DIST_ARGS(double) mhc_dist_args_f64;
 
 /* Arguments of one batched optimal-transport call (mhc_ot_w1_f64): problem b has
- * costs cost[b*rows*cols ...] (C-contiguous rows x cols), masses mu[b*rows ...],
- * mv[b*cols ...]; results w[b] and, when iters is not NULL, iters[b]. */
+ * rows rptr[b] .. rptr[b+1] (masses mu[...]), columns cptr[b] .. cptr[b+1]
+ * (masses mv[...]) and costs at cost + coff[b] (C-contiguous rows x cols);
+ * results w[b] and, when iters is not NULL, iters[b]. */
 typedef struct {
     const double *cost, *mu, *mv;
+    const int64_t *rptr, *cptr, *coff;
     double *w; int64_t *iters;
-    int64_t rows, cols, max_iter;
+    int64_t max_iter;
     double reg, tol;
     int relax;
 } mhc_ot_args;
@@ -90,7 +92,7 @@ typedef struct {
  *                            sizeof(T) elements (vectors of up to 64 bytes, aligned
  *                            by the kernel)
  *  ot_w1(a, b0, b1, ws)      optimal transport problems [b0, b1) (ot_t.inc), ws
- *                            holds MHC_OT_WS(rows, cols, 8) doubles
+ *                            holds MHC_OT_WS(max rows, max cols, 8) doubles
  */
 typedef struct {
     const char *name;
