@@ -4,7 +4,7 @@
  * Each input picks a kernel family (MHC_FUZZ_FAMILY fixes one: 0 Sinkhorn
  * (forward and backward),
  * 1 distances (rows and pairwise), 2 the mHC connection (pre and post), 3 the
- * curvature kernels (transport, graph costs); -1 or unset: all), then a kernel
+ * curvature kernels (transport, graph and point costs); -1 or unset: all), then a kernel
  * of that family,
  * a dtype, an ISA level, a thread count, sizes, strides, flags and options,
  * and fills the arrays with raw bit patterns from the input (NaN, inf,
@@ -363,26 +363,40 @@ static void fuzz_curvature(src_t *s, int isa, int nth, int mis, int graph)
         const int64_t batch = pick(s, 0, 20), a = pick(s, 0, 19), b = pick(s, 0, 19);
         arr_t C = arr_new(s, batch * a * b, 8, mis == 1, 1);
         arr_t mu = arr_new(s, batch * a, 8, mis == 2, 1), mv = arr_new(s, batch * b, 8, 0, 1);
+        /* ragged: problem k has a - (k % 3) rows and b - (k % 2) columns (>= 0) */
+        int64_t *rptr = malloc((size_t)(batch + 1) * 8), *cptr = malloc((size_t)(batch + 1) * 8);
+        rptr[0] = cptr[0] = 0;
+        int64_t used = 0;
+        for (int64_t k = 0; k < batch; k++) {
+            const int64_t ra = a - k % 3 > 0 ? a - k % 3 : 0, cb = b - k % 2 > 0 ? b - k % 2 : 0;
+            rptr[k + 1] = rptr[k] + ra;
+            cptr[k + 1] = cptr[k] + cb;
+            used += ra * cb;
+        }
+        (void)used;   /* <= batch * a * b: C, mu, mv are large enough */
         /* most problems get equal totals, so that the solver runs (mu aligned) */
         for (int64_t k = 0; k < batch && mis != 2 && pick(s, 0, 3) != 0; k++) {
-            double *r = (double *)mu.data + k * a, *c = (double *)mv.data + k * b;
+            double *r = (double *)mu.data + rptr[k], *c = (double *)mv.data + cptr[k];
+            const int64_t ra = rptr[k + 1] - rptr[k], cb = cptr[k + 1] - cptr[k];
             double sr = 0, sc = 0;
-            for (int64_t i = 0; i < a; i++)
+            for (int64_t i = 0; i < ra; i++)
                 sr += r[i];
-            for (int64_t j = 0; j < b; j++)
+            for (int64_t j = 0; j < cb; j++)
                 sc += c[j];
             if (sr > 0 && sc > 0 && isfinite(sr) && isfinite(sc))
-                for (int64_t j = 0; j < b; j++)
+                for (int64_t j = 0; j < cb; j++)
                     c[j] *= sr / sc;
-            memcpy(mv.copy + k * b * 8, c, (size_t)b * 8);
+            memcpy(mv.copy + cptr[k] * 8, c, (size_t)cb * 8);
         }
         arr_t w = arr_new(s, batch, 8, mis == 3, 0), it = arr_new(s, batch, 8, 0, 0);
         const double reg = pick(s, 0, 4) == 0 ? 1e-4 : 0.01 * (double)pick(s, 1, 100);
         const int st = mhc_ot_w1_f64((const double *)C.data, (const double *)mu.data,
-                                     (const double *)mv.data, batch, a, b, reg, pick(s, 1, 300),
-                                     (double)pick(s, 0, 100) * 1e-4, (int)pick(s, 0, 1),
-                                     (double *)w.data, pick(s, 0, 1) ? (int64_t *)it.data : NULL,
-                                     isa, nth, &err);
+                                     (const double *)mv.data, rptr, cptr, batch, reg,
+                                     pick(s, 1, 300), (double)pick(s, 0, 100) * 1e-4,
+                                     (int)pick(s, 0, 1), (double *)w.data,
+                                     pick(s, 0, 1) ? (int64_t *)it.data : NULL, isa, nth, &err);
+        free(rptr);
+        free(cptr);
         check_status(st);
         if (st == MHC_ERR_DOMAIN && (err < 0 || err >= batch))
             FAIL("ot_w1 domain error index %lld outside the batch", (long long)err);
@@ -433,6 +447,19 @@ static void fuzz_curvature(src_t *s, int isa, int nth, int mis, int graph)
             if (!(((double *)out.data)[k] >= 0))
                 FAIL("graph_costs gave a negative or NaN distance");
     arr_same(&wts, "weights");
+    /* the same supports on a point cloud: manifold distances */
+    const int64_t d = pick(s, 0, 9), manifold = pick(s, 0, 2);
+    arr_t pts = arr_new(s, n * d, 8, mis == 3, 0);
+    int st2 = mhc_point_costs_f64((int)manifold, (const double *)pts.data, n, d,
+                                  0.5 + (double)pick(s, 0, 8), X, xptr, Y, yptr, edges,
+                                  (double *)out.data, isa, nth);
+    check_status(st2);
+    if (st2 == MHC_OK && manifold == MHC_EUCLIDEAN)
+        for (int64_t k = 0; k < total; k++)
+            if (((double *)out.data)[k] < 0)
+                FAIL("point_costs gave a negative Euclidean distance");
+    arr_same(&pts, "points");
+    arr_free(&pts);
     arr_free(&wts);
     arr_free(&out);
     free(indptr);
@@ -476,10 +503,11 @@ static void fuzz_bad_args(src_t *s, int isa)
         FAIL("NULL phi accepted by hc_pre (status %d)", st);
     double d1 = 1;
     int64_t zero = 0;
-    st = mhc_ot_w1_f64(&d1, NULL, &d1, 1, 1, 1, 0.1, 1, 0, 0, &d1, NULL, isa, 1, &err);
+    int64_t ptr1[2] = {0, 1};
+    st = mhc_ot_w1_f64(&d1, NULL, &d1, ptr1, ptr1, 1, 0.1, 1, 0, 0, &d1, NULL, isa, 1, &err);
     if (st != MHC_ERR_NULL_POINTER)
         FAIL("NULL mu accepted by ot_w1 (status %d)", st);
-    st = mhc_ot_w1_f64(&d1, &d1, &d1, neg, 1, 1, 0.1, 1, 0, 0, &d1, NULL, isa, 1, &err);
+    st = mhc_ot_w1_f64(&d1, &d1, &d1, ptr1, ptr1, neg, 0.1, 1, 0, 0, &d1, NULL, isa, 1, &err);
     if (st != MHC_ERR_INVALID_DIMENSION)
         FAIL("negative batch accepted by ot_w1 (status %d)", st);
     st = mhc_graph_costs_f64(&zero, NULL, NULL, neg, NULL, &zero, NULL, &zero, 0, &d1, 1, &err);
