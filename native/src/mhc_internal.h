@@ -71,10 +71,12 @@ typedef struct {
     const double *cost, *mu, *mv;
     const int64_t *rptr, *cptr, *coff;
     double *w; int64_t *iters;
-    int64_t max_iter;
+    int64_t max_iter, ws_per;   /* ws_per: workspace elements of one problem */
     double reg, tol;
     int relax;
 } mhc_ot_args;
+/* Problems the kernel keeps in flight at once (their iterations interleaved). */
+#define MHC_OT_TEAM 4
 /* Workspace elements of one ot_w1 problem with vectors of `lanes` elements. */
 #define MHC_OT_RUP(x, lanes) (((x) + (lanes) - 1) / (lanes) * (lanes))
 #define MHC_OT_WS(n, m, lanes)                                                      \
@@ -92,7 +94,8 @@ typedef struct {
  *                            sizeof(T) elements (vectors of up to 64 bytes, aligned
  *                            by the kernel)
  *  ot_w1(a, b0, b1, ws)      optimal transport problems [b0, b1) (ot_t.inc), ws
- *                            holds MHC_OT_WS(max rows, max cols, 8) doubles
+ *                            holds MHC_OT_TEAM parts of a->ws_per doubles, each
+ *                            MHC_OT_WS(max rows, max cols, 8)
  */
 typedef struct {
     const char *name;
