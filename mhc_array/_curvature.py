@@ -1,13 +1,15 @@
 """Ollivier-Ricci curvature of a point cloud's k-NN graph (or of a given graph), and
 the manifold it suggests (SPEC 2.4). See docs/curvature.md.
 
-Not a record of the pipeline: a composite of public functions. The k-NN graph is
-built with ``pairwise_distance`` in row blocks, the transport problems are solved
-with the batched ``sinkhorn_knopp`` (one small matrix per edge, padded with zero
-mass into batches of one shape). Costs: for points the manifold distances between
-the supports' points (``geometric_distance``); for a given graph shortest paths
-with bounded ``scipy.sparse.csgraph.dijkstra`` searches whose dense rows the costs
-are gathered from. Results in the points' library (NumPy for a given graph).
+Not a record of the pipeline: a composite. The k-NN graph is built with
+``pairwise_distance`` in row blocks. With the native backend (``auto`` or
+``native`` in force), each chunk of edges is one ragged batch: costs by the native
+graph-costs (bounded Dijkstra searches) or point-costs (manifold distances) kernel,
+W1 by the native batched transport kernel (``backends/native.py``: ``graph_costs``,
+``point_costs``, ``ot_w1``). Otherwise the problems are padded into batches of one
+shape for the public ``sinkhorn_knopp``, costs from bounded
+``scipy.sparse.csgraph.dijkstra`` searches or ``geometric_distance``. Results in the
+points' library (NumPy for a given graph).
 """
 
 import math
@@ -533,13 +535,15 @@ def ollivier_ricci_curvature(points, /, *, k=10, alpha=0.5, manifold="euclidean"
     ``u`` and ``(1 - alpha) / deg(u)`` on each neighbour of ``u``. Costs are graph
     shortest-path distances (edge lengths = the manifold's distance), and ``d(u, v)``
     is the shortest-path distance too (not the edge's own length: the two differ
-    when a detour through other points is shorter). W1 is entropic optimal
-    transport, solved with the batched ``sinkhorn_knopp`` (problems padded with zero
-    mass into batches of one shape), regularisation ``reg`` relative to each edge's largest cost;
-    the plan is rounded onto the exact marginals, so W1 is an upper bound of the
-    exact one (kappa a lower bound) and tends to it as ``reg`` shrinks (about 1e-2
-    of kappa at ``reg=1e-3``). Epsilon scaling in the scaled domain (each stage
-    started from the last one's plan) keeps small ``reg`` from underflowing.
+    when a detour through other points is shorter); for points, costs and d(u, v)
+    are the manifold's distances. W1 is entropic optimal transport by Sinkhorn-Knopp,
+    regularisation ``reg`` relative to each edge's cost range, with epsilon scaling
+    (stages from 0.1 down to ``reg``, each started from the last one's potentials, so
+    a small ``reg`` does not underflow): all edges in one ragged batch of the native
+    transport kernel (``auto`` / ``native`` backend), or padded batches of the
+    public ``sinkhorn_knopp`` (``array_api``). The plan is rounded onto the exact
+    marginals, so W1 is an upper bound of the exact one (kappa a lower bound) and
+    tends to it as ``reg`` shrinks (within 1e-2 of kappa at ``reg=1e-3``).
 
     Parameters
     ----------
@@ -555,7 +559,8 @@ def ollivier_ricci_curvature(points, /, *, k=10, alpha=0.5, manifold="euclidean"
     reg : float > 0
         Entropic regularisation, relative to the edge's largest cost.
     iterations : int >= 1
-        Sinkhorn iterations.
+        Sinkhorn iterations per stage of epsilon scaling, at most (a problem stops
+        earlier once its marginals are within 1e-3).
     graph : (edges (E, 2), weights (E,)), or a dense or SciPy-sparse adjacency
         matrix (nonzero = edge length), optional. Replaces the k-NN graph.
 

@@ -6,7 +6,8 @@ Each solver runs in a fresh subprocess (so that its peak resident memory is its
 own; GraphRicciCurvature computes in a worker process forked from it, whose peak
 RSS includes what it inherited); for mhc_array also the tracemalloc peak of the
 Python/NumPy heap during a second, untimed run,
-on one core (GraphRicciCurvature ``proc=1``, mhc_array one native thread). The
+on one core and on two (GraphRicciCurvature ``proc=1`` / ``2``, mhc_array one / two
+native threads). The
 graphs are rebuilt from fixed seeds in each subprocess; the parent compares the
 per-edge kappa.
 """
@@ -25,6 +26,8 @@ ALPHA = 0.5
 
 #: (name, builder) -- builders return (edges (E, 2) u < v, lengths (E,), n, points or None)
 CASES = ("knn", "geometric")
+#: core counts compared (mhc_array threads = GraphRicciCurvature worker processes)
+CORES = (1, 2)
 
 
 def _knn_case(n=2000, d=64, k=10, seed=0):
@@ -70,12 +73,12 @@ def _peak_rss_mib():
     return max(own, kids) / 1024.0  # Linux: KiB
 
 
-def _worker(case, solver, out_path, reg):
+def _worker(case, solver, out_path, reg, cores=1):
     edges, w, n, pts = _case(case)
     base = _peak_rss_mib()
     if solver == "mhc":
         import mhc_array as mx
-        mx.set_num_threads(1)
+        mx.set_num_threads(cores)
         mx.ollivier_ricci_curvature(None, graph=(edges[:50], w[:50]))  # warm (imports)
         base = _peak_rss_mib()
         t = time.perf_counter()
@@ -86,7 +89,7 @@ def _worker(case, solver, out_path, reg):
                                                                   alpha=ALPHA, reg=reg))
     elif solver == "mhc-points":
         import mhc_array as mx
-        mx.set_num_threads(1)
+        mx.set_num_threads(cores)
         mx.ollivier_ricci_curvature(pts[:50], k=10)
         base = _peak_rss_mib()
         t = time.perf_counter()
@@ -106,7 +109,7 @@ def _worker(case, solver, out_path, reg):
         # exp_power=0: neighbours get equal mass (its default weighs them by
         # exp(-length^2)); "pairwise" shortest paths: its all-pairs matrix of a
         # 10,000-node graph would be 10^8 Python floats
-        orc = OllivierRicci(G, alpha=ALPHA, method="OTD", exp_power=0, proc=1,
+        orc = OllivierRicci(G, alpha=ALPHA, method="OTD", exp_power=0, proc=cores,
                             shortest_path="all_pairs" if n <= 4000 else "pairwise",
                             verbose="ERROR")
         res = orc.compute_ricci_curvature_edges()
@@ -130,11 +133,11 @@ def _traced_peak(fn):
         tracemalloc.stop()
 
 
-def _spawn(case, solver, reg, tmp):
-    out = os.path.join(tmp, f"{case}-{solver}.npy")
+def _spawn(case, solver, reg, tmp, cores=1):
+    out = os.path.join(tmp, f"{case}-{solver}-{cores}.npy")
     cmd = [sys.executable, "-c",
            "import json, sys; from mhc_array._curvature_bench import _worker; "
-           f"print(json.dumps(_worker({case!r}, {solver!r}, {out!r}, {reg!r})))"]
+           f"print(json.dumps(_worker({case!r}, {solver!r}, {out!r}, {reg!r}, {cores!r})))"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{solver} on {case} failed:\n{p.stderr[-2000:]}")
@@ -164,8 +167,9 @@ def run(*, cases=CASES, reg=0.01, json_path=None):
                           if ln.startswith("model name")), "")
     except OSError:
         pass
-    print(f"Ollivier-Ricci curvature, alpha={ALPHA}, reg={reg}; one core each; "
-          f"{model or platform.processor()}")
+    print(f"Ollivier-Ricci curvature, alpha={ALPHA}, reg={reg}; {model or platform.processor()}"
+          f"; each row: mhc_array with that many threads, GraphRicciCurvature with proc= "
+          f"that many worker processes")
     if why:
         print(f"skipped: GraphRicciCurvature not installed ({why}); it is not a "
               "dependency of mhc_array: 'pip install GraphRicciCurvature' (0.6.1 pins "
@@ -178,29 +182,33 @@ def run(*, cases=CASES, reg=0.01, json_path=None):
             solvers = (["mhc-points"] if case == "knn" else []) + ["mhc"]
             if not why:
                 solvers.append("grc")
-            rows = {s: _spawn(case, s, reg, tmp) for s in solvers}
             labels = {"mhc": "mhc_array (graph=)", "mhc-points": "mhc_array (points, k-NN built)",
                       "grc": "GraphRicciCurvature OTD"}
-            for s, r in rows.items():
-                extra = ""
-                if "grc" in rows and s != "grc":
-                    extra = f"  speedup {rows['grc']['seconds'] / r['seconds']:7.1f}x"
-                    if s == "mhc":   # the same graph and costs: comparable edge by edge
-                        d = np.abs(r["kappa"] - rows["grc"]["kappa"])
-                        extra += f"  |kappa - GRC| max {d.max():.2e} mean {d.mean():.2e}"
-                    else:            # points: costs are the points' distances, not paths
-                        extra += "  (costs: the points' distances; kappa not GRC's)"
-                heap = (f"heap peak {r['traced_peak_mib']:6.0f} MiB"
-                        if r.get("traced_peak_mib") is not None else "heap peak      -    ")
-                print(f"  {labels[s]:32s} {r['seconds']:9.3f} s  {heap}  peak RSS "
-                      f"{r['peak_rss_mib']:5.0f} MiB (before the solve {r['base_rss_mib']:.0f})"
-                      f"{extra}")
-            results.append({"case": case, "nodes": n, "edges": int(len(edges)),
-                            **{s: {k: v for k, v in r.items() if k != "kappa"}
-                               for s, r in rows.items()}})
-            if "grc" in rows:
-                d = np.abs(rows["mhc"]["kappa"] - rows["grc"]["kappa"])
-                results[-1]["kappa_abs_diff"] = {"max": float(d.max()), "mean": float(d.mean())}
+            entry = {"case": case, "nodes": n, "edges": int(len(edges))}
+            for cores in CORES:
+                rows = {s: _spawn(case, s, reg, tmp, cores) for s in solvers}
+                print(f"  {cores} core{'s' if cores > 1 else ''}:")
+                for s, r in rows.items():
+                    extra = ""
+                    if "grc" in rows and s != "grc":
+                        extra = f"  speedup {rows['grc']['seconds'] / r['seconds']:7.1f}x"
+                        if s == "mhc":   # the same graph and costs: comparable edge by edge
+                            d = np.abs(r["kappa"] - rows["grc"]["kappa"])
+                            extra += f"  |kappa - GRC| max {d.max():.2e} mean {d.mean():.2e}"
+                        else:            # points: costs are the points' distances, not paths
+                            extra += "  (costs: the points' distances; kappa not GRC's)"
+                    heap = (f"heap peak {r['traced_peak_mib']:6.0f} MiB"
+                            if r.get("traced_peak_mib") is not None else "heap peak      -    ")
+                    print(f"    {labels[s]:32s} {r['seconds']:9.3f} s  {heap}  peak RSS "
+                          f"{r['peak_rss_mib']:5.0f} MiB (before the solve "
+                          f"{r['base_rss_mib']:.0f}){extra}")
+                entry[f"cores={cores}"] = {s: {k: v for k, v in r.items() if k != "kappa"}
+                                           for s, r in rows.items()}
+                if "grc" in rows:
+                    d = np.abs(rows["mhc"]["kappa"] - rows["grc"]["kappa"])
+                    entry[f"cores={cores}"]["kappa_abs_diff"] = {"max": float(d.max()),
+                                                                 "mean": float(d.mean())}
+            results.append(entry)
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"cpu": model, "reg": reg, "alpha": ALPHA, "results": results}, f,
