@@ -271,7 +271,7 @@ int mhc_hc_post_backward_f64(const double *x, int64_t x_tstride, const double *f
  * and >= 0 with equal totals (1e-6 relative; a 0 is padding: that row or column
  * is not part of the problem), and costs C (rows x cols, row-major), the
  * problems' matrices one after the other in `cost`, finite wherever both masses
- * are > 0. Entropic optimal transport by Sinkhorn with epsilon scaling from 0.1
+ * are > 0. Entropic optimal transport by Sinkhorn with epsilon scaling from 0.02
  * down to `reg`, both relative to the problem's cost range (stages at most 3x
  * apart, each started from the last one's dual potentials, so nothing
  * underflows), at most `iterations` per stage; the last stage ends when the
