@@ -226,9 +226,14 @@ def random_graph(n, density, seed, components=1):
     return A, csr
 
 
+@pytest.mark.parametrize("lengths", ["random", "equal"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_graph_costs_match_scipy_shortest_paths(threads):
+def test_graph_costs_match_scipy_shortest_paths(threads, lengths):
+    """Dijkstra (random lengths) and breadth-first search (all lengths equal)."""
     A, csr = random_graph(120, 0.04, seed=3, components=2)
+    if lengths == "equal":
+        A = (A > 0) * 1.5
+        csr.data[:] = 1.5
     D = shortest_path(sp.csr_array(A), directed=False)
     rng = np.random.default_rng(4)
     edges = 200

@@ -5,8 +5,9 @@
  * searches are memory-bound pointer chasing.
  *
  * The (edge, row) slots are grouped by their source vertex (counting sort); one
- * Dijkstra search per distinct source (indexed binary heap) runs until
- * every vertex its slots ask for is settled, and fills those slots' cost rows.
+ * Dijkstra search per distinct source (indexed binary heap; breadth-first when
+ * every edge has the same length) runs until every vertex its slots ask for is
+ * settled, and fills those slots' cost rows.
  * Threads split the distinct sources; each slot row is written by one search.
  */
 #include "mhc_internal.h"
@@ -24,6 +25,7 @@ typedef struct {
     const int64_t *slot_edge, *slot_out;  /* its edge, its cost row's offset in out */
     double *out;
     size_t ws_bytes;
+    double unit;              /* > 0: every edge has this length (breadth-first search) */
 } graph_ctx;
 
 /* An indexed binary min-heap of vertices keyed by dist[], with each vertex's
@@ -101,6 +103,27 @@ static int graph_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
                     missing++;
                 }
         }
+        if (g->unit > 0) {
+            /* one length: breadth-first, a vertex is settled when first reached */
+            int64_t *queue = h.v, head = 0, tail = 0;
+            seen[x] = done[x] = s;
+            dist[x] = 0;
+            queue[tail++] = x;
+            while (head < tail && missing > 0) {
+                const int64_t v = queue[head++];
+                if (want[v] == s)
+                    missing--;
+                for (int64_t e = g->indptr[v]; e < g->indptr[v + 1]; e++) {
+                    const int64_t w = g->indices[e];
+                    if (done[w] != s) {
+                        done[w] = seen[w] = s;
+                        dist[w] = dist[v] + g->unit;
+                        queue[tail++] = w;
+                    }
+                }
+            }
+            goto fill;
+        }
         /* Dijkstra from x until every asked vertex is settled (seen[v] == s: v was
          * reached in this search, done[v] == s: settled, its distance final) */
         h.len = 0;
@@ -128,6 +151,7 @@ static int graph_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
                 }
             }
         }
+    fill:
         for (int64_t k = g->slot_ptr[s]; k < g->slot_ptr[s + 1]; k++) {
             const int64_t slot = g->slots[k], e = g->slot_edge[slot];
             const int64_t *y = g->Y + g->yptr[e], b = g->yptr[e + 1] - g->yptr[e];
@@ -235,8 +259,12 @@ int mhc_graph_costs_f64(const int64_t *indptr, const int64_t *indices, const dou
     slot_ptr[groups] = ea;
     for (int64_t k = 0; k < ea; k++)
         slots[count[X[k]]++] = k;
+    double unit = nnz > 0 ? weights[0] : 0;     /* one length for all edges? */
+    for (int64_t e = 1; e < nnz && unit > 0; e++)
+        if (weights[e] != unit)
+            unit = 0;
     const graph_ctx ctx = {indptr, indices, weights, n, Y, yptr, src, slot_ptr, slots,
-                           slot_edge, slot_out, out, ws_bytes};
+                           slot_edge, slot_out, out, ws_bytes, unit};
     const int nth = threads_for(n_threads, sat_mul(groups, sat_mul(nnz, 4) + 1), 1 << 18);
     status = mhc_run_chunks(graph_chunk, &ctx, groups, 1, nth, err_index);
 finish:
