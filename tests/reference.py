@@ -262,3 +262,21 @@ def sinkhorn_grad_numeric(x, up, h=1e-6, **kw):
         xm[idx] -= h
         g[idx] = np.sum(up * (sinkhorn(xp, **kw) - sinkhorn(xm, **kw))) / (2 * h)
     return g
+
+
+def transport_w1(C, mu, mv):
+    """Exact W1 of one transport problem by linear programming (SciPy's HiGHS) over
+    the plans between the masses > 0 of ``mu`` and ``mv``, costs ``C``."""
+    from scipy.optimize import linprog
+    rows, cols = np.flatnonzero(mu > 0), np.flatnonzero(mv > 0)
+    C = np.asarray(C, dtype=np.float64)[np.ix_(rows, cols)]
+    a, b = len(rows), len(cols)
+    A_eq = np.zeros((a + b, a * b))
+    for i in range(a):
+        A_eq[i, i * b:(i + 1) * b] = 1
+    for j in range(b):
+        A_eq[a + j, j::b] = 1
+    res = linprog(C.ravel(), A_eq=A_eq, b_eq=np.concatenate([mu[rows], mv[cols]]),
+                  bounds=(0, None), method="highs")
+    assert res.status == 0
+    return res.fun

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from scipy.optimize import linprog
 from scipy.sparse.csgraph import shortest_path
 
 import mhc_array as mx
+import reference as ref
 from conftest import cpu_supports, native_available
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native backend unavailable")
@@ -23,20 +23,7 @@ def native():
     return nat
 
 
-def exact_w1(C, mu, mv):
-    """W1 of one problem by linear programming over the plans of the masses > 0."""
-    rows, cols = np.flatnonzero(mu > 0), np.flatnonzero(mv > 0)
-    C = C[np.ix_(rows, cols)]
-    a, b = len(rows), len(cols)
-    A_eq = np.zeros((a + b, a * b))
-    for i in range(a):
-        A_eq[i, i * b:(i + 1) * b] = 1
-    for j in range(b):
-        A_eq[a + j, j::b] = 1
-    res = linprog(C.ravel(), A_eq=A_eq, b_eq=np.concatenate([mu[rows], mv[cols]]),
-                  bounds=(0, None), method="highs")
-    assert res.status == 0
-    return res.fun
+exact_w1 = ref.transport_w1
 
 
 def problems(g, a, b, seed, padding=True):
