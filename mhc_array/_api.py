@@ -9,7 +9,7 @@ other step is the pipeline's.
 
 from . import _dispatch
 from ._options import choice, flag, iterations, nonnegative, positive
-from ._pipeline import Op
+from ._pipeline import Arg, Op
 from .errors import DomainError, ShapeError
 
 __all__ = [
@@ -89,9 +89,13 @@ def _show(xp, a):
         return "(not shown)"
 
 
+# row and column targets: optional, (..., n) / (..., m) or (..., 1), checked by the hook
+_TARGETS = (Arg("row_sums", ("n",), optional=True, checked=False),
+            Arg("col_sums", ("m",), optional=True, checked=False))
+
 SINKHORN = Op(
     "sinkhorn_knopp", kernel="sinkhorn",
-    arrays=(("x", "(..., n, m)"), ("row_sums", None), ("col_sums", None)),
+    arrays=(Arg("x", ("n", "m")), *_TARGETS), results=(("n", "m"),),
     options=(("iterations", iterations), ("tau", nonnegative), ("logits", flag),
              ("order", order_option)),
     shapes=_sinkhorn_shapes, out=True, ragged=True, plan_arrays=1)
@@ -153,8 +157,7 @@ def _sinkhorn_backward_shapes(xp, call, names, arrays, opts, cdt):
 # calls it): sum(grad * sinkhorn_knopp(x)) differentiated, targets held fixed.
 SINKHORN_BACKWARD = Op(
     "sinkhorn_knopp_backward", kernel="sinkhorn_backward",
-    arrays=(("x", "(..., n, m)"), ("row_sums", None), ("col_sums", None),
-            ("grad", "(..., n, m)")),
+    arrays=(Arg("x", ("n", "m")), *_TARGETS, Arg("grad", ("n", "m"))),
     options=SINKHORN.options, shapes=_sinkhorn_backward_shapes, plan_arrays=0)
 
 
@@ -185,7 +188,7 @@ def _pairwise_shapes(xp, call, names, arrays, opts, cdt):
 
 
 checked_size = _dispatch.checked_size
-_POINTS = (("x", "(..., d)"), ("c", "(..., d)"))
+_POINTS = (Arg("x", ("d",)), Arg("c", ("d",)))
 _CURVATURE = ("curvature", positive)
 _ON_DOMAIN_ERROR = ("on_domain_error", on_domain_error_option)
 
@@ -193,7 +196,8 @@ _ON_DOMAIN_ERROR = ("on_domain_error", on_domain_error_option)
 def _distance_op(name, manifold=None):
     """The record of a row-wise distance (``manifold`` fixed, or an option)."""
     options = (_CURVATURE, _ON_DOMAIN_ERROR)
-    return Op(name, kernel="distance", arrays=_POINTS, dtype="common", shapes=_distance_shapes,
+    return Op(name, kernel="distance", arrays=_POINTS, results=((),), dtype="common",
+              shapes=_distance_shapes,
               options=options if manifold else (("manifold", manifold_option),) + options,
               fixed={"manifold": manifold} if manifold else None, plan_arrays=2)
 
@@ -202,7 +206,8 @@ EUCLIDEAN = _distance_op("euclidean_distance", "euclidean")
 POINCARE = _distance_op("poincare_distance", "poincare")
 SPHERICAL = _distance_op("spherical_distance", "spherical")
 GEOMETRIC = _distance_op("geometric_distance")
-PAIRWISE = Op("pairwise_distance", kernel="pairwise", arrays=(("x", None), ("y", None)),
+PAIRWISE = Op("pairwise_distance", kernel="pairwise",
+              arrays=(Arg("x", ("N", "d"), checked=False), Arg("y", ("M", "d"), checked=False)),
               dtype="common", shapes=_pairwise_shapes,
               options=(("manifold", manifold_option), _CURVATURE, _ON_DOMAIN_ERROR))
 
@@ -273,10 +278,12 @@ def pairwise_distance(x, y, /, *, manifold="euclidean", curvature=1.0,
 
 # ---------------------------------------------------------------- manifolds
 
-CHECK_MANIFOLD = Op("check_manifold", kernel="check_manifold", arrays=(("x", "(..., d)"),),
+CHECK_MANIFOLD = Op("check_manifold", kernel="check_manifold", arrays=(Arg("x", ("d",)),),
+                    results=((),),
                     options=(("manifold", manifold_option), _CURVATURE, ("atol", nonnegative)),
                     restore=(), backends=("array_api",))
-PROJECT = Op("project_to_manifold", kernel="project_to_manifold", arrays=(("x", "(..., d)"),),
+PROJECT = Op("project_to_manifold", kernel="project_to_manifold", arrays=(Arg("x", ("d",)),),
+             results=(("d",),),
              options=(("manifold", manifold_option), _CURVATURE), backends=("array_api",))
 
 

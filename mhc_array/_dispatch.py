@@ -19,12 +19,11 @@ import importlib
 import math
 import threading
 import time
-import warnings
 
 import array_api_compat
 
 from . import _stats
-from .errors import BackendUnavailableError, ShapeError, UnsupportedDTypeError
+from .errors import BackendUnavailableError, ShapeError, UnsupportedDTypeError, warn_at_caller
 
 # DLPack device types (dlpack.h): the CPU and CUDA families.
 _DL_CPU = 1
@@ -42,13 +41,18 @@ def namespace_of(x, name):
     try:
         xp = array_api_compat.array_namespace(x)
     except TypeError:
-        raise TypeError(
-            f"{name} must be an array (NumPy, PyTorch, CuPy, JAX, Dask or any array-API "
-            f"array); got {cls.__module__}.{cls.__qualname__}") from None
+        raise not_an_array(name, x) from None
     lib = cls.__module__.split(".")[0]
     lib = {"jaxlib": "jax"}.get(lib, lib)
     _ns_cache[cls] = (xp, lib)
     return xp, lib
+
+
+def not_an_array(name, value):
+    """The TypeError for argument ``name`` given ``value``, which is not an array."""
+    what = "None" if value is None else f"{type(value).__module__}.{type(value).__qualname__}"
+    return TypeError(f"{name} must be an array (NumPy, PyTorch, CuPy, JAX, Dask or any "
+                     f"array-API array); got {what}")
 
 
 def device_type(x):
@@ -185,7 +189,7 @@ def warn_once(cause, message):
         if cause in _warned:
             return
         _warned.add(cause)
-    warnings.warn(message, RuntimeWarning, stacklevel=6)  # the caller of the public function
+    warn_at_caller(message, RuntimeWarning)
 
 
 def select_backend(x, lib, kernel, requested):

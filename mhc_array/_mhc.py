@@ -22,14 +22,14 @@ import numpy as np
 
 from ._dispatch import broadcast_batch, common_namespace, device_of
 from . import _options
-from ._pipeline import Op
+from ._pipeline import Arg, Op
 from .errors import ShapeError
 
 __all__ = ["mhc_pre", "mhc_post", "MHCLayer"]
 
 VARIANTS = ("paper", "deepseek-v4")
 NORM_EPS = HC_EPS = 1e-6  # the defaults (DeepSeek-V4's rms_norm_eps and hc_eps)
-_STREAMS = ("x", "(..., n, C)")
+_STREAMS = Arg("x", ("n", "C"))
 _variant = _options.choice(*VARIANTS)
 
 
@@ -85,7 +85,9 @@ def _post_shapes(xp, call, names, arrays, opts, cdt):
 
 
 MHC_PRE = Op("mhc_pre", kernel="mhc_pre",
-             arrays=(_STREAMS, ("phi", None), ("bias", None), ("alpha", None)),
+             arrays=(_STREAMS, Arg("phi", ("p", "q"), checked=False),
+                     Arg("bias", ("k",), checked=False), Arg("alpha", ("t",), checked=False)),
+             results=(("C",), ("n",), ("n",), ("n", "n")),
              options=(("iterations", _options.iterations), ("norm_eps", _options.nonnegative),
                       ("variant", _variant), ("hc_eps", _options.nonnegative)),
              names=_param_names, dtype="coefficients", shapes=_pre_shapes, restore=(0,))
@@ -115,12 +117,16 @@ def _pre_backward_shapes(xp, call, names, arrays, opts, cdt):
 # gradients (bias: sum gz; alpha: sum gz*y per group; phi: sum v^T gp).
 MHC_PRE_BACKWARD = Op(
     "mhc_pre_backward", kernel="mhc_pre_backward",
-    arrays=(_STREAMS, ("phi", None), ("bias", None), ("alpha", None), ("g_in", None),
-            ("g_pre", None), ("g_post", None), ("g_res", None)),
+    arrays=(*MHC_PRE.arrays, Arg("g_in", ("C",), optional=True, checked=False),
+            Arg("g_pre", ("n",), optional=True, checked=False),
+            Arg("g_post", ("n",), optional=True, checked=False),
+            Arg("g_res", ("n", "n"), optional=True, checked=False)),
     options=MHC_PRE.options, names=_pre_backward_names, dtype="coefficients",
     shapes=_pre_backward_shapes, restore=(0,), backends=("native", "array_api", "cupy"))
+_POST_ARRAYS = (_STREAMS, Arg("f_out", ("C",), checked=False),
+                Arg("h_post", ("n",), checked=False), Arg("h_res", ("n", "n"), checked=False))
 MHC_POST = Op("mhc_post", kernel="mhc_post",
-              arrays=(_STREAMS, ("f_out", None), ("h_post", None), ("h_res", None)),
+              arrays=_POST_ARRAYS, results=(("n", "C"),),
               dtype="coefficients", shapes=_post_shapes, out=True)
 
 
@@ -140,7 +146,7 @@ def _post_backward_shapes(xp, call, names, arrays, opts, cdt):
 # sums them over the axes along which it broadcast f_out, h_post, h_res).
 MHC_POST_BACKWARD = Op(
     "mhc_post_backward", kernel="mhc_post_backward",
-    arrays=(_STREAMS, ("f_out", None), ("h_post", None), ("h_res", None), ("grad", None)),
+    arrays=(*_POST_ARRAYS, Arg("grad", ("n", "C"), checked=False)),
     dtype="coefficients", shapes=_post_backward_shapes, restore=(0,),
     backends=("native", "array_api", "cupy"))
 

@@ -29,6 +29,7 @@ takes the general path, which raises every error. Plans see validated options
 
 import operator
 import time
+from typing import NamedTuple
 
 from . import _config, _dispatch, _stats
 from ._dispatch import Call, checked_size, common_namespace, compute_dtype, select_backend
@@ -43,6 +44,44 @@ ALL_BACKENDS = ("native", "cupy", "array_api")
 _RECORDS = {}  # name -> Op: records pickle by name (dask sends calls to worker processes)
 
 
+class Arg(NamedTuple):
+    """One array argument of a record.
+
+    name      its name in errors (a record's ``names`` hook may rename it per call)
+    core      the names of its core (last) dimensions, e.g. ``("n", "m")``: the
+              generalised-ufunc signature of the argument (``mhc_array.dask`` maps
+              the other, batch, axes block-wise)
+    optional  None is a valid value (else None is a TypeError naming it)
+    checked   the pipeline checks that it has at least ``len(core)`` dimensions;
+              False: the record's ``shapes`` hook checks its shape
+    """
+    name: str
+    core: tuple = ()
+    optional: bool = False
+    checked: bool = True
+
+    @property
+    def text(self):
+        """The shape as errors write it: ``(..., n, m)``."""
+        return "(" + ", ".join(("...",) + tuple(self.core)) + ")"
+
+
+class _LastPlan(NamedTuple):
+    """The plan a record used last and what it was made for: the configuration and
+    the type, dtype and ndim of the first array and (two-array plans) the second."""
+    config: object
+    x_type: type
+    x_dtype: object
+    x_ndim: int
+    y_type: type
+    y_dtype: object
+    y_ndim: int
+    plan: object
+
+
+_NO_PLAN = _LastPlan(None, None, None, -1, None, None, -1, None)  # matches no call
+
+
 def record(name):
     """The record of the public function ``name`` (what an Op unpickles to)."""
     if name not in _RECORDS:
@@ -54,9 +93,12 @@ class Op:
     """One public function as data.
 
     name      the public name (the key of ``stats()``)
-    arrays    ((name, core shape text or None), ...) in positional order; the
-              text ``"(..., n, m)"`` means at least 2 dimensions and names them
-              in the error; None: optional, checked by ``shapes``
+    arrays    its array arguments in positional order, each an :class:`Arg`
+              (name, core dimensions, optional, checked by the pipeline or by
+              ``shapes``)
+    results   the core dimensions of each result (``(("n", "m"),)`` for one
+              matrix per batch entry), or None where a record has no block-wise
+              (dask) form
     kernel    the backend function to call:
               ``kernel(xp, *arrays, call=..., **options, **extra[, out=])``
     options   ((name, validator), ...) keyword options, validated on every call;
@@ -66,7 +108,10 @@ class Op:
     dtype     "first": the first array's compute dtype (SPEC 2.6), the others
               only checked; "common": one dtype for all (float64 if any is);
               "coefficients": float32 (float64 for float64 or integer input)
-              for every array, results in the first array's dtype
+              for every array, results in the first array's dtype; "exact":
+              nothing cast, the arrays reach the kernel as given (the curvature
+              kernels: float64 values and int64 indices a composite built, the
+              ``shapes`` hook checks them; ``restore`` must be ())
     shapes    hook ``(xp, call, names, arrays, options, cdt) -> (arrays, extra)``
               checking the relations between shapes (and preparing arrays);
               ``extra`` are more keyword arguments for the kernel
@@ -79,18 +124,20 @@ class Op:
     backends  the backends that implement ``kernel``; another backend chosen by
               the configuration hands the call to ``array_api``
     plan_arrays
-              how many leading arrays key a cached plan (0: no plans); the
-              other arrays must be None for a plan to be used
+              how many leading arrays (1 or 2; 0: no plans) key a cached plan (the
+              plan gets every array and declines the calls it does not serve)
     """
 
-    __slots__ = ("name", "arrays", "kernel", "options", "fixed", "dtype", "shapes", "restore",
-                 "out", "ragged", "names", "backends", "plan_arrays", "plans", "_min_ndim",
-                 "_array_names", "_no_more", "_valid", "_last_options", "_last_plan", "_core")
+    __slots__ = ("name", "arrays", "results", "kernel", "options", "fixed", "dtype", "shapes",
+                 "restore", "out", "ragged", "names", "backends", "plan_arrays", "plans",
+                 "_array_names", "_valid", "_last_options", "_last_plan", "_core", "_required")
 
-    def __init__(self, name, *, arrays, kernel, options=(), fixed=None, dtype="first",
-                 shapes=None, restore="all", out=False, ragged=False, names=None,
-                 backends=ALL_BACKENDS, plan_arrays=0):
-        self.name, self.arrays, self.kernel = name, tuple(arrays), kernel
+    def __init__(self, name, *, arrays, kernel, results=None, options=(), fixed=None,
+                 dtype="first", shapes=None, restore="all", out=False, ragged=False,
+                 names=None, backends=ALL_BACKENDS, plan_arrays=0):
+        self.name, self.kernel = name, kernel
+        self.arrays = tuple(a if isinstance(a, Arg) else Arg(*a) for a in arrays)
+        self.results = None if results is None else tuple(tuple(r) for r in results)
         self.options, self.fixed = tuple(options), dict(fixed or {})
         self.dtype, self.shapes, self.restore = dtype, shapes, restore
         self.out, self.ragged, self.names = out, ragged, names
@@ -99,18 +146,14 @@ class Op:
         self.plans = {}
         self._valid = {}
         self._last_options = ((object(),), None)  # (options, validated): matches nothing
-        self._last_plan = (None,) * 8             # (key..., plan): matches nothing
-        # a plan serves calls whose other (optional) arrays are None: at most two
-        # such arrays for a one-array plan, none for a two-array plan
-        self._no_more = (None,) * (len(self.arrays) - plan_arrays)
-        if plan_arrays and len(self._no_more) not in ((2,) if plan_arrays == 1 else (0,)):
-            raise ValueError(f"{name}: a plan keyed by {plan_arrays} array(s) cannot be "
-                             f"used with {len(self._no_more)} more")
-        self._array_names = tuple(a for a, _ in self.arrays)
-        self._min_ndim = tuple(None if text is None else text.count(",") for _, text in self.arrays)
-        # (index, min ndim, shape text) of the arrays with a core shape
-        self._core = tuple((i, k, text) for i, (k, (_, text)) in
-                           enumerate(zip(self._min_ndim, self.arrays)) if k is not None)
+        self._last_plan = _NO_PLAN
+        if plan_arrays not in (0, 1, 2):
+            raise ValueError(f"{name}: plans are keyed by 1 or 2 arrays, not {plan_arrays}")
+        self._array_names = tuple(a.name for a in self.arrays)
+        # (index, min ndim, shape text) of the arrays whose core ndim the pipeline checks
+        self._core = tuple((i, len(a.core), a.text) for i, a in enumerate(self.arrays)
+                           if a.checked)
+        self._required = tuple(i for i, a in enumerate(self.arrays) if not a.optional)
 
     def __repr__(self):
         return f"Op({self.name!r}, kernel={self.kernel!r})"
@@ -156,37 +199,26 @@ class Op:
         """One call: ``arrays`` and ``options`` are tuples in the record's order."""
         k = self.plan_arrays
         if k and out is None:  # a cached plan, when one serves these arrays
-            # The last plan and options used, when the arrays' type, dtype and ndim,
-            # the configuration and the option objects are the very same (written
-            # out inline: this is the latency of every small call); else _plan and
-            # _validated look them up.
-            x, last = arrays[0], self._last_plan
+            # The last plan and options used, when the keying arrays' type, dtype and
+            # ndim, the configuration and the option objects are the very same
+            # (written out inline: this is the latency of every small call); else
+            # _plan and _validated look them up.
+            x, y, last = arrays[0], arrays[k - 1], self._last_plan
             o = _overrides_get()  # _config.current(), inline: None means the defaults
             cfg = _config._default if o is None else _current()
-            if k == 1:
-                if (x.__class__ is last[0] and x.dtype is last[1] and x.ndim == last[2]
-                        and cfg is last[3]):
-                    plan = last[4]
-                else:
-                    plan = self._plan(arrays)
-                if arrays[1] is not None or arrays[2] is not None:
-                    plan = False  # targets given: the general path
-                args = (x,)
+            if (x.__class__ is last.x_type and x.dtype is last.x_dtype
+                    and x.ndim == last.x_ndim and cfg is last.config
+                    and y.__class__ is last.y_type and y.dtype is last.y_dtype
+                    and y.ndim == last.y_ndim):
+                plan = last.plan
             else:
-                y = arrays[1]
-                if (x.__class__ is last[0] and x.dtype is last[1] and x.ndim == last[2]
-                        and y.__class__ is last[4] and y.dtype is last[5]
-                        and y.ndim == last[6] and cfg is last[3]):
-                    plan = last[7]
-                else:
-                    plan = self._plan(arrays)
-                args = (x, y)
+                plan = self._plan(arrays)
             if plan:
                 last = self._last_options
                 opts = (last[1] if all(map(_is, options, last[0]))
                         else self._validated(options))
                 t0 = _perf()
-                res = plan[0](args, opts)
+                res = plan[0](arrays, opts)
                 if res is not None:
                     seconds = plan[1]
                     seconds.append(_perf() - t0)
@@ -197,20 +229,19 @@ class Op:
 
     def _plan(self, arrays):
         """The cached plan for these arrays under the configuration in force, looked
-        up (or made) by the arrays' type, dtype and ndim and the configuration, and
-        remembered as the last one used; False when none serves them."""
-        x, cfg = arrays[0], _current()
+        up (or made) by the keying arrays' type, dtype and ndim and the
+        configuration, and remembered as the last one used; False when none serves
+        them. A one-array plan keys the first array twice (x and y alike)."""
+        x, y, cfg = arrays[0], arrays[self.plan_arrays - 1], _current()
         try:
-            key = (x.__class__, x.dtype, x.ndim, cfg)
-            if self.plan_arrays == 2:
-                y = arrays[1]
-                key += (y.__class__, y.dtype, y.ndim)
+            key = _LastPlan(cfg, x.__class__, x.dtype, x.ndim, y.__class__, y.dtype, y.ndim,
+                            None)
         except AttributeError:  # not arrays (a list, None, ...): the general path
             return False
         plan = self.plans.get(key)
         if plan is None:
             plan = self.plans[key] = self._make_plan(arrays[:self.plan_arrays], cfg)
-        self._last_plan = key + (plan,)
+        self._last_plan = key._replace(plan=plan)
         return plan
 
     # ------------------------------------------------------------ plans
@@ -222,8 +253,9 @@ class Op:
         if requested not in ("auto", "native") or "native" not in self.backends:
             return False
         x = arrays[0]
-        if any(type(a).__module__ != "numpy" or a.dtype.kind != "f" for a in arrays) or any(
-                t is not None and a.ndim < t for a, t in zip(arrays, self._min_ndim)):
+        if any(type(a).__module__ != "numpy" or a.dtype.kind != "f"
+               or (spec.checked and a.ndim < len(spec.core))
+               for a, spec in zip(arrays, self.arrays)):
             return False
         native = _dispatch.backend("native")
         if native.UNAVAILABLE is not None or native.cannot_serve(x, "numpy", self.kernel):
@@ -239,6 +271,9 @@ def run(op, arrays, options, out=None, state=None):
     names = op.names(opts) if op.names else op._array_names
     if op.ragged and isinstance(arrays[0], (list, tuple)):
         return _ragged(op, names, arrays, options, out)
+    for i in op._required:
+        if arrays[i] is None:
+            raise _dispatch.not_an_array(names[i], None)
     xp, lib = common_namespace(zip(names, arrays) if out is None
                                else [*zip(names, arrays), ("out", out)])
     for i, min_ndim, text in op._core:
@@ -258,7 +293,8 @@ def run(op, arrays, options, out=None, state=None):
     extra = {}
     if op.shapes is not None:
         arrays, extra = op.shapes(xp, call, names, arrays, opts, cdt)
-    arrays = [None if a is None else call.cast(xp, a, cdt) for a in arrays]
+    if cdt is not None:  # None: the dtype rule "exact"
+        arrays = [None if a is None else call.cast(xp, a, cdt) for a in arrays]
     x = arrays[0]
     if out is not None:
         if tuple(out.shape) != tuple(x.shape):
@@ -303,7 +339,10 @@ def _check_shapes_of(op, names, arrays, opts, cdt):
 
 def _dtypes(rule, xp, names, arrays):
     """(compute dtype, result dtype) of a call by the record's dtype rule; every
-    array's dtype is checked (complex refused, naming it)."""
+    array's dtype is checked (complex refused, naming it). (None, None) for the
+    rule "exact": no cast, no check."""
+    if rule == "exact":
+        return None, None
     cdt, rdt = compute_dtype(xp, arrays[0], names[0])
     if rule == "common":
         for name, a in zip(names[1:], arrays[1:]):

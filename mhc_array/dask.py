@@ -7,35 +7,34 @@ is built, as for any array; values (a negative entry, a point outside the
 ball) are checked where they are computed, on the workers, and raise the same
 errors at ``.compute()``.
 
-Each kernel's core dimensions are stated once, as a generalised-ufunc
-signature (``SIGNATURES``): the batch axes are broadcast and mapped over
-chunk by chunk with ``dask.array.apply_gufunc``, each block computed by the
-same public function (so by the native or CuPy kernels on the workers); core
-axes split over several chunks are first rechunked whole, with a warning
-(that costs a shuffle). Small arguments given as NumPy arrays (a reference
-point, the mHC parameters) become single-chunk dask arrays: one key in the
-graph, passed to every block, not a constant copied into every task.
-``pairwise_distance`` is blocked over both inputs (``blockwise``).
+Each record states its arguments' and results' core dimensions (``Arg.core``,
+``Op.results``): that is its generalised-ufunc signature. The batch axes are
+broadcast and mapped over chunk by chunk with ``dask.array.apply_gufunc``, each
+block computed by the same record (so by the native or CuPy kernels on the
+workers); core axes split over several chunks are first rechunked whole, with a
+:class:`ChunkWarning` (that costs a shuffle). Small arguments given as NumPy
+arrays (a reference point, the mHC parameters) become single-chunk dask arrays:
+one key in the graph, passed to every block, not a constant copied into every
+task. ``pairwise_distance`` is blocked over both inputs (``blockwise``).
 """
 
 import functools
-import warnings
 
 import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
 
-__all__ = ["run", "SIGNATURES"]
+from .errors import warn_at_caller
 
-# kernel -> (core dims of each array argument, core dims of each result)
-SIGNATURES = {
-    "sinkhorn": (("n,m", "n", "m"), ("n,m",)),
-    "distance": (("d", "d"), ("",)),
-    "check_manifold": (("d",), ("",)),
-    "project_to_manifold": (("d",), ("d",)),
-    "mhc_pre": (("n,c", "p,q", "k", "t"), ("c", "n", "n", "n,n")),
-    "mhc_post": (("n,c", "c", "n", "n,n"), ("n,c",)),
-}
+__all__ = ["run", "signature", "ChunkWarning"]
+
+
+def signature(cores, results):
+    """The generalised-ufunc signature of arguments and results with these core
+    dimensions, e.g. ``"(n,m),(n),(m)->(n,m)"`` for ``sinkhorn_knopp``."""
+    def dims(core):
+        return "(" + ",".join(core) + ")"
+    return ",".join(map(dims, cores)) + "->" + ",".join(map(dims, results))
 
 
 class ChunkWarning(RuntimeWarning):
@@ -49,9 +48,9 @@ def _whole_core(name, a, core):
     split = [ax for ax in range(a.ndim - core, a.ndim) if len(a.chunks[ax]) > 1]
     if not split:
         return a
-    warnings.warn(f"mhc_array: {name} is split over chunks along its core axes {split} "
-                  f"(chunks {a.chunks}); rechunking them whole, which moves data between "
-                  "workers: chunk only the batch axes", ChunkWarning, stacklevel=6)
+    warn_at_caller(f"mhc_array: {name} is split over chunks along its core axes {split} "
+                   f"(chunks {a.chunks}); rechunking them whole, which moves data between "
+                   "workers: chunk only the batch axes", ChunkWarning)
     return a.rechunk({ax: -1 for ax in split})
 
 
@@ -83,25 +82,25 @@ def run(op, names, arrays, options, out, cdt, rdt):
                         "arrays; assign the result instead")
     if op.kernel == "pairwise":
         return _pairwise(op, arrays, options, rdt)
-    cores, results = SIGNATURES[op.kernel]
-    present = [(n, a, c) for n, a, c in zip(names, arrays, cores) if a is not None]
-    args = [_whole_core(n, _single_chunk(a), len(c.split(",")) if c else 0)
-            for n, a, c in present]
+    if op.results is None:
+        raise TypeError(f"{op.name} does not take dask arrays")
+    present = [(n, a, spec.core) for n, a, spec in zip(names, arrays, op.arrays)
+               if a is not None]
+    args = [_whole_core(n, _single_chunk(a), len(core)) for n, a, core in present]
     where = tuple(i for i, a in enumerate(arrays) if a is not None)
     block = functools.partial(_block, op, where, len(arrays), options)
-
-    signature = (",".join(f"({c})" for _, _, c in present) + "->"
-                 + ",".join(f"({c})" for c in results))
+    results = op.results
     if op.restore == "all":
         dtypes = rdt
     elif op.restore == ():
         dtypes = np.bool_ if op.kernel == "check_manifold" else cdt
     else:
         dtypes = tuple(rdt if i in op.restore else cdt for i in range(len(results)))
-    like = arrays[0]._meta
+    like = next(a for a in arrays if isinstance(a, da.Array))._meta  # NumPy may come first
     metas = tuple(meta_from_array(like, 0, dtype=np.dtype(dt)) for dt in
                   (dtypes if isinstance(dtypes, tuple) else (dtypes,)))
-    return da.apply_gufunc(block, signature, *args, allow_rechunk=True,  # batch chunks unified
+    return da.apply_gufunc(block, signature([c for _, _, c in present], results), *args,
+                           allow_rechunk=True,  # batch chunks unified
                            meta=metas if len(metas) > 1 else metas[0])
 
 

@@ -2,8 +2,13 @@
 
 Every error is a subclass of :class:`MHCArrayError` and of the built-in class a
 NumPy user would expect (``ValueError``, ``TypeError``, ``RuntimeError``), so
-``except ValueError`` keeps working.
+``except ValueError`` keeps working. :func:`warn_at_caller` issues the
+package's warnings at the caller's line.
 """
+
+import os
+import sys
+import warnings
 
 __all__ = [
     "MHCArrayError",
@@ -12,6 +17,7 @@ __all__ = [
     "UnsupportedDTypeError",
     "BackendUnavailableError",
     "NativeError",
+    "warn_at_caller",
 ]
 
 
@@ -64,3 +70,31 @@ class BackendUnavailableError(MHCArrayError, RuntimeError):
 
 class NativeError(MHCArrayError, RuntimeError):
     """The native C library reported a failure (out of memory, internal error)."""
+
+
+_PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+
+
+def _internal_dirs():
+    """Folders whose frames stand between a caller and a warning: this package, its
+    backends (a folder of their own in a source checkout) and, once imported,
+    torch (the custom-op machinery of ``mhc_array.torch`` calls into the package)."""
+    dirs = [_PACKAGE_DIR]
+    backends = sys.modules.get(f"{__package__}.backends")
+    if backends is not None:
+        dirs += [os.path.join(os.path.abspath(d), "") for d in backends.__path__]
+    torch = sys.modules.get("torch")
+    if getattr(torch, "__file__", None):
+        dirs.append(os.path.join(os.path.dirname(os.path.abspath(torch.__file__)), ""))
+    return tuple(dirs)
+
+
+def warn_at_caller(message, category=RuntimeWarning):
+    """``warnings.warn`` attributed to the caller's line: the first frame, going
+    outwards, that is not in this package (or torch's machinery around it), however
+    deep the call that warns."""
+    internal = _internal_dirs()
+    frame, level = sys._getframe(1), 2   # stacklevel 2: the caller of this function
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
