@@ -21,6 +21,7 @@ import threading
 import time
 
 import array_api_compat
+import numpy as np
 
 from . import _stats
 from .errors import BackendUnavailableError, ShapeError, UnsupportedDTypeError, warn_at_caller
@@ -44,6 +45,9 @@ def namespace_of(x, name):
         raise not_an_array(name, x) from None
     lib = cls.__module__.split(".")[0]
     lib = {"jaxlib": "jax"}.get(lib, lib)
+    if lib == "torch":  # torch.compile over the plain functions: a graph break here
+        from . import _dynamo
+        _dynamo.register()
     _ns_cache[cls] = (xp, lib)
     return xp, lib
 
@@ -53,6 +57,36 @@ def not_an_array(name, value):
     what = "None" if value is None else f"{type(value).__module__}.{type(value).__qualname__}"
     return TypeError(f"{name} must be an array (NumPy, PyTorch, CuPy, JAX, Dask or any "
                      f"array-API array); got {what}")
+
+
+def is_array_like(v):
+    """A Python scalar, a NumPy scalar or a (nested) list or tuple of them: what
+    ``np.asarray`` takes as numbers (SPEC 2: array-likes are taken as NumPy would)."""
+    if isinstance(v, (list, tuple)):
+        return all(map(is_array_like, v))
+    return isinstance(v, (bool, int, float, complex, np.generic))
+
+
+def from_array_likes(arrays):
+    """``arrays`` with every array-like (``is_array_like``) made an array as NumPy
+    makes it, then put in the library and on the device of the first real array of
+    the call (NumPy when there is none, or when that array is a dask array)."""
+    like = next((a for a in arrays if a is not None and not is_array_like(a)), None)
+    out = []
+    for a in arrays:
+        if a is None or not is_array_like(a):
+            out.append(a)
+            continue
+        a = np.asarray(a)
+        if like is not None and not isinstance(like, np.ndarray):
+            xp, lib = namespace_of(like, "")
+            if lib != "dask":
+                try:
+                    a = xp.asarray(a, device=device_of(like))
+                except TypeError:  # a namespace without device=
+                    a = xp.asarray(a)
+        out.append(a)
+    return out
 
 
 def device_type(x):

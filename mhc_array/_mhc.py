@@ -17,9 +17,11 @@ serves both).
 """
 
 import math
+import operator
 
 import numpy as np
 
+from . import _dispatch
 from ._dispatch import broadcast_batch, common_namespace, device_of
 from . import _options
 from ._pipeline import Arg, Op
@@ -254,7 +256,7 @@ class MHCLayer:
         if dt not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64 (the coefficient dtype); "
                             f"got {dtype!r}")
-        self.n, self.dim = n, C = n_streams, dim
+        self.n_streams, self.dim = n, C = n_streams, dim
         k = (2 + n) * n
         rng = np.random.default_rng(seed)
         noise = (rng.standard_normal((n * C, k)) * (0.02 / math.sqrt(n * C))).astype(dt)
@@ -274,27 +276,42 @@ class MHCLayer:
         # use, reused by every call, freed with the layer)
         self._state = {}
 
+    @property
+    def n(self):
+        """The number of streams (``n_streams``, as ``MHCConnection`` names it)."""
+        return self.n_streams
+
     def __repr__(self):
         return (f"MHCLayer(n_streams={self.n}, dim={self.dim}, iterations={self.iterations}, "
                 f"variant={self.variant!r}, dtype={self.phi.dtype.name!r})")
 
     def _params(self, x):
-        """phi, bias, alpha in the library and on the device of ``x`` (cached)."""
+        """phi, bias, alpha -- the current ones -- in the library and on the device of
+        ``x``: NumPy's as they are; on the CPU, another library's views of them (no
+        copy: a change in place is seen); on another device, copies cached per
+        library and device and refreshed when a parameter was reassigned or changed
+        in place (compared with a host snapshot: one read of the parameters)."""
+        params = (self.phi, self.bias, self.alpha)
         if type(x) is np.ndarray:
-            return self.phi, self.bias, self.alpha
+            return params
         xp, lib = common_namespace((("x", x),))
-        key = (type(x), str(device_of(x)))
+        dev = device_of(x)
+        on_cpu = _dispatch.device_type(x) == 1
+        key = (type(x), str(dev))
         hit = self._converted.get(key)
-        if hit is None:
-            dev = device_of(x)
-            conv = []
-            for a in (self.phi, self.bias, self.alpha):
-                try:
-                    conv.append(xp.asarray(a, device=dev))
-                except TypeError:  # a namespace without device=
-                    conv.append(xp.asarray(a))
-            hit = self._converted[key] = tuple(conv)
-        return hit
+        if (hit is not None and all(map(operator.is_, hit[0], params))
+                and all(map(np.array_equal, hit[1], params))):
+            return hit[2]
+        conv = []
+        for a in params:
+            try:
+                conv.append(xp.asarray(a, device=dev))
+            except TypeError:  # a namespace without device=
+                conv.append(xp.asarray(a))
+        if not on_cpu:
+            self._converted[key] = (params, tuple(np.array(a, copy=True) for a in params),
+                                    tuple(conv))
+        return tuple(conv)
 
     def pre(self, x, /):
         n, C = _streams(x)

@@ -269,8 +269,10 @@ def run(op, arrays, options, out=None, state=None):
     """The general path of one call of ``op`` (see the module docstring)."""
     opts = op.validate(options)
     names = op.names(opts) if op.names else op._array_names
-    if op.ragged and isinstance(arrays[0], (list, tuple)):
+    if op.ragged and isinstance(arrays[0], (list, tuple)) and not (
+            arrays[0] and _dispatch.is_array_like(arrays[0])):   # a list of matrices
         return _ragged(op, names, arrays, options, out)
+    arrays = _dispatch.from_array_likes(arrays)
     for i in op._required:
         if arrays[i] is None:
             raise _dispatch.not_an_array(names[i], None)

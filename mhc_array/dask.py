@@ -24,7 +24,7 @@ import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
 
-from .errors import warn_at_caller
+from .errors import ChunkWarning, DomainError, warn_at_caller
 
 __all__ = ["run", "signature", "ChunkWarning"]
 
@@ -35,10 +35,6 @@ def signature(cores, results):
     def dims(core):
         return "(" + ",".join(core) + ")"
     return ",".join(map(dims, cores)) + "->" + ",".join(map(dims, results))
-
-
-class ChunkWarning(RuntimeWarning):
-    """A core axis of a dask array was split over chunks and had to be rechunked."""
 
 
 def _whole_core(name, a, core):
@@ -61,14 +57,34 @@ def _single_chunk(a):
     return da.from_array(np.asarray(a), chunks=a.shape if a.ndim else ())
 
 
-def _block(op, where, count, options, *blocks):
+def _block(op, where, count, options, places, *blocks):
     """One block: the record called on the blocks (at positions ``where`` of its
-    ``count`` array arguments, None elsewhere). A module-level function with small
-    arguments: cheap to send with every task."""
+    ``count`` array arguments, None elsewhere), the last ``len(loop)`` blocks being
+    the global indices of the block along each loop axis. A DomainError names the
+    entry's index in the whole array (``places``: see :func:`_global_index`). A
+    module-level function with small arguments: cheap to send with every task."""
+    loop = len(blocks) - len(where)
     full = [None] * count
     for i, b in zip(where, blocks):
         full[i] = b
-    return op(tuple(full), options)
+    try:
+        return op(tuple(full), options)
+    except DomainError as e:
+        if e.index is None or e.detail is None or e.argument not in places:
+            raise
+        offsets = [int(b.flat[0]) for b in blocks[len(blocks) - loop:]]
+        index = _global_index(e.index, offsets, *places[e.argument])
+        raise DomainError.named(e.argument, index, e.detail) from None
+
+
+def _global_index(index, offsets, batch_ndim, broadcast):
+    """``index`` of an entry in an argument's block, in the whole argument: its batch
+    axes (the first ``batch_ndim``, aligned with the last loop axes) shifted by the
+    block's ``offsets`` along the loop, except where the argument has size 1
+    (``broadcast``, per batch axis) and is the same in every block."""
+    shift = offsets[len(offsets) - batch_ndim:] if batch_ndim else []
+    head = tuple(i if b else i + o for i, o, b in zip(index[:batch_ndim], shift, broadcast))
+    return head + tuple(index[batch_ndim:])
 
 
 def _pairwise_block(op, options, a, b):
@@ -88,7 +104,10 @@ def run(op, names, arrays, options, out, cdt, rdt):
                if a is not None]
     args = [_whole_core(n, _single_chunk(a), len(core)) for n, a, core in present]
     where = tuple(i for i, a in enumerate(arrays) if a is not None)
-    block = functools.partial(_block, op, where, len(arrays), options)
+    loop, positions = _loop_positions(args, [len(core) for _, _, core in present])
+    places = {n: (a.ndim - len(core), tuple(d == 1 for d in a.shape[:a.ndim - len(core)]))
+              for (n, _, core), a in zip(present, args)}
+    block = functools.partial(_block, op, where, len(arrays), options, places)
     results = op.results
     if op.restore == "all":
         dtypes = rdt
@@ -99,9 +118,29 @@ def run(op, names, arrays, options, out, cdt, rdt):
     like = next(a for a in arrays if isinstance(a, da.Array))._meta  # NumPy may come first
     metas = tuple(meta_from_array(like, 0, dtype=np.dtype(dt)) for dt in
                   (dtypes if isinstance(dtypes, tuple) else (dtypes,)))
-    return da.apply_gufunc(block, signature([c for _, _, c in present], results), *args,
+    cores = [c for _, _, c in present] + [()] * len(positions)
+    return da.apply_gufunc(block, signature(cores, results), *args, *positions,
                            allow_rechunk=True,  # batch chunks unified
                            meta=metas if len(metas) > 1 else metas[0])
+
+
+def _loop_positions(args, cores):
+    """The loop (batch) shape of the call and, per loop axis, a dask array of the
+    global indices along it (shape ``(L, 1, ...)``), chunked as the arguments are
+    along that axis, so that each block learns where it lies."""
+    batch = [tuple(a.shape[:a.ndim - k]) for a, k in zip(args, cores)]
+    loop = np.broadcast_shapes(*batch) if batch else ()
+    positions = []
+    for j, size in enumerate(loop):
+        chunks = (size,)
+        for a, b in zip(args, batch):
+            axis = j - (len(loop) - len(b))
+            if axis >= 0 and b[axis] == size and isinstance(a, da.Array):
+                chunks = a.chunks[axis]
+                break
+        shape = (size,) + (1,) * (len(loop) - j - 1)
+        positions.append(da.arange(size, chunks=chunks).reshape(shape))
+    return loop, positions
 
 
 def _pairwise(op, arrays, options, rdt):

@@ -17,6 +17,7 @@ __all__ = [
     "UnsupportedDTypeError",
     "BackendUnavailableError",
     "NativeError",
+    "ChunkWarning",
     "warn_at_caller",
 ]
 
@@ -38,14 +39,17 @@ class DomainError(MHCArrayError, ValueError):
 
     #: what a point outside each manifold's domain "is", for the message
     OUTSIDE = {
-        "poincare": "lies outside the Poincare ball of curvature -K (needs K*|p|^2 < 1)",
-        "spherical": "is a zero vector, which has no direction on the sphere",
+        "poincare": "lies outside the Poincare ball of curvature -K (needs K*|p|^2 < 1; "
+                    "on_domain_error='clip' projects such points inside, 'nan' gives NaN)",
+        "spherical": "is a zero vector, which has no direction on the sphere "
+                     "(on_domain_error='nan' or 'clip' gives NaN)",
     }
 
-    def __init__(self, message, *, argument=None, index=None):
+    def __init__(self, message, *, argument=None, index=None, detail=None):
         super().__init__(message)
         self.argument = argument
         self.index = index
+        self.detail = detail  # what the entry "is" (the message after its name), if known
 
     @classmethod
     def at(cls, argument, shape, flat_index, what):
@@ -55,9 +59,18 @@ class DomainError(MHCArrayError, ValueError):
         for s in reversed(shape):
             index.append(flat_index % s if s else 0)
             flat_index //= s if s else 1
-        index = tuple(reversed(index))
+        return cls.named(argument, tuple(reversed(index)), what)
+
+    @classmethod
+    def named(cls, argument, index, what):
+        """The error for entry ``index`` (a tuple) of ``argument``: ``x[i, j] what``."""
         where = f"{argument}[{', '.join(map(str, index))}]" if index else argument
-        return cls(f"{where} {what}", argument=argument, index=index)
+        return cls(f"{where} {what}", argument=argument, index=index, detail=what)
+
+
+class ChunkWarning(RuntimeWarning):
+    """A core axis of a dask array was split over chunks and had to be rechunked
+    whole (data moved between workers): chunk only the batch axes."""
 
 
 class UnsupportedDTypeError(MHCArrayError, TypeError):

@@ -419,7 +419,9 @@ def test_errors_name_the_argument(backend):
     with pytest.raises(ValueError, match="norm_eps"):
         mx.mhc_pre(x, w, b, a, norm_eps=-1.0)
     with pytest.raises(TypeError, match="x must be an array"):
-        mx.mhc_pre([[1.0]], w, b, a)
+        mx.mhc_pre(object(), w, b, a)
+    with pytest.raises(mx.ShapeError, match=r"phi must have shape \(1, 3\)"):
+        mx.mhc_pre([[1.0]], w, b, a)   # a nested list is taken as NumPy takes it (SPEC 2)
     f = np.zeros((3, 8))
     hp, hr = np.ones((3, 4)), np.ones((3, 4, 4))
     with pytest.raises(mx.ShapeError, match="f_out"):
