@@ -1,0 +1,155 @@
+"""What users tripped on, each as it was reported: a test that failed before the
+fix and passes after it (the references are the float64 equations of
+tests/reference.py, NumPy or the eager call)."""
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import mhc_array as mx
+import reference as ref
+
+
+# ---------------------------------------------------------------- MHCLayer parameters
+
+def _as(lib, a):
+    if lib == "numpy":
+        return a
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        return torch.from_numpy(a.copy())
+    xp = pytest.importorskip("array_api_strict")
+    return xp.asarray(a)
+
+
+def _np(r):
+    return np.asarray(r.numpy() if hasattr(r, "numpy") and not isinstance(r, np.ndarray)
+                      else np.from_dlpack(r) if not isinstance(r, np.ndarray) else r)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch", "array_api_strict"])
+def test_layer_uses_its_current_parameters(lib):
+    """Reassigning a parameter, or changing it in place, changes the next result for
+    every library (torch inputs once kept a stale converted copy)."""
+    layer = mx.MHCLayer(4, 8, seed=0, dtype="float64")
+    x = np.random.default_rng(1).standard_normal((3, 4, 8))
+    t = _as(lib, x)
+
+    def check():
+        got = layer.pre(t)
+        want = ref.mhc_pre(x, layer.phi, layer.bias, layer.alpha)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(_np(g), w, rtol=1e-10, atol=1e-12)
+        return _np(got[3])
+
+    first = check()
+    layer.alpha = np.array([1.0, 1.0, 3.0])          # reassigned
+    layer.phi = layer.phi * 40.0
+    second = check()
+    layer.bias[8:] = 0.0                              # changed in place: h_res mixes
+    third = check()
+    assert np.abs(second - first).max() > 1e-3 and np.abs(third - second).max() > 1e-3
+    assert layer.n_streams == layer.n == 4
+
+
+# ---------------------------------------------------------------- torch.compile
+
+def test_compiled_plain_functions_equal_eager():
+    torch = pytest.importorskip("torch")
+    t = torch.randn(64, 4, 4, dtype=torch.float64)
+    f = torch.compile(lambda t: mx.sinkhorn_knopp(t, logits=True))
+    np.testing.assert_allclose(f(t).numpy(), ref.sinkhorn(t.numpy(), logits=True),
+                               rtol=1e-12, atol=1e-14)
+    layer = mx.MHCLayer(4, 8, seed=0)
+    x = torch.randn(2, 3, 4, 8)
+    g = torch.compile(lambda x: layer(x, torch.tanh))
+    torch.testing.assert_close(g(x), layer(x, torch.tanh), rtol=0, atol=0)
+    d = torch.compile(lambda a, b: mx.poincare_distance(a, b) * 2)
+    a = torch.rand(5, 3, dtype=torch.float64) * 0.2
+    np.testing.assert_allclose(d(a, a[0]).numpy(), 2 * ref.poincare(a.numpy(), a[0].numpy()),
+                               rtol=1e-12)
+
+
+def test_compile_registration_when_torch_comes_after_mhc_array():
+    """mhc_array imported first, torch later: the first torch tensor registers the
+    frontend with Dynamo, so a compiled call still only breaks the graph."""
+    pytest.importorskip("torch")
+    code = ("import mhc_array as mx, numpy as np\n"
+            "mx.sinkhorn_knopp(np.ones((2, 3, 3)))\n"
+            "import torch\n"
+            "mx.sinkhorn_knopp(torch.ones(2, 3, 3))\n"
+            "f = torch.compile(lambda t: mx.sinkhorn_knopp(t, logits=True))\n"
+            "t = torch.randn(8, 4, 4)\n"
+            "assert torch.equal(f(t), mx.sinkhorn_knopp(t, logits=True))\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_no_torch_warning_for_tensors_that_require_grad():
+    torch = pytest.importorskip("torch")
+    t = torch.randn(8, 4, 4, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = mx.sinkhorn_knopp(t, logits=True)
+    np.testing.assert_allclose(r.detach().numpy(), ref.sinkhorn(t.detach().numpy(), logits=True),
+                               rtol=2e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- Dask
+
+def test_dask_errors_name_the_global_index():
+    da = pytest.importorskip("dask.array")
+    x = np.random.default_rng(0).random((10, 3)) * 0.1
+    x[4] = 1.0
+    with pytest.raises(mx.DomainError, match=r"^x\[4\] lies outside") as info:
+        mx.poincare_distance(da.from_array(x, chunks=(3, 3)), np.zeros(3)).compute()
+    assert info.value.index == (4,)
+    s = np.random.default_rng(1).random((2, 6, 3, 3))
+    s[1, 4, 2, 1] = -1.0
+    with pytest.raises(mx.DomainError, match=r"^x\[1, 4, 2, 1\] is negative"):
+        mx.sinkhorn_knopp(da.from_array(s, chunks=(1, 2, 3, 3))).compute()
+    c = np.zeros((10, 3))
+    c[7] = 2.0   # the second argument, chunked differently
+    with pytest.raises(mx.DomainError, match=r"^c\[7\] lies outside"):
+        mx.poincare_distance(x[:, :] * 0, da.from_array(c, chunks=(4, 3))).compute()
+
+
+def test_dask_with_a_numpy_first_argument():
+    da = pytest.importorskip("dask.array")
+    x = np.random.default_rng(0).standard_normal((12, 5))
+    c = np.random.default_rng(1).standard_normal(5)
+    lazy = mx.euclidean_distance(x, da.from_array(c))
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_allclose(lazy.compute(), ref.euclidean(x, c), rtol=1e-12)
+
+
+def test_chunk_warning_is_exported():
+    assert issubclass(mx.ChunkWarning, RuntimeWarning)
+    da = pytest.importorskip("dask.array")
+    with pytest.warns(mx.ChunkWarning):
+        mx.euclidean_distance(da.ones((4, 6), chunks=(2, 3)), np.ones(6))
+
+
+# ---------------------------------------------------------------- NumPy habits
+
+def test_lists_and_scalars_are_taken_as_numpy_takes_them():
+    x = np.random.default_rng(0).standard_normal((5, 2))
+    np.testing.assert_allclose(mx.euclidean_distance(x, [0.0, 0.0]),
+                               ref.euclidean(x, np.zeros(2)), rtol=1e-12)
+    np.testing.assert_allclose(mx.sinkhorn_knopp([[1.0, 2.0], [3.0, 4.0]], iterations=50),
+                               ref.sinkhorn(np.array([[1.0, 2.0], [3.0, 4.0]]), iterations=50),
+                               rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    r = mx.euclidean_distance(torch.from_numpy(x), [0.0, 0.0])   # the call's library
+    assert isinstance(r, torch.Tensor) and r.dtype == torch.float64
+    assert isinstance(mx.sinkhorn_knopp([np.ones((2, 3)), np.ones((3, 3))]), list)  # ragged
+
+
+def test_domain_error_says_how_to_clip():
+    with pytest.raises(mx.DomainError, match="on_domain_error='clip'"):
+        mx.poincare_distance(np.array([[2.0, 0.0]]), np.zeros(2))
