@@ -1,6 +1,7 @@
 """Introspection and utilities of SPEC 2.5: ``cpu_features``, ``config``,
 ``show_config`` and ``empty_aligned``."""
 
+import importlib.metadata
 import importlib.util
 import platform
 import sys
@@ -56,8 +57,26 @@ def config():
         "cpu_features": native["cpu_features"],
         "native_build": native["build"],
         "cuda": _cuda_info(),
+        "versions": _versions(),
     }
     return info
+
+
+#: the distributions a bug report needs the versions of (read from their metadata:
+#: nothing is imported)
+OPTIONAL = ("torch", "dask", "distributed", "cupy-cuda12x", "cupy-cuda13x", "jax", "jaxlib",
+            "scipy", "transformers", "array-api-compat", "array-api-strict", "cffi")
+
+
+def _versions():
+    """{distribution: version or None (not installed)} of ``OPTIONAL``."""
+    out = {}
+    for name in OPTIONAL:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def _cuda_info():
@@ -95,6 +114,9 @@ def show_config(file=None):
     print(f"threads: {info['num_threads']}", file=out)
     print(f"CUDA: {info['cuda']}", file=out)
     print(f"native build: {info['native_build']}", file=out)
+    found = [f"{k} {v}" for k, v in info["versions"].items() if v is not None]
+    print(f"libraries: {', '.join(found) if found else '(none of the optional ones)'}",
+          file=out)
 
 
 def empty_aligned(shape, dtype="float32", alignment=64, like=None):
