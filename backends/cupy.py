@@ -9,8 +9,9 @@ in the caller's library (``xp.from_dlpack``, no copy).
 
 - The sources are compiled with NVRTC (``cupy.RawModule``) on first use, once
   per file, with ``NVRTC_OPTIONS``; ``source(name)`` is the exact text compiled
-  (the shared header inlined), which CI also compiles with nvcc and NVRTC and
-  runs on the CPU (``native/cuda/harness``).
+  (the shared headers inlined), which CI also compiles with nvcc and NVRTC and
+  runs on the CPU (``native/cuda/harness``). The flags, codes and limits they
+  share with this module come from ``mhc_constants.h`` (``_constants.py``).
 - Streams: CuPy arrays run on CuPy's current stream; PyTorch tensors on
   torch's current stream of their device (``cupy.cuda.ExternalStream``), so
   that the caller's ordering holds without any synchronisation. The only
@@ -27,17 +28,17 @@ the tests run this very code on the CPU with NumPy and the CPU harness.
 import importlib.util
 import math
 import os
+import re
 
 import numpy as np
 
 from ..errors import DomainError, NativeError
+from ._constants import (CUDA_HC_CHUNK, CUDA_SK_SMALL_MAX, DOM_CLIP, DOM_NAN, DOM_RAISE,
+                         EUCLIDEAN, HC_DEEPSEEK_V4, HC_MAX_STREAMS, HC_PAPER, POINCARE,
+                         SK_COLS_FIRST, SK_LOGITS, SOURCE_DIRS, SPHERICAL)
 
 NAME = "cupy"
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-#: where the .cu sources are: the repository's native/cuda, or the installed copy
-SOURCE_DIRS = (os.path.join(_HERE, os.pardir, "native", "cuda"),
-               os.path.join(_HERE, os.pardir, "_cuda"))
 SOURCES = ("sinkhorn.cu", "distance.cu", "mhc.cu")
 HEADER = "mhc_cuda.cuh"
 #: the options NVRTC compiles the sources with (CuPy adds the architecture)
@@ -45,10 +46,9 @@ NVRTC_OPTIONS = ("-std=c++17",)
 BLOCK = 256                     # threads per block
 MAX_GRID = 1 << 16              # blocks per launch (the kernels stride over the rest)
 SHARED_LIMIT = 48 * 1024        # dynamic shared memory without an opt-in
-MAX_STREAMS = 16                # mhc.cu's MHC_HC_MAX_STREAMS
-SMALL_MAX = 64                  # sinkhorn.cu's MHC_SK_SMALL_MAX
-_MANIFOLD = {"euclidean": 0, "poincare": 1, "spherical": 2}
-_MODE = {"raise": 0, "nan": 1, "clip": 2}
+_MANIFOLD = {"euclidean": EUCLIDEAN, "poincare": POINCARE, "spherical": SPHERICAL}
+_MODE = {"raise": DOM_RAISE, "nan": DOM_NAN, "clip": DOM_CLIP}
+_VARIANT = {"paper": HC_PAPER, "deepseek-v4": HC_DEEPSEEK_V4}
 _DL_CUDA = (2, 13)              # kDLCUDA, kDLCUDAManaged
 
 
@@ -65,13 +65,15 @@ def _source_dir():
 
 def source(name):
     """The text NVRTC compiles for ``name`` (a file of SOURCES): the file with the
-    shared header inlined (no include paths needed)."""
+    headers it includes (HEADER, and mhc_constants.h in it) inlined, so that no
+    include path is needed."""
     d = _source_dir()
-    with open(os.path.join(d, HEADER)) as f:
-        header = f.read()
-    with open(os.path.join(d, name)) as f:
-        text = f.read()
-    return text.replace(f'#include "{HEADER}"', header)
+
+    def inlined(file):
+        with open(os.path.join(d, file)) as f:
+            return re.sub(r'^#include "([^"]+)".*$', lambda m: inlined(m.group(1)), f.read(),
+                          flags=re.M)
+    return inlined(name)
 
 
 def _probe():
@@ -103,11 +105,12 @@ def cannot_serve(x, library, kernel):
     dev = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else None
     if dev not in _DL_CUDA:
         return f"it computes on CUDA devices, and this {library} array is not on one"
-    if kernel.startswith("mhc") and x.ndim >= 2 and x.shape[-2] > MAX_STREAMS:
-        return f"its mHC kernels take at most {MAX_STREAMS} streams; x has {x.shape[-2]}"
+    if kernel.startswith("mhc") and x.ndim >= 2 and x.shape[-2] > HC_MAX_STREAMS:
+        return f"its mHC kernels take at most {HC_MAX_STREAMS} streams; x has {x.shape[-2]}"
     if kernel == "sinkhorn_backward" and x.ndim >= 2 and \
             (BLOCK + max(x.shape[-2], x.shape[-1])) * 8 > SHARED_LIMIT:
-        return "its Sinkhorn backward takes matrices of at most 5888 rows and columns"
+        return ("its Sinkhorn backward takes matrices of at most "
+                f"{SHARED_LIMIT // 8 - BLOCK} rows and columns")
     return None
 
 
@@ -242,7 +245,7 @@ def _sinkhorn(eng, x, rs, cs, *, iterations, tau, logits, order, out, call):
     common = [a, res, *_sk_args(eng, rs, cs, batch, n, m, iterations, tau, logits, order,
                                 call)]
     B = eng.block
-    if n * m <= SMALL_MAX:
+    if n * m <= CUDA_SK_SMALL_MAX:
         name = "mhc_sk_4x4" if (n, m) == (4, 4) else "mhc_sk_small"
         eng.launch(name + sfx, eng.grid(-(-count // B)), B, common, 0)
         return res
@@ -265,7 +268,7 @@ def _sk_args(eng, rs, cs, batch, n, m, iterations, tau, logits, order, call):
         else:
             tb, stride = _rows(eng, t, batch, (k,), call)
             targets += [tb, np.int64(stride)]
-    flags = (1 if logits else 0) | (2 if order == "cols-first" else 0)
+    flags = (SK_LOGITS if logits else 0) | (SK_COLS_FIRST if order == "cols-first" else 0)
     return [*targets, np.int64(math.prod(batch)), np.int32(n), np.int32(m),
             np.int32(iterations), np.float64(tau), np.int32(flags)]
 
@@ -284,7 +287,7 @@ def _sinkhorn_backward(eng, x, rs, cs, g, *, iterations, tau, logits, order, cal
     args = [a, gb, res, *_sk_args(eng, rs, cs, batch, n, m, iterations, tau, logits, order,
                                   call)]
     B = eng.block
-    if n * m <= SMALL_MAX:
+    if n * m <= CUDA_SK_SMALL_MAX:
         # a thread per matrix; the steps' denominators in x's dtype, slot s of
         # matrix b at ws[s * count + b] (consecutive threads, consecutive addresses)
         ws = xp.empty(count * iterations * (n + m), x.dtype) if iterations else _NULL
@@ -422,11 +425,11 @@ def _mhc_pre(eng, x, w, b, al, *, iterations, norm_eps, variant, hc_eps, call):
             xp.empty(batch + (n,), dt), xp.empty(batch + (n, n), dt))
     if tokens:
         B = eng.block
-        shared = (B * 8 + 2 * K + 2 * n + n * n + 3) * 8
+        shared = (B * CUDA_HC_CHUNK + 2 * K + 2 * n + n * n + 3) * 8  # mhc.cu's hc_pre
         eng.launch("mhc_pre" + _suffix(dt), eng.grid(tokens), B,
                    [_contiguous(eng, x, call), np.int64(tokens), np.int32(n), np.int32(C),
                     _contiguous(eng, w, call), _contiguous(eng, b, call),
-                    _contiguous(eng, al, call), np.int32(0 if variant == "paper" else 1),
+                    _contiguous(eng, al, call), np.int32(_VARIANT[variant]),
                     np.int32(iterations), np.float64(norm_eps), np.float64(hc_eps), *outs],
                    shared)
     return outs
@@ -450,7 +453,6 @@ def _mhc_post(eng, x, f, hp, hr, *, out, call):
 
 
 COEF_BLOCK = 64                 # threads per block of the per-token coefficient kernel
-CHUNK = 8                       # mhc.cu's MHC_HC_CHUNK
 
 
 def _mhc_pre_backward(eng, x, w, b, al, g_in, g_pre, g_post, g_res, *, iterations, norm_eps,
@@ -471,27 +473,28 @@ def _mhc_pre_backward(eng, x, w, b, al, g_in, g_pre, g_post, g_res, *, iteration
     if not tokens:
         return g_x, gz, y, gp
     sfx = _suffix(dt)
-    v4 = 0 if variant == "paper" else 1
+    code = np.int32(_VARIANT[variant])
     xc, wc = _contiguous(eng, x, call), _contiguous(eng, w, call)
     gi, gpre, gpost, gres = (_NULL if g is None else _contiguous(eng, g, call)
                              for g in (g_in, g_pre, g_post, g_res))
     B = eng.block
     acc = xp.empty(tokens * (K + 1 + n), np.float64)
     eng.launch("mhc_pre_bwd_sums" + sfx, eng.grid(tokens), B,
-               [xc, np.int64(tokens), np.int32(n), np.int32(C), wc, np.int32(v4), gi, acc],
-               B * CHUNK * 8)
-    steps = max(iterations - v4, 0) if g_res is not None else 0
+               [xc, np.int64(tokens), np.int32(n), np.int32(C), wc, code, gi, acc],
+               B * CUDA_HC_CHUNK * 8)
+    # the Sinkhorn steps whose denominators are kept (V4's first is the column step)
+    steps = max(iterations - (variant != "paper"), 0) if g_res is not None else 0
     ws = xp.empty(tokens * steps * 2 * n, np.float64) if steps else _NULL
     aux = xp.empty(tokens * (1 + n + K), np.float64)
     cb = min(B, COEF_BLOCK)
     coef = "mhc_pre_bwd_coef4" if n == 4 else "mhc_pre_bwd_coef"    # 4: in registers
     eng.launch(coef + sfx, eng.grid(-(-tokens // cb)), cb,
                [acc, np.int64(tokens), np.int32(n), np.int32(C), _contiguous(eng, b, call),
-                _contiguous(eng, al, call), np.int32(v4), np.int32(iterations),
+                _contiguous(eng, al, call), code, np.int32(iterations),
                 np.float64(norm_eps), np.float64(hc_eps), gpre, gpost, gres,
                 np.int32(g_in is not None), gz, y, gp, aux, ws], 0)
     eng.launch("mhc_pre_bwd_gx" + sfx, eng.grid(-(-(tokens * n * C) // B)), B,
-               [xc, np.int64(tokens), np.int32(n), np.int32(C), wc, np.int32(v4), gi, aux,
+               [xc, np.int64(tokens), np.int32(n), np.int32(C), wc, code, gi, aux,
                 g_x], 0)
     return g_x, gz, y, gp
 
@@ -514,7 +517,7 @@ def _mhc_post_backward(eng, x, f, hp, hr, grad, *, call):
         eng.launch("mhc_post_bwd" + _suffix(dt), eng.grid(tokens), B,
                    [_contiguous(eng, x, call), fb, np.int64(f_ts), pb, np.int64(p_ts), rb,
                     np.int64(r_ts), _contiguous(eng, grad, call), np.int64(tokens),
-                    np.int32(n), np.int32(C), *outs], B * CHUNK * 8)
+                    np.int32(n), np.int32(C), *outs], B * CUDA_HC_CHUNK * 8)
     return outs
 
 

@@ -6,8 +6,9 @@
  *   row r is the pair (x row i, c row j): i = j = r, or with pair_m > 0 (the
  *   pairwise distance, x (N, d) against c (pair_m, d)) i = r / pair_m,
  *   j = r % pair_m. Row strides in elements (0: one point for every row).
- *   manifold 0 euclidean, 1 poincare, 2 spherical; mode 0 raise (a point
- *   outside the domain gives NaN and sets *flag = 1), 1 nan, 2 clip.
+ *   manifold MHC_EUCLIDEAN, MHC_POINCARE or MHC_SPHERICAL; mode MHC_DOM_RAISE
+ *   (a point outside the domain gives NaN and sets *flag = 1), MHC_DOM_NAN or
+ *   MHC_DOM_CLIP (mhc_constants.h).
  *
  * A row is handled by a segment of L lanes of a block (mhc_lanes: L ~ d / 4),
  * blockDim.x / L rows at a time; its sums are reduced by a fixed tree
@@ -17,8 +18,8 @@
  *   euclidean  |x - c| (rescaled by a power of two when squares over/underflow)
  *   poincare   log1p(z + sqrt(z (z + 2))) / sqrt(K), z = 2K|x-c|^2 / den,
  *              den = (1 - K|x|^2)(1 - K|c|^2) from double-double norms; tiny
- *              z: 2|x - c| / sqrt(den); clip: points beyond (1 - 1e-5)/sqrt(K)
- *              scaled back to it
+ *              z: 2|x - c| / sqrt(den); clip: points beyond radius
+ *              (1 - MHC_CLIP_MARGIN)/sqrt(K) scaled back to it
  *   spherical  2 atan2(|x^ - c^|, |x^ + c^|): from the cosine away from 0 and
  *              pi, else the stable form x^ -+ c^ = (x -+ c)/|x| +- c g,
  *              g = (|c| - |x|)/(|x||c|), |c| - |x| = sum (c-x)(c+x)/(|c|+|x|),
@@ -26,8 +27,6 @@
  *              underflow.
  */
 #include "mhc_cuda.cuh"
-
-#define MHC_CLIP_RADIUS (1 - 1e-5)
 
 /* folds for the reductions: double-double pairs (sum), then maxima */
 template <int NDD>
@@ -76,7 +75,7 @@ static __device__ __forceinline__ void dist_rows(int manifold, const T *x, i64 x
         const i64 xi = pair_m ? r / pair_m : r, ci = pair_m ? r % pair_m : r;
         const T *px = x + (valid ? xi * x_rs : 0), *pc = c + (valid ? ci * c_rs : 0);
         double val = 0;
-        if (manifold == 0) {                                    /* ---- euclidean */
+        if (manifold == MHC_EUCLIDEAN) {                        /* ---- euclidean */
             double v[4] = {0, 0, 0, 0};                        /* |x-c|^2, max |x-c|, bad */
             if (valid)
                 for (i64 e = lane; e < d; e += L) {
@@ -98,7 +97,7 @@ static __device__ __forceinline__ void dist_rows(int manifold, const T *x, i64 x
                 val = mhc_nan();
             else if (v[3] == 1)
                 val = mhc_inf();
-        } else if (manifold == 1) {                             /* ---- poincare */
+        } else if (manifold == MHC_POINCARE) {                  /* ---- poincare */
             double v[8] = {0, 0, 0, 0, 0, 0, 0, 0};  /* |x-c|^2, |x|^2, |c|^2, max|x-c|, bad */
             if (valid)
                 for (i64 e = lane; e < d; e += L) {
@@ -112,11 +111,11 @@ static __device__ __forceinline__ void dist_rows(int manifold, const T *x, i64 x
                 }
             mhc_seg_reduce<8>(scratch, v, L, dist_op<3>());
             const double kx = K * (v[2] + v[3]), kc = K * (v[4] + v[5]);
-            const double R2 = MHC_CLIP_RADIUS * MHC_CLIP_RADIUS;
+            const double R2 = (1 - MHC_CLIP_MARGIN) * (1 - MHC_CLIP_MARGIN); /* clip radius^2 */
             int bad = v[7] != 0 || !mhc_finite(kx) || !mhc_finite(kc), outside = 0;
-            if (!bad && mode != 2 && (kx >= 1 || kc >= 1))
+            if (!bad && mode != MHC_DOM_CLIP && (kx >= 1 || kc >= 1))
                 outside = 1;
-            const int clip = !bad && mode == 2 && (kx >= R2 || kc >= R2);
+            const int clip = !bad && mode == MHC_DOM_CLIP && (kx >= R2 || kc >= R2);
             /* 1 - K|p|^2 from the double-double norm: no cancellation near the boundary */
             double ox, oc;
             {
@@ -143,7 +142,7 @@ static __device__ __forceinline__ void dist_rows(int manifold, const T *x, i64 x
                              lo);
             if (bad || outside) {
                 val = mhc_nan();
-                if (outside && mode == 0 && valid && lane == 0)
+                if (outside && mode == MHC_DOM_RAISE && valid && lane == 0)
                     atomicExch(flag, 1);
             } else if (tiny) {
                 val = 2 * (sqrt(hi + lo) / mhc_pow2_scale(v[6])) / sqrt(den);
@@ -225,7 +224,7 @@ static __device__ __forceinline__ void dist_rows(int manifold, const T *x, i64 x
                 val = mhc_nan();
             } else if (zero) {
                 val = mhc_nan();
-                if (mode == 0 && valid && lane == 0)
+                if (mode == MHC_DOM_RAISE && valid && lane == 0)
                     atomicExch(flag, 1);
             } else {
                 val = 2 * atan2(sqrt(dm), sqrt(dp));

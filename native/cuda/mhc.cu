@@ -5,17 +5,18 @@
  * mhc_pre_<T>(x, tokens, n, C, w, b, alpha, variant, iters, norm_eps, hc_eps,
  *             h_in, h_pre, h_post, h_res)
  *   one block per token (grid-stride); x (tokens, n, C) contiguous;
- *   variant 0 "paper": w = phi (nC, K), y = (v . phi) rsqrt(mean(v^2) + eps),
+ *   variant MHC_HC_PAPER: w = phi (nC, K), y = (v . phi) rsqrt(mean(v^2) +
+ *     eps),
  *     h_pre = sigmoid(a0 y + b), h_post = 2 sigmoid(a1 y + b),
  *     h_res = sinkhorn(a2 y + b, logits, cols-first, iters);
- *   variant 1 "deepseek-v4": w = fn (K, nC), mix = (v rsqrt(...)) . fn,
+ *   variant MHC_HC_DEEPSEEK_V4: w = fn (K, nC), mix = (v rsqrt(...)) . fn,
  *     pre = sigmoid(...) + hc_eps, post = 2 sigmoid(...), comb = row softmax
  *     + hc_eps, column, then (row, column) x (iters - 1), denominators
  *     sum + hc_eps; h_res = comb^T;
  *   h_in = sum_i h_pre[i] x[i, :].
- *   K = (2 + n) n, n <= 16. The projection's terms are split over the block
- *   and summed in double by a fixed tree; the coefficients are computed in
- *   double by one thread.
+ *   K = (2 + n) n, n <= MHC_HC_MAX_STREAMS. The projection's terms are split
+ *   over the block and summed in double by a fixed tree; the coefficients are
+ *   computed in double by one thread.
  *
  * mhc_post_<T>(x, f, f_ts, hp, hp_ts, hr, hr_ts, out, tokens, n, C)
  *   out[t, i, c] = sum_j hr[t, i, j] x[t, j, c] + hp[t, i] f[t, c]; token
@@ -31,9 +32,7 @@
  */
 #include "mhc_cuda.cuh"
 
-#define MHC_HC_MAX_STREAMS 16
 #define MHC_HC_MAX_K ((2 + MHC_HC_MAX_STREAMS) * MHC_HC_MAX_STREAMS)
-#define MHC_HC_CHUNK 8            /* sums reduced per round */
 
 static __device__ __forceinline__ double hc_sig(double z) { return 1 / (1 + exp(-z)); }
 
@@ -61,7 +60,7 @@ static __device__ void hc_coefficients(const double *y, int n, int variant, int 
                                        double *pre, double *post, double *res)
 {
     for (int i = 0; i < n; i++) {
-        if (variant == 0) {
+        if (variant == MHC_HC_PAPER) {
             pre[i] = hc_sig(alpha[0] * y[i] + bias[i]);
             post[i] = 2 * hc_sig(alpha[1] * y[n + i] + bias[n + i]);
         } else {
@@ -71,9 +70,9 @@ static __device__ void hc_coefficients(const double *y, int n, int variant, int 
     }
     double *A = res;
     for (int e = 0; e < n * n; e++)
-        A[e] = variant == 0 ? alpha[2] * y[2 * n + e] + bias[2 * n + e]
-                            : y[2 * n + e] * alpha[2] + bias[2 * n + e];
-    if (variant == 0) {                  /* logits, cols-first, targets 1 */
+        A[e] = variant == MHC_HC_PAPER ? alpha[2] * y[2 * n + e] + bias[2 * n + e]
+                                       : y[2 * n + e] * alpha[2] + bias[2 * n + e];
+    if (variant == MHC_HC_PAPER) {       /* logits, cols-first, targets 1 */
         double mx = A[0];
         bool bad = A[0] != A[0];
         for (int e = 1; e < n * n; e++) {
@@ -131,8 +130,8 @@ static __device__ void hc_coefficients(const double *y, int n, int variant, int 
 }
 
 /* The sums of one token's streams v (n x C, L = n C values), by the whole
- * block: dst[k] = v . w[:, k] (k < K; w as phi (L, K) for variant 0, as fn
- * (K, L) for variant 1), dst[K] = v . v and, with DOTS, dst[K + 1 + i] =
+ * block: dst[k] = v . w[:, k] (k < K; w as phi (L, K) for MHC_HC_PAPER, as
+ * fn (K, L) for MHC_HC_DEEPSEEK_V4), dst[K] = v . v and, with DOTS, dst[K + 1 + i] =
  * v[i, :] . g (g: C values). Each thread sums its share in double, the block
  * by a fixed tree; thread 0 writes dst. Every thread of the block must call it. */
 template <typename T, bool DOTS>
@@ -148,7 +147,7 @@ static __device__ __forceinline__ void hc_sums(const T *v, int n, int C, const T
     for (i64 j = threadIdx.x; j < L; j += B) {
         const double vj = (double)v[j];
         acc[K] += vj * vj;
-        if (variant == 0) {
+        if (variant == MHC_HC_PAPER) {
             const T *row = w + j * K;
             for (int k = 0; k < K; k++)
                 acc[k] += vj * (double)row[k];
@@ -159,18 +158,18 @@ static __device__ __forceinline__ void hc_sums(const T *v, int n, int C, const T
         if (DOTS)
             acc[K + 1 + (int)(j / C)] += vj * (double)g[j % C];
     }
-    for (int k0 = 0; k0 < KA; k0 += MHC_HC_CHUNK) {
-        double part[MHC_HC_CHUNK];
-        for (int q = 0; q < MHC_HC_CHUNK; q++)
+    for (int k0 = 0; k0 < KA; k0 += MHC_CUDA_HC_CHUNK) {
+        double part[MHC_CUDA_HC_CHUNK];
+        for (int q = 0; q < MHC_CUDA_HC_CHUNK; q++)
             part[q] = k0 + q < KA ? acc[k0 + q] : 0;
-        mhc_seg_reduce<MHC_HC_CHUNK>(scratch, part, B, mhc_op_add());
+        mhc_seg_reduce<MHC_CUDA_HC_CHUNK>(scratch, part, B, mhc_op_add());
         if (threadIdx.x == 0)
-            for (int q = 0; q < MHC_HC_CHUNK && k0 + q < KA; q++)
+            for (int q = 0; q < MHC_CUDA_HC_CHUNK && k0 + q < KA; q++)
                 dst[k0 + q] = part[q];
     }
 }
 
-/* shared memory: B * MHC_HC_CHUNK scratch | y K | pre n | post n | res n n |
+/* shared memory: B * MHC_CUDA_HC_CHUNK scratch | y K | pre n | post n | res n n |
  * bias K | alpha 3 */
 template <typename T>
 static __device__ __forceinline__ void hc_pre(const T *x, i64 tokens, int n, int C, const T *w,
@@ -180,7 +179,7 @@ static __device__ __forceinline__ void hc_pre(const T *x, i64 tokens, int n, int
 {
     const int B = blockDim.x, K = (2 + n) * n;
     const i64 L = (i64)n * C;
-    double *scratch = mhc_smem, *y = scratch + B * MHC_HC_CHUNK, *pre = y + K;
+    double *scratch = mhc_smem, *y = scratch + B * MHC_CUDA_HC_CHUNK, *pre = y + K;
     double *post = pre + n, *res = post + n, *sb = res + n * n, *sa = sb + K;
     for (int k = threadIdx.x; k < K; k += B)
         sb[k] = (double)bias[k];
@@ -287,7 +286,7 @@ static __device__ __forceinline__ void hc_bwd_coef(i64 t, i64 tokens, const doub
         const double q = hc_sig(a1 * (at[n + i] * r) + (double)bias[n + i]);
         const double gpre = (g_pre ? (double)g_pre[t * n + i] : 0) +
                             (has_g_in ? at[K + 1 + i] : 0);
-        ax[1 + i] = s + (variant ? hc_eps : 0);
+        ax[1 + i] = s + (variant == MHC_HC_DEEPSEEK_V4 ? hc_eps : 0);
         gd[i] = gpre * s * (1 - s);
         gd[n + i] = (g_post ? (double)g_post[t * n + i] : 0) * 2 * q * (1 - q);
     }
@@ -300,11 +299,12 @@ static __device__ __forceinline__ void hc_bwd_coef(i64 t, i64 tokens, const doub
         const T *gr = g_res + t * nn;
         for (int e = 0; e < nn; e++)
             A[e] = a2 * (at[2 * n + e] * r) + (double)bias[2 * n + e];
-        if (variant == 0) {            /* logits, cols-first, no tau, targets 1 */
+        if (variant == MHC_HC_PAPER) { /* logits, cols-first, no tau, targets 1 */
             for (int e = 0; e < nn; e++)
                 G[e] = (double)gr[e];
             sk1_bwd<double, NF, NF, false, double>((const double *)0, A, G, n, n, iters, 0.0,
-                                                   3, (const double *)0, (const double *)0,
+                                                   MHC_SK_LOGITS | MHC_SK_COLS_FIRST,
+                                                   (const double *)0, (const double *)0,
                                                    ws + t, tokens);
             for (int e = 0; e < nn; e++)
                 gd[2 * n + e] = G[e];
@@ -367,7 +367,7 @@ static __device__ __forceinline__ void hc_pre_bwd_gx(const T *x, i64 tokens, int
             const int i = (int)(j / C);
             s += a[1 + i] * (double)g_in[t * C + (j - (i64)i * C)];
         }
-        if (variant == 0) {
+        if (variant == MHC_HC_PAPER) {
             const T *row = w + j * K;
             for (int k = 0; k < K; k++)
                 s += gpd[k] * (double)row[k];
@@ -422,13 +422,13 @@ static __device__ __forceinline__ void hc_post_bwd(const T *x, const T *f, i64 f
                 g_x[t * n * C + (i64)j * C + c] = s;
             }
         }
-        for (int k0 = 0; k0 < KA; k0 += MHC_HC_CHUNK) {
-            double part[MHC_HC_CHUNK];
-            for (int q = 0; q < MHC_HC_CHUNK; q++)
+        for (int k0 = 0; k0 < KA; k0 += MHC_CUDA_HC_CHUNK) {
+            double part[MHC_CUDA_HC_CHUNK];
+            for (int q = 0; q < MHC_CUDA_HC_CHUNK; q++)
                 part[q] = k0 + q < KA ? acc[k0 + q] : 0;
-            mhc_seg_reduce<MHC_HC_CHUNK>(scratch, part, B, mhc_op_add());
+            mhc_seg_reduce<MHC_CUDA_HC_CHUNK>(scratch, part, B, mhc_op_add());
             if (threadIdx.x == 0)
-                for (int q = 0; q < MHC_HC_CHUNK && k0 + q < KA; q++) {
+                for (int q = 0; q < MHC_CUDA_HC_CHUNK && k0 + q < KA; q++) {
                     const int k = k0 + q;
                     if (k < n)
                         g_post[t * n + k] = (T)part[q];

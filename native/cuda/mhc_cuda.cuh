@@ -3,7 +3,8 @@
  * types, IEEE constants, double-double sums, the block-wide segmented
  * reduction (deterministic: a fixed tree in shared memory, no atomics, no
  * warp shuffles) and the Sinkhorn backward of one matrix in one thread
- * (sk1_bwd: sinkhorn.cu's small-matrix backward and mhc.cu's h_res gradient).
+ * (sk1_bwd: sinkhorn.cu's small-matrix backward and mhc.cu's h_res gradient),
+ * and includes mhc_constants.h.
  *
  * Written for NVRTC (CuPy's RawModule): no standard headers, only the CUDA
  * built-ins. The CPU test harness (native/cuda/harness/cuda_cpu.h) defines
@@ -11,6 +12,8 @@
  */
 #ifndef MHC_CUDA_CUH
 #define MHC_CUDA_CUH
+
+#include "mhc_constants.h" /* the flags, codes and limits shared with C and Python */
 
 typedef long long i64;
 
@@ -192,7 +195,7 @@ static __device__ __forceinline__ void sk1_bwd(const S *x, W *A, W *G, int n_, i
                                                const S *tc, W *h, i64 hs)
 {
     const int n = NF ? NF : n_, m = MF ? MF : m_, nm = n * m;
-    const int logits = flags & 1, cols_first = (flags & 2) != 0;
+    const int logits = flags & MHC_SK_LOGITS, cols_first = (flags & MHC_SK_COLS_FIRST) != 0;
     const W cdef = (W)((double)n / (double)m);
     bool exact = true;
     if (ANY_TARGET) {

@@ -5,14 +5,16 @@
  *
  *   start     M = x, or exp(x - max(x)) with logits (NaN anywhere -> NaN matrix)
  *   row step  every row scaled by target / (sum + tau); 0 where sum + tau == 0
- *   col step  likewise; "rows-first" does rows then columns, flag 2 the reverse
+ *   col step  likewise; "rows-first" does rows then columns, MHC_SK_COLS_FIRST
+ *             the reverse
  *
  * Matrices are C-contiguous (batch stride n*m). Targets: rs (count or 1, n)
  * and cs (count or 1, m) with batch strides rs_b / cs_b (0: one vector for
  * every matrix), or NULL for the defaults 1 and n/m.
  *
  * Kernels (extern "C", suffix _f32 / _f64):
- *   mhc_sk_small   one thread per matrix, n*m <= 64, the matrix in local memory
+ *   mhc_sk_small   one thread per matrix, n*m <= MHC_CUDA_SK_SMALL_MAX, the
+ *                  matrix in local memory
  *   mhc_sk_4x4     one thread per 4x4 matrix (the mHC case), in registers
  *   mhc_sk_block   one block per matrix (grid-stride), any size: the factored
  *                  form diag(r) K diag(c), scalings in shared memory (or in
@@ -22,15 +24,12 @@
  *                  step's scalings and denominators in `ws`, steps undone in
  *                  reverse (sinkhorn_bwd_t.inc)
  *   mhc_sk_small_bwd, mhc_sk_4x4_bwd   the same gradient, one thread per matrix
- *                  (n*m <= 64; 4x4 in registers): sk1_bwd of mhc_cuda.cuh, the
- *                  denominators in `ws` (T, iters (n + m) per matrix, SoA)
- * Flags: 1 logits, 2 cols-first.
+ *                  (n*m <= MHC_CUDA_SK_SMALL_MAX; 4x4 in registers): sk1_bwd of
+ *                  mhc_cuda.cuh, the denominators in `ws` (T, iters (n + m) per
+ *                  matrix, SoA)
+ * Flags: MHC_SK_LOGITS, MHC_SK_COLS_FIRST (mhc_constants.h).
  */
 #include "mhc_cuda.cuh"
-
-#define MHC_SK_LOGITS 1
-#define MHC_SK_COLS_FIRST 2
-#define MHC_SK_SMALL_MAX 64
 
 /* ---- one thread per matrix ------------------------------------------------ */
 
@@ -44,7 +43,7 @@ static __device__ __forceinline__ void sk_thread(const T *__restrict__ x, T *out
     const T tau = (T)tau_d, cdef = (T)((double)n / (double)m);
     for (i64 b = (i64)blockIdx.x * blockDim.x + threadIdx.x; b < count;
          b += (i64)gridDim.x * blockDim.x) {
-        T A[NF ? NF * MF : MHC_SK_SMALL_MAX];
+        T A[NF ? NF * MF : MHC_CUDA_SK_SMALL_MAX];
         const T *xb = x + b * nm;
         for (int e = 0; e < nm; e++)
             A[e] = xb[e];
@@ -322,7 +321,7 @@ static __device__ __forceinline__ void sk_bwd(const T *x, const T *g, T *gx, con
 }
 
 /* ---- backward: one thread per small matrix ----------------------------------
- * n*m <= MHC_SK_SMALL_MAX (4x4 unrolled in registers): sk1_bwd of
+ * n*m <= MHC_CUDA_SK_SMALL_MAX (4x4 unrolled in registers): sk1_bwd of
  * mhc_cuda.cuh in T; ws (T) holds iters * (n + m) denominators per matrix,
  * slot s of matrix b at ws[s * count + b] (coalesced across the threads). */
 template <typename T, int NF, int MF>
@@ -334,7 +333,7 @@ static __device__ __forceinline__ void sk_thread_bwd(const T *x, const T *g, T *
     const int n = NF ? NF : n_, m = MF ? MF : m_, nm = n * m;
     for (i64 b = (i64)blockIdx.x * blockDim.x + threadIdx.x; b < count;
          b += (i64)gridDim.x * blockDim.x) {
-        T A[NF ? NF * MF : MHC_SK_SMALL_MAX], G[NF ? NF * MF : MHC_SK_SMALL_MAX];
+        T A[NF ? NF * MF : MHC_CUDA_SK_SMALL_MAX], G[NF ? NF * MF : MHC_CUDA_SK_SMALL_MAX];
         const T *xb = x + b * nm, *gb = g + b * nm;
         for (int e = 0; e < nm; e++) {
             A[e] = xb[e];

@@ -20,12 +20,17 @@
  *    the life of the process, restarted empty in a forked child) and the two
  *    test-only allocation counters below (inert unless a test arms them).
  *
- * build_ffi.py turns this file into the cffi cdef: keep it plain C
- * declarations, `typedef enum` with literal values and integer #defines.
+ * The constants shared with the CUDA kernels and Python (flags, codes, limits)
+ * are in mhc_constants.h, included below.
+ *
+ * build_ffi.py turns this file (with mhc_constants.h) into the cffi cdef: keep
+ * it plain C declarations, `typedef enum` with literal values and integer
+ * #defines.
  */
 #ifndef MHC_NATIVE_H
 #define MHC_NATIVE_H
 #include <stdint.h>
+#include "../cuda/mhc_constants.h" /* installed beside the CUDA sources */
 
 #ifdef __cplusplus
 extern "C" {
@@ -87,9 +92,8 @@ int mhc_vector_lanes(int isa, int elem_bytes);
  * row_sums: NULL -> every target 1, else r_i = row_sums[b*rs_bstride + i].
  * col_sums: NULL -> every target n/m, else c_j = col_sums[b*cs_bstride + j].
  * (bstride 0 broadcasts one target vector over the batch.)
+ * (MHC_SK_* are in mhc_constants.h.)
  */
-#define MHC_SK_LOGITS     1
-#define MHC_SK_COLS_FIRST 2
 
 int mhc_sinkhorn_f32(const float *x, int64_t x_bstride, int64_t x_rstride,
                      float *out, int64_t out_bstride, int64_t out_rstride,
@@ -144,18 +148,12 @@ int mhc_sinkhorn_backward_f64(const double *x, int64_t x_bstride, int64_t x_rstr
  * manifold: MHC_EUCLIDEAN | MHC_POINCARE (ball of curvature -K) | MHC_SPHERICAL.
  * on_domain_error: MHC_DOM_RAISE (MHC_ERR_DOMAIN, err_index = r of the first
  * bad row; out contents then unspecified), MHC_DOM_NAN (NaN at that row),
- * MHC_DOM_CLIP (Poincare: points at or beyond radius (1-1e-5)/sqrt(K), i.e.
- * K|p|^2 >= (1-1e-5)^2, scaled to that radius; spherical: zero vectors give
- * NaN).
+ * MHC_DOM_CLIP (Poincare: points at or beyond radius (1-m)/sqrt(K), i.e.
+ * K|p|^2 >= (1-m)^2, scaled to that radius, m = MHC_CLIP_MARGIN; spherical:
+ * zero vectors give NaN). (The codes are in mhc_constants.h.)
  * Poincare domain error: K|x|^2 >= 1 or K|c|^2 >= 1. Spherical: |x| == 0 or
  * |c| == 0. Non-finite input is not a domain error: it gives NaN.
  */
-#define MHC_EUCLIDEAN 0
-#define MHC_POINCARE  1
-#define MHC_SPHERICAL 2
-#define MHC_DOM_RAISE 0
-#define MHC_DOM_NAN   1
-#define MHC_DOM_CLIP  2
 
 int mhc_distance_f32(int manifold, const float *x, int64_t x_rstride,
                      const float *c, int64_t c_rstride, float *out,
@@ -183,10 +181,10 @@ int mhc_pairwise_f64(int manifold, const double *x, int64_t nx, int64_t x_rstrid
  * of C values (n*C contiguous). phi is (n*C, Kp) row-major, Kp >= K = (2+n)n,
  * columns [pre | post | res] (column 2n + i*n + j -> H_res[i, j]), extra
  * columns ignored; DeepSeek-V4's fn is passed transposed. y = (v . phi) *
- * rsqrt(|v|^2 / (n*C) + norm_eps); variant 0 (paper): h_pre = sigmoid(a0 y_pre
- * + b), h_post = 2 sigmoid(a1 y_post + b), h_res = Sinkhorn (logits, columns
- * first, `iterations`) of a2 y_res + b; variant 1 (DeepSeek-V4): h_pre +=
- * hc_eps, comb = row softmax + hc_eps, columns, then (rows, columns) x
+ * rsqrt(|v|^2 / (n*C) + norm_eps); variant MHC_HC_PAPER: h_pre = sigmoid(a0
+ * y_pre + b), h_post = 2 sigmoid(a1 y_post + b), h_res = Sinkhorn (logits,
+ * columns first, `iterations`) of a2 y_res + b; variant MHC_HC_DEEPSEEK_V4:
+ * h_pre += hc_eps, comb = row softmax + hc_eps, columns, then (rows, columns) x
  * (iterations - 1), each denominator + hc_eps, and h_res = comb^T. h_in[t] =
  * sum_i h_pre[t, i] x_t[i, :]. Outputs are contiguous: h_in (tokens, C),
  * h_pre and h_post (tokens, n), h_res (tokens, n, n). 1 <= n <=
@@ -198,8 +196,6 @@ int mhc_pairwise_f64(int manifold, const double *x, int64_t nx, int64_t x_rstrid
  * f_t = f + t*f_tstride (0: one f for all); out may be x (same strides), else
  * it must not overlap x.
  */
-#define MHC_HC_MAX_STREAMS 16   /* largest n of mhc_hc_pre_* / mhc_hc_post_* */
-
 typedef struct mhc_hc_ws mhc_hc_ws;
 mhc_hc_ws *mhc_hc_ws_create(void);   /* NULL when out of memory */
 void mhc_hc_ws_destroy(mhc_hc_ws *ws); /* NULL is a no-op */
@@ -271,11 +267,11 @@ int mhc_hc_post_backward_f64(const double *x, int64_t x_tstride, const double *f
  * and >= 0 with equal totals (1e-6 relative; a 0 is padding: that row or column
  * is not part of the problem), and costs C (rows x cols, row-major), the
  * problems' matrices one after the other in `cost`, finite wherever both masses
- * are > 0. Entropic optimal transport by Sinkhorn with epsilon scaling from 0.02
- * down to `reg`, both relative to the problem's cost range (stages at most 3x
- * apart, each started from the last one's dual potentials, so nothing
- * underflows), at most `iterations` per stage; the last stage ends when the
- * plan's marginals are within `tolerance` (L1) of r and c. `relax` 1:
+ * are > 0. Entropic optimal transport by Sinkhorn with epsilon scaling from
+ * MHC_OT_REG_START down to `reg`, both relative to the problem's cost range
+ * (stages at most 3x apart, each started from the last one's dual potentials,
+ * so nothing underflows), at most `iterations` per stage; the last stage ends
+ * when the plan's marginals are within `tolerance` (L1) of r and c. `relax` 1:
  * over-relaxed scalings (u <- u^(-1/2) (r / Kv)^(3/2), back to plain steps for
  * the rest of a stage when the error stops improving), 0: plain Sinkhorn.
  * Writes w[b] = <P, C> of the final plan rounded onto the exact marginals (an

@@ -21,16 +21,9 @@
 /* Sinkhorn workspaces up to this many bytes live on the stack. */
 #define MHC_STACK_WS 16384
 
-#define MHC_TABLE(isa)                                                                 \
-    {#isa, mhc_sk_small_f32_##isa, mhc_sk_large_f32_##isa, mhc_dist_f32_##isa,        \
-     mhc_sk_bwd_f32_##isa,                                                             \
-     mhc_sk_small_f64_##isa, mhc_sk_large_f64_##isa, mhc_dist_f64_##isa,               \
-     mhc_sk_bwd_f64_##isa,                                                             \
-     mhc_hc_proj_f32_##isa, mhc_hc_mix_f32_##isa, mhc_hc_post_f32_##isa,               \
-     mhc_hc_proj_f64_##isa, mhc_hc_mix_f64_##isa, mhc_hc_post_f64_##isa,               \
-     mhc_hc_dots_f32_##isa, mhc_hc_gx_f32_##isa, mhc_hc_dots_f64_##isa,                \
-     mhc_hc_gx_f64_##isa, mhc_hc_post_bwd_f32_##isa, mhc_hc_post_bwd_f64_##isa,        \
-     mhc_ot_w1_f64_##isa}
+/* The kernel table of one ISA level, each member set by name (MHC_KERNEL_LIST). */
+#define MHC_KERNEL_ENTRY(isa, name, ret, params) .name = mhc_##name##_##isa,
+#define MHC_TABLE(isa) {.name = #isa, MHC_KERNEL_LIST(MHC_KERNEL_ENTRY, isa)}
 
 /* Indexed by mhc_isa; levels this build lacks fall back to portable. */
 static const mhc_kernel_table g_tables[4] = {

@@ -20,12 +20,6 @@
 #define MHC_X86 0
 #endif
 
-/* Matrices with n*m <= this go to the SoA kernel (one SIMD lane per matrix). */
-#define MHC_SK_SMALL_MAX 256
-
-/* Poincare clip radius factor: points with sqrt(K)|p| >= this are scaled to it. */
-#define MHC_CLIP_RADIUS (1.0 - 1e-5)
-
 /* Arguments of one Sinkhorn call (already validated, one dtype). */
 #define MHC_SK_ARGS(T)                                                      \
     struct {                                                                \
@@ -84,115 +78,66 @@ typedef struct {
      4 * (MHC_OT_RUP(n, lanes) + MHC_OT_RUP(m, lanes)))
 
 /*
- * Kernels of one ISA level:
- *  sk_small(a, b0, b1)       matrices [b0, b1) with n*m <= MHC_SK_SMALL_MAX
- *  sk_large(a, b0, b1, ws)   matrices [b0, b1), ws holds n + 2m elements
- *  dist(a, r0, r1)           rows [r0, r1); returns the first row with a
- *                            domain error in MHC_DOM_RAISE mode, else -1
- *  sk_bwd(a, b0, b1, ws)     Sinkhorn backward of matrices [b0, b1), ws holds
- *                            MHC_SK_BWD_WS(n, m, iters) * 64 / sizeof(T) + 64 /
- *                            sizeof(T) elements (vectors of up to 64 bytes, aligned
- *                            by the kernel)
- *  ot_w1(a, b0, b1, ws)      optimal transport problems [b0, b1) (ot_t.inc), ws
- *                            holds MHC_OT_TEAM parts of a->ws_per doubles, each
- *                            MHC_OT_WS(max rows, max cols, 8)
+ * The kernels of one ISA level, listed once: X(isa, name, return type,
+ * parameters) per kernel, `isa` passed through. From this list come the members
+ * of mhc_kernel_table, the hidden declarations of each level's functions
+ * mhc_<name>_<isa> (defined in the family files as KFN(mhc_<base>), kernels.inc)
+ * and the tables of dispatch.c (filled by name). MHC_KERNELS_T lists the
+ * kernels of one element type T (names <base>_<SFX>); T is float or double.
  */
+#define MHC_KERNELS_T(X, isa, T, SFX)                                                      \
+    /* sk_small(a, b0, b1): matrices [b0, b1) with n*m <= MHC_SK_SMALL_MAX */              \
+    X(isa, sk_small_##SFX, void, (const mhc_sk_args_##SFX *, int64_t, int64_t))            \
+    /* sk_large(a, b0, b1, ws): matrices [b0, b1), ws holds n + 2m elements */             \
+    X(isa, sk_large_##SFX, void, (const mhc_sk_args_##SFX *, int64_t, int64_t, T *))       \
+    /* dist(a, r0, r1): rows [r0, r1); returns the first row with a domain error in        \
+     * MHC_DOM_RAISE mode, else -1 */                                                      \
+    X(isa, dist_##SFX, int64_t, (const mhc_dist_args_##SFX *, int64_t, int64_t))           \
+    /* sk_bwd(a, b0, b1, ws): Sinkhorn backward of matrices [b0, b1), ws holds             \
+     * MHC_SK_BWD_WS(n, m, iters) * 64 / sizeof(T) + 64 / sizeof(T) elements (vectors      \
+     * of up to 64 bytes, aligned by the kernel) */                                        \
+    X(isa, sk_bwd_##SFX, void, (const mhc_sk_bwd_args_##SFX *, int64_t, int64_t, T *))     \
+    /* the mHC connection (see mhc_t.inc) */                                               \
+    X(isa, hc_proj_##SFX, void,                                                            \
+      (const T *, int64_t, int64_t, int64_t, const T *, int64_t, T *, double *))           \
+    X(isa, hc_mix_##SFX, void,                                                             \
+      (const T *, int64_t, int64_t, int64_t, int64_t, const T *, T *, int64_t))            \
+    X(isa, hc_post_##SFX, void,                                                            \
+      (const T *, int64_t, const T *, int64_t, const T *, const T *, T *, int64_t,         \
+       int64_t, int64_t, int64_t, int))                                                    \
+    /* the backward of the mHC pre step */                                                 \
+    X(isa, hc_dots_##SFX, void,                                                            \
+      (const T *, int64_t, int64_t, int64_t, int64_t, const T *, int64_t, double *))       \
+    X(isa, hc_gx_##SFX, void,                                                              \
+      (const T *, int64_t, int64_t, int64_t, int64_t, const T *, int64_t, const T *,       \
+       const T *, const T *, const T *, int64_t, T *, int64_t))                            \
+    /* the backward of the mHC post step */                                                \
+    X(isa, hc_post_bwd_##SFX, void,                                                        \
+      (const T *, int64_t, const T *, int64_t, const T *, const T *, const T *, int64_t,   \
+       int64_t, int64_t, int64_t, T *, int64_t, T *, T *, T *))
+
+#define MHC_KERNEL_LIST(X, isa)                                                            \
+    MHC_KERNELS_T(X, isa, float, f32)                                                      \
+    MHC_KERNELS_T(X, isa, double, f64)                                                     \
+    /* optimal transport of small problems (curvature), double only: ot_w1(a, b0, b1,      \
+     * ws), problems [b0, b1) (ot_t.inc), ws holds MHC_OT_TEAM parts of a->ws_per         \
+     * doubles, each MHC_OT_WS(max rows, max cols, 8) */                                   \
+    X(isa, ot_w1_f64, void, (const mhc_ot_args *, int64_t, int64_t, double *))
+
+#define MHC_KERNEL_MEMBER(isa, name, ret, params) ret(*name) params;
 typedef struct {
-    const char *name;
-    void (*sk_small_f32)(const mhc_sk_args_f32 *, int64_t, int64_t);
-    void (*sk_large_f32)(const mhc_sk_args_f32 *, int64_t, int64_t, float *);
-    int64_t (*dist_f32)(const mhc_dist_args_f32 *, int64_t, int64_t);
-    void (*sk_bwd_f32)(const mhc_sk_bwd_args_f32 *, int64_t, int64_t, float *);
-    void (*sk_small_f64)(const mhc_sk_args_f64 *, int64_t, int64_t);
-    void (*sk_large_f64)(const mhc_sk_args_f64 *, int64_t, int64_t, double *);
-    int64_t (*dist_f64)(const mhc_dist_args_f64 *, int64_t, int64_t);
-    void (*sk_bwd_f64)(const mhc_sk_bwd_args_f64 *, int64_t, int64_t, double *);
-    /* the mHC connection (see mhc_t.inc) */
-    void (*hc_proj_f32)(const float *, int64_t, int64_t, int64_t, const float *, int64_t, float *,
-                        double *);
-    void (*hc_mix_f32)(const float *, int64_t, int64_t, int64_t, int64_t, const float *, float *,
-                       int64_t);
-    void (*hc_post_f32)(const float *, int64_t, const float *, int64_t, const float *,
-                        const float *, float *, int64_t, int64_t, int64_t, int64_t, int);
-    void (*hc_proj_f64)(const double *, int64_t, int64_t, int64_t, const double *, int64_t,
-                        double *, double *);
-    void (*hc_mix_f64)(const double *, int64_t, int64_t, int64_t, int64_t, const double *,
-                       double *, int64_t);
-    void (*hc_post_f64)(const double *, int64_t, const double *, int64_t, const double *,
-                        const double *, double *, int64_t, int64_t, int64_t, int64_t, int);
-    /* the backward of the mHC pre step */
-    void (*hc_dots_f32)(const float *, int64_t, int64_t, int64_t, int64_t, const float *, int64_t,
-                        double *);
-    void (*hc_gx_f32)(const float *, int64_t, int64_t, int64_t, int64_t, const float *, int64_t,
-                      const float *, const float *, const float *, const float *, int64_t,
-                      float *, int64_t);
-    void (*hc_dots_f64)(const double *, int64_t, int64_t, int64_t, int64_t, const double *,
-                        int64_t, double *);
-    void (*hc_gx_f64)(const double *, int64_t, int64_t, int64_t, int64_t, const double *, int64_t,
-                      const double *, const double *, const double *, const double *, int64_t,
-                      double *, int64_t);
-    /* the backward of the mHC post step */
-    void (*hc_post_bwd_f32)(const float *, int64_t, const float *, int64_t, const float *,
-                            const float *, const float *, int64_t, int64_t, int64_t, int64_t,
-                            float *, int64_t, float *, float *, float *);
-    void (*hc_post_bwd_f64)(const double *, int64_t, const double *, int64_t, const double *,
-                            const double *, const double *, int64_t, int64_t, int64_t, int64_t,
-                            double *, int64_t, double *, double *, double *);
-    /* optimal transport of small problems (curvature), double only */
-    void (*ot_w1_f64)(const mhc_ot_args *, int64_t, int64_t, double *);
+    const char *name; /* the ISA level */
+    MHC_KERNEL_LIST(MHC_KERNEL_MEMBER, ) /* no ISA: the members */
 } mhc_kernel_table;
 
 /* Kernels are internal to the module: hidden from the dynamic symbol table. */
 #define MHC_HIDDEN __attribute__((visibility("hidden")))
-#define MHC_DECLARE_KERNELS(isa)                                                        \
-    MHC_HIDDEN void mhc_sk_small_f32_##isa(const mhc_sk_args_f32 *, int64_t, int64_t);             \
-    MHC_HIDDEN void mhc_sk_large_f32_##isa(const mhc_sk_args_f32 *, int64_t, int64_t, float *);    \
-    MHC_HIDDEN int64_t mhc_dist_f32_##isa(const mhc_dist_args_f32 *, int64_t, int64_t);            \
-    MHC_HIDDEN void mhc_sk_bwd_f32_##isa(const mhc_sk_bwd_args_f32 *, int64_t, int64_t, float *);  \
-    MHC_HIDDEN void mhc_sk_small_f64_##isa(const mhc_sk_args_f64 *, int64_t, int64_t);             \
-    MHC_HIDDEN void mhc_sk_large_f64_##isa(const mhc_sk_args_f64 *, int64_t, int64_t, double *);   \
-    MHC_HIDDEN int64_t mhc_dist_f64_##isa(const mhc_dist_args_f64 *, int64_t, int64_t);            \
-    MHC_HIDDEN void mhc_sk_bwd_f64_##isa(const mhc_sk_bwd_args_f64 *, int64_t, int64_t, double *); \
-    MHC_HIDDEN void mhc_hc_proj_f32_##isa(const float *, int64_t, int64_t, int64_t, const float *,  \
-                                          int64_t, float *, double *);                              \
-    MHC_HIDDEN void mhc_hc_mix_f32_##isa(const float *, int64_t, int64_t, int64_t, int64_t,         \
-                                         const float *, float *, int64_t);                          \
-    MHC_HIDDEN void mhc_hc_post_f32_##isa(const float *, int64_t, const float *, int64_t,           \
-                                          const float *, const float *, float *, int64_t, int64_t,  \
-                                          int64_t, int64_t, int);                                   \
-    MHC_HIDDEN void mhc_hc_proj_f64_##isa(const double *, int64_t, int64_t, int64_t,                \
-                                          const double *, int64_t, double *, double *);             \
-    MHC_HIDDEN void mhc_hc_mix_f64_##isa(const double *, int64_t, int64_t, int64_t, int64_t,        \
-                                         const double *, double *, int64_t);                        \
-    MHC_HIDDEN void mhc_hc_post_f64_##isa(const double *, int64_t, const double *, int64_t,         \
-                                          const double *, const double *, double *, int64_t,        \
-                                          int64_t, int64_t, int64_t, int);                          \
-    MHC_HIDDEN void mhc_hc_dots_f32_##isa(const float *, int64_t, int64_t, int64_t, int64_t,        \
-                                          const float *, int64_t, double *);                        \
-    MHC_HIDDEN void mhc_hc_gx_f32_##isa(const float *, int64_t, int64_t, int64_t, int64_t,          \
-                                        const float *, int64_t, const float *, const float *,       \
-                                        const float *, const float *, int64_t, float *, int64_t);   \
-    MHC_HIDDEN void mhc_hc_dots_f64_##isa(const double *, int64_t, int64_t, int64_t, int64_t,       \
-                                          const double *, int64_t, double *);                       \
-    MHC_HIDDEN void mhc_hc_gx_f64_##isa(const double *, int64_t, int64_t, int64_t, int64_t,         \
-                                        const double *, int64_t, const double *, const double *,    \
-                                        const double *, const double *, int64_t, double *,          \
-                                        int64_t);                                                   \
-    MHC_HIDDEN void mhc_hc_post_bwd_f32_##isa(const float *, int64_t, const float *, int64_t,       \
-                                              const float *, const float *, const float *, int64_t, \
-                                              int64_t, int64_t, int64_t, float *, int64_t, float *, \
-                                              float *, float *);                                    \
-    MHC_HIDDEN void mhc_hc_post_bwd_f64_##isa(const double *, int64_t, const double *, int64_t,     \
-                                              const double *, const double *, const double *,       \
-                                              int64_t, int64_t, int64_t, int64_t, double *,         \
-                                              int64_t, double *, double *, double *);         \
-    MHC_HIDDEN void mhc_ot_w1_f64_##isa(const mhc_ot_args *, int64_t, int64_t, double *);
-
-MHC_DECLARE_KERNELS(portable)
+#define MHC_KERNEL_DECLARE(isa, name, ret, params) MHC_HIDDEN ret mhc_##name##_##isa params;
+MHC_KERNEL_LIST(MHC_KERNEL_DECLARE, portable)
 #if MHC_X86
-MHC_DECLARE_KERNELS(sse)
-MHC_DECLARE_KERNELS(avx2)
-MHC_DECLARE_KERNELS(avx512)
+MHC_KERNEL_LIST(MHC_KERNEL_DECLARE, sse)
+MHC_KERNEL_LIST(MHC_KERNEL_DECLARE, avx2)
+MHC_KERNEL_LIST(MHC_KERNEL_DECLARE, avx512)
 #endif
 
 /* Heap blocks of the library (alloc.c): malloc/realloc/free with the
