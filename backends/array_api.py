@@ -13,10 +13,9 @@ import math
 from array_api_compat import device
 
 from ..errors import DomainError
+from ._constants import CLIP_MARGIN
 
 NAME = "array_api"
-
-CLIP_MARGIN = 1e-5  # "clip": points projected to radius (1 - 1e-5) / sqrt(K)
 
 
 def cannot_serve(x, library, kernel):
@@ -175,7 +174,8 @@ def _poincare(xp, X, C, K, clip):
 
 
 def _clip_ball(xp, P, n2, K):
-    """Points beyond radius (1-1e-5)/sqrt(K) scaled back to it (the input is not touched)."""
+    """Points beyond radius (1 - CLIP_MARGIN)/sqrt(K) scaled back to it (the input is not
+    touched)."""
     rmax = (1 - CLIP_MARGIN) / math.sqrt(K)
     norm = xp.sqrt(n2)
     far = norm > rmax
@@ -388,3 +388,31 @@ def mhc_post_backward(xp, x, f_out, h_post, h_res, grad, *, call):
     g_res = grad @ xp.matrix_transpose(x)
     return (g_x, xp.broadcast_to(g_f, batch + (C,)), xp.broadcast_to(g_post, batch + (n,)),
             xp.broadcast_to(g_res, batch + (n, n)))
+
+
+# ---------------------------------------------------------------- curvature
+# The kernels of the curvature records (mhc_array/curvature/_kernels.py): ragged
+# NumPy problems, computed in NumPy and SciPy by _transport.py.
+
+def ot_w1(xp, cost, mu, mv, rptr, cptr, *, reg, iterations, tolerance, relax, call):
+    """Entropic W1 of a ragged batch of transport problems -> ``(w (g,), iterations
+    done (g,))``: padded batches of ``sinkhorn`` with epsilon scaling, plain
+    iterations (``relax``, the native kernel's over-relaxation, is not used)."""
+    from . import _transport
+    return _transport.ot_w1(xp, cost, mu, mv, rptr, cptr, reg=reg, iterations=iterations,
+                            tolerance=tolerance, call=call)
+
+
+def graph_costs(xp, indptr, indices, weights, X, xptr, Y, yptr, *, call):
+    """Shortest-path distances between ragged supports of a CSR graph, every edge's
+    matrix one after the other: SciPy Dijkstra searches."""
+    from . import _transport
+    return _transport.graph_costs(xp, indptr, indices, weights, X, xptr, Y, yptr, call=call)
+
+
+def point_costs(xp, points, X, xptr, Y, yptr, *, manifold, curvature, call):
+    """Manifold distances between ragged supports of points, in ``graph_costs``'
+    layout (NaN for a point outside the manifold's domain): ``distance``."""
+    from . import _transport
+    return _transport.point_costs(xp, points, X, xptr, Y, yptr, manifold=manifold,
+                                  curvature=curvature, call=call)

@@ -18,11 +18,11 @@ declarations are generated from ``native/include/mhc_native.h``.
 import math
 import os
 import threading
-import warnings
+import types
 
 import numpy as np
 
-from ..errors import DomainError, NativeError, ShapeError
+from ..errors import DomainError, NativeError, ShapeError, warn_at_caller
 
 NAME = "native"
 
@@ -61,19 +61,19 @@ if lib is not None:
                  "spherical": lib.MHC_SPHERICAL}
     _DOMAIN_MODE = {"raise": lib.MHC_DOM_RAISE, "nan": lib.MHC_DOM_NAN, "clip": lib.MHC_DOM_CLIP}
     _ORDER_FLAG = {"rows-first": 0, "cols-first": lib.MHC_SK_COLS_FIRST}
-    # per dtype: (cffi array type, cffi pointer type), then the kernels
-    _KERNELS = {
-        np.dtype(np.float32): ((ffi.typeof("float[]"), ffi.typeof("float *")),
-                               lib.mhc_sinkhorn_f32, lib.mhc_distance_f32, lib.mhc_pairwise_f32,
-                               lib.mhc_hc_pre_f32, lib.mhc_hc_post_f32,
-                               lib.mhc_sinkhorn_backward_f32, lib.mhc_hc_pre_backward_f32,
-                               lib.mhc_hc_post_backward_f32),
-        np.dtype(np.float64): ((ffi.typeof("double[]"), ffi.typeof("double *")),
-                               lib.mhc_sinkhorn_f64, lib.mhc_distance_f64, lib.mhc_pairwise_f64,
-                               lib.mhc_hc_pre_f64, lib.mhc_hc_post_f64,
-                               lib.mhc_sinkhorn_backward_f64, lib.mhc_hc_pre_backward_f64,
-                               lib.mhc_hc_post_backward_f64),
-    }
+    _VARIANT = {"paper": lib.MHC_HC_PAPER, "deepseek-v4": lib.MHC_HC_DEEPSEEK_V4}
+
+    def _dtype_kernels(c_type, sfx):
+        """The kernels of one dtype by name (``lib.mhc_<name>_<sfx>``) and ``ctype``,
+        its cffi (array, pointer) types, parsed once."""
+        return types.SimpleNamespace(
+            ctype=(ffi.typeof(c_type + "[]"), ffi.typeof(c_type + " *")),
+            **{name: getattr(lib, f"mhc_{name}_{sfx}") for name in (
+                "sinkhorn", "sinkhorn_backward", "distance", "pairwise", "hc_pre", "hc_post",
+                "hc_pre_backward", "hc_post_backward")})
+
+    _KERNELS = {np.dtype(np.float32): _dtype_kernels("float", "f32"),
+                np.dtype(np.float64): _dtype_kernels("double", "f64")}
 else:
     ISA_CODES, ISA_NAMES, BEST_ISA, MAX_STREAMS, _KERNELS = {}, {}, None, 0, {}
 
@@ -113,8 +113,8 @@ def resolve_isa(level):
             first = level not in _warned_isa
             _warned_isa.add(level)
         if first:
-            warnings.warn(f"mhc_array: this CPU (or OS) does not support {level}; "
-                          f"using {BEST_ISA}", RuntimeWarning, stacklevel=6)
+            warn_at_caller(f"mhc_array: this CPU (or OS) does not support {level}; "
+                           f"using {BEST_ISA}", RuntimeWarning)
         return best
     return code
 
@@ -252,7 +252,7 @@ def sinkhorn(xp, x, row_sums, col_sums, *, iterations, tau, logits, order, out, 
     n, m = shape[-2], shape[-1]
     batch = shape[:-2]
     count = math.prod(batch)
-    ctype, kernel = _KERNELS[a.dtype][0], _KERNELS[a.dtype][1]
+    ctype, kernel = _KERNELS[a.dtype].ctype, _KERNELS[a.dtype].sinkhorn
     if count == 0 or n == 0 or m == 0:
         return _finish(xp, x, out, np.empty(shape, a.dtype))
     src, x_bstride, x_rstride = _layout(a, 2, call)
@@ -297,7 +297,7 @@ def sinkhorn_backward(xp, x, row_sums, col_sums, grad, *, iterations, tau, logit
     res = np.empty(shape, a.dtype)
     if count == 0 or n == 0 or m == 0:
         return _back(xp, x, res)
-    ctype, kernel = _KERNELS[a.dtype][0], _KERNELS[a.dtype][6]
+    ctype, kernel = _KERNELS[a.dtype].ctype, _KERNELS[a.dtype].sinkhorn_backward
     src, x_bstride, x_rstride = _layout(a, 2, call)
     g, g_bstride, g_rstride = _layout(_to_numpy(grad), 2, call, batch)
     targets, keep = _targets(row_sums, col_sums, batch, ctype, call)
@@ -323,7 +323,7 @@ def distance(xp, x, c, *, manifold, curvature, on_domain_error, call):
     res = np.empty(batch, a.dtype)
     rows = math.prod(batch)
     if rows:
-        ctype, kernel = _KERNELS[a.dtype][0], _KERNELS[a.dtype][2]
+        ctype, kernel = _KERNELS[a.dtype].ctype, _KERNELS[a.dtype].distance
         pa, a_rstride, _ = _layout(a, 1, call, batch)
         pb, b_rstride, _ = _layout(b, 1, call, batch)
         status = kernel(_MANIFOLD[manifold], _ptr(pa, ctype), a_rstride, _ptr(pb, ctype),
@@ -341,7 +341,7 @@ def pairwise(xp, x, y, *, manifold, curvature, on_domain_error, call):
     (N, d), M = a.shape, b.shape[0]
     res = np.empty((N, M), a.dtype)
     if N and M:
-        ctype, kernel = _KERNELS[a.dtype][0], _KERNELS[a.dtype][3]
+        ctype, kernel = _KERNELS[a.dtype].ctype, _KERNELS[a.dtype].pairwise
         pa, a_rstride, _ = _layout(a, 1, call)
         pb, b_rstride, _ = _layout(b, 1, call)
         status = kernel(_MANIFOLD[manifold], _ptr(pa, ctype), N, a_rstride, _ptr(pb, ctype), M,
@@ -411,11 +411,11 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
     h_pre = np.empty(batch + (n,), dt)
     h_post = np.empty(batch + (n,), dt)
     h_res = np.empty(batch + (n, n), dt)
-    ctype, kernel = _KERNELS[dt][0], _KERNELS[dt][4]
+    ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_pre
     if tokens:
         p = [ffi.from_buffer(ctype[0], v) for v in (xt, wp, b, al, h_in, h_pre, h_post, h_res)]
         _check(kernel(p[0], n * C, tokens, n, C, p[1], Kp, p[2], p[3],
-                      0 if variant == "paper" else 1, iterations, norm_eps, hc_eps,
+                      _VARIANT[variant], iterations, norm_eps, hc_eps,
                       p[4], p[5], p[6], p[7], _workspace(call), code, call.threads))
     return tuple(_back(xp, x, r) for r in (h_in, h_pre, h_post, h_res))
 
@@ -442,12 +442,12 @@ def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, ite
              for g, inner in ((g_in, (C,)), (g_pre, (n,)), (g_post, (n,)), (g_res, (n, n)))]
     g_x = np.empty(a.shape, dt)
     gz, y, gp = (np.empty(batch + (K,), dt) for _ in range(3))
-    ctype, kernel = _KERNELS[dt][0], _KERNELS[dt][7]
+    ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_pre_backward
     if tokens:
         p = [ffi.from_buffer(ctype[0], v) for v in (xt, wp, wt, b, al, g_x, gz, y, gp)]
         g = [ffi.NULL if v is None else ffi.from_buffer(ctype[0], v) for v in grads]
         _check(kernel(p[0], n * C, tokens, n, C, p[1], Kp, p[2], p[3], p[4],
-                      0 if variant == "paper" else 1, iterations, norm_eps, hc_eps,
+                      _VARIANT[variant], iterations, norm_eps, hc_eps,
                       g[0], g[1], g[2], g[3], p[5], n * C, p[6], p[7], p[8],
                       code, call.threads))
     return tuple(_back(xp, x, r) for r in (g_x, gz, y, gp))
@@ -491,7 +491,7 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
             res, direct = o, True
     if res is None:
         res = np.empty(a.shape, dt)
-    ctype, kernel = _KERNELS[dt][0], _KERNELS[dt][5]
+    ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_post
     if tokens:
         p = [ffi.from_buffer(ctype[0], v) for v in (xt, f, hp, hr, res)]
         _check(kernel(p[0], n * C, p[1], f_tstride, p[2], p[3], p[4], n * C, tokens, n, C,
@@ -513,7 +513,7 @@ def mhc_post_backward(xp, x, f_out, h_post, h_res, grad, *, call):
     g_f = np.empty(batch + (C,), dt)
     g_post = np.empty(batch + (n,), dt)
     g_res = np.empty(batch + (n, n), dt)
-    ctype, kernel = _KERNELS[dt][0], _KERNELS[dt][8]
+    ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_post_backward
     if tokens:
         p = [ffi.from_buffer(ctype[0], v) for v in (xt, f, hp, hr, gt, g_x, g_f, g_post, g_res)]
         _check(kernel(p[0], n * C, p[1], f_tstride, p[2], p[3], p[4], n * C, tokens, n, C,
@@ -532,15 +532,17 @@ def plan(kernel, dtypes, ndims, call):
     if any(dt not in _KERNELS for dt in dtypes) or len(set(dtypes)) != 1:
         return None
     code, threads = resolve_isa(call.isa), call.threads
-    ctype, *kernels = _KERNELS[dtypes[0]]
-    array_type, dt = ctype[0], dtypes[0]
+    kernels = _KERNELS[dtypes[0]]
+    array_type, dt = kernels.ctype[0], dtypes[0]
     from_buffer, empty, null = ffi.from_buffer, np.empty, ffi.NULL
     if kernel == "sinkhorn":
-        sinkhorn_kernel = kernels[0]
+        sinkhorn_kernel = kernels.sinkhorn
         logits_flag = lib.MHC_SK_LOGITS
 
         def run_sinkhorn(arrays, options):
-            x = arrays[0]
+            x, row_sums, col_sums = arrays
+            if row_sums is not None or col_sums is not None:
+                return None  # targets: the general path
             shape = x.shape
             n, m = shape[-2], shape[-1]
             count = math.prod(shape[:-2])
@@ -560,7 +562,7 @@ def plan(kernel, dtypes, ndims, call):
             return res
         return run_sinkhorn
     if kernel == "distance" and ndims[1] == 1 and ndims[0] in (1, 2):
-        distance_kernel = kernels[1]
+        distance_kernel = kernels.distance
         two_d = ndims[0] == 2
 
         memo = [(None, None)]  # (the last options dict seen, its kernel codes): one tuple
@@ -591,27 +593,13 @@ def plan(kernel, dtypes, ndims, call):
 
 # ---------------------------------------------------------------- curvature
 
-def ot_w1(cost, mu, mv, rptr=None, cptr=None, *, reg, iterations, tolerance, relax, isa,
-          threads):
-    """Entropic W1 of a batch of small transport problems by ``mhc_ot_w1_f64``:
-    ragged (flat ``mu``, ``mv`` with offset tables ``rptr``, ``cptr`` and the
-    problems' cost matrices one after the other in flat ``cost``), or uniform
-    (``cost (g, a, b)``, ``mu (g, a)``, ``mv (g, b)``, no tables); float64, zero
-    mass is padding -> ``(w (g,), iterations done (g,))``. Not a record of the
-    pipeline: the curvature composite calls it on host arrays it built itself."""
-    cost, mu, mv = (np.ascontiguousarray(a, dtype=np.float64) for a in (cost, mu, mv))
-    if rptr is None:
-        g, a, b = cost.shape
-        if mu.shape != (g, a) or mv.shape != (g, b):
-            raise ShapeError(f"ot_w1: masses of shapes {mu.shape} and {mv.shape} do not "
-                             f"match costs of shape {cost.shape}")
-        rptr, cptr = np.arange(g + 1) * a, np.arange(g + 1) * b
-    rptr, cptr = (np.ascontiguousarray(t, dtype=np.int64) for t in (rptr, cptr))
+def ot_w1(xp, cost, mu, mv, rptr, cptr, *, reg, iterations, tolerance, relax, call):
+    """Entropic W1 of a ragged batch of small transport problems by
+    ``mhc_ot_w1_f64`` -> ``(w (g,), iterations done (g,))``: the masses ``mu``,
+    ``mv`` with offset tables ``rptr``, ``cptr`` and the problems' cost matrices one
+    after the other in ``cost``; float64 and int64 NumPy arrays as the curvature
+    records pass them (zero mass is padding)."""
     g = rptr.shape[0] - 1
-    if (cptr.shape != rptr.shape or g < 0 or mu.size != rptr[-1] or mv.size != cptr[-1] or
-            cost.size != int(np.dot(np.diff(rptr), np.diff(cptr)))):
-        raise ShapeError(f"ot_w1: offset tables {rptr.shape}, {cptr.shape} do not match "
-                         f"masses ({mu.size}, {mv.size}) and costs ({cost.size})")
     w = np.empty(g)
     done = np.empty(g, dtype=np.int64)
     err = ffi.new("int64_t *")
@@ -620,7 +608,7 @@ def ot_w1(cost, mu, mv, rptr=None, cptr=None, *, reg, iterations, tolerance, rel
         ffi.from_buffer("double[]", mv), ffi.from_buffer("int64_t[]", rptr),
         ffi.from_buffer("int64_t[]", cptr), g, reg, iterations, tolerance, int(relax),
         ffi.from_buffer("double[]", w), ffi.cast("int64_t *", done.ctypes.data),
-        resolve_isa(isa), threads, err)
+        resolve_isa(call.isa), call.threads, err)
     if status == lib.MHC_ERR_DOMAIN:
         raise DomainError(f"transport problem {err[0]}: masses must be finite, >= 0 and of "
                           "equal totals, costs finite where both masses are > 0",
@@ -632,32 +620,18 @@ def ot_w1(cost, mu, mv, rptr=None, cptr=None, *, reg, iterations, tolerance, rel
     return w, done
 
 
-def graph_costs(indptr, indices, weights, X, xptr, Y, yptr, *, threads, out=None):
+def graph_costs(xp, indptr, indices, weights, X, xptr, Y, yptr, *, call):
     """Shortest-path distances between ragged supports by ``mhc_graph_costs_f64``:
     edge ``e``'s matrix ``d(X[xptr[e]:xptr[e+1]], Y[yptr[e]:yptr[e+1]])``, all edges'
-    matrices one after the other in one flat float64 array (``out`` when given: a
-    C-contiguous float64 array of that size); the graph in CSR form (both
-    directions stored). One bounded Dijkstra search per distinct source."""
-    arrs = [np.ascontiguousarray(a, dtype=np.int64) for a in (indptr, indices, X, xptr, Y, yptr)]
-    indptr, indices, X, xptr, Y, yptr = arrs
-    weights = np.ascontiguousarray(weights, dtype=np.float64)
-    edges = xptr.shape[0] - 1
-    if (indptr.ndim != 1 or indptr.shape[0] < 1 or indices.shape != weights.shape or
-            edges < 0 or yptr.shape != xptr.shape):
-        raise ShapeError(f"graph_costs: graph arrays {indptr.shape}, {indices.shape}, "
-                         f"{weights.shape} or offset tables {xptr.shape}, {yptr.shape} "
-                         "do not match")
-    size = int(np.dot(np.diff(xptr), np.diff(yptr)))
-    if out is None:
-        out = np.empty(size)
-    elif out.dtype != np.float64 or out.size != size or not out.flags.c_contiguous:
-        raise ShapeError(f"graph_costs: out must be a C-contiguous float64 array of {size} "
-                         f"elements; got {out.dtype} {out.shape}")
+    matrices one after the other in one flat float64 array; the graph in CSR form
+    (both directions stored). One bounded Dijkstra search per distinct source."""
+    out = np.empty(int(np.dot(np.diff(xptr), np.diff(yptr))))
     err = ffi.new("int64_t *")
-    p = [ffi.from_buffer("int64_t[]", a) for a in arrs]
+    p = [ffi.from_buffer("int64_t[]", a) for a in (indptr, indices, X, xptr, Y, yptr)]
     status = lib.mhc_graph_costs_f64(p[0], p[1], ffi.from_buffer("double[]", weights),
-                                     indptr.shape[0] - 1, p[2], p[3], p[4], p[5], edges,
-                                     ffi.from_buffer("double[]", out), threads, err)
+                                     indptr.shape[0] - 1, p[2], p[3], p[4], p[5],
+                                     xptr.shape[0] - 1, ffi.from_buffer("double[]", out),
+                                     call.threads, err)
     if status == lib.MHC_ERR_DOMAIN:
         raise DomainError(f"graph edge lengths must be finite and > 0; entry {err[0]} is "
                           f"{weights[err[0]]!r}", argument="graph")
@@ -665,20 +639,15 @@ def graph_costs(indptr, indices, weights, X, xptr, Y, yptr, *, threads, out=None
     return out
 
 
-def point_costs(points, manifold, curvature, X, xptr, Y, yptr, *, isa, threads, out):
+def point_costs(xp, points, X, xptr, Y, yptr, *, manifold, curvature, call):
     """Manifold distances between ragged supports of a point cloud by
-    ``mhc_point_costs_f64``, in ``graph_costs``' layout, into ``out`` (C-contiguous
-    float64 of the right size); points outside the manifold give NaN."""
-    points = np.ascontiguousarray(points, dtype=np.float64)
-    arrs = [np.ascontiguousarray(a, dtype=np.int64) for a in (X, xptr, Y, yptr)]
-    xptr, yptr = arrs[1], arrs[3]
-    size = int(np.dot(np.diff(xptr), np.diff(yptr)))
-    if out.dtype != np.float64 or out.size != size or not out.flags.c_contiguous:
-        raise ShapeError(f"point_costs: out must be a C-contiguous float64 array of {size} "
-                         f"elements; got {out.dtype} {out.shape}")
-    p = [ffi.from_buffer("int64_t[]", a) for a in arrs]
+    ``mhc_point_costs_f64``, in ``graph_costs``' layout; points outside the manifold
+    give NaN."""
+    out = np.empty(int(np.dot(np.diff(xptr), np.diff(yptr))))
+    p = [ffi.from_buffer("int64_t[]", a) for a in (X, xptr, Y, yptr)]
     _check(lib.mhc_point_costs_f64(_MANIFOLD[manifold], ffi.from_buffer("double[]", points),
                                    points.shape[0], points.shape[1], curvature, p[0], p[1],
                                    p[2], p[3], xptr.shape[0] - 1,
-                                   ffi.from_buffer("double[]", out), resolve_isa(isa), threads))
+                                   ffi.from_buffer("double[]", out), resolve_isa(call.isa),
+                                   call.threads))
     return out

@@ -61,11 +61,12 @@ from ._config import (  # noqa: E402
     use_num_threads,
 )
 from ._mhc import MHCLayer, mhc_post, mhc_pre  # noqa: E402
-from ._curvature import estimate_curvature, ollivier_ricci_curvature  # noqa: E402
+from .curvature import estimate_curvature, ollivier_ricci_curvature  # noqa: E402
 from ._info import config, cpu_features, empty_aligned, show_config  # noqa: E402
 from ._stats import reset_stats, stats  # noqa: E402
 from .errors import (  # noqa: E402
     BackendUnavailableError,
+    ChunkWarning,
     DomainError,
     MHCArrayError,
     NativeError,
@@ -86,5 +87,9 @@ __all__ = [
     "cpu_features", "config", "show_config", "empty_aligned",
     "stats", "reset_stats",
     "MHCArrayError", "ShapeError", "DomainError", "UnsupportedDTypeError",
-    "BackendUnavailableError", "NativeError",
+    "BackendUnavailableError", "NativeError", "ChunkWarning",
 ]
+
+if "torch" in __import__("sys").modules:  # torch.compile over the plain functions
+    from . import _dynamo
+    _dynamo.register()

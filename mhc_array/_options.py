@@ -1,5 +1,6 @@
-"""Validators of keyword options, shared by the public functions' records
-(``_ops.py``) and the configuration (``_config.py``).
+"""Validators of keyword options, shared by the records (``_api.py``, ``_mhc.py``,
+``curvature/``), the curvature functions' own arguments and the configuration
+(``_config.py``).
 
 A validator is ``check(name, value) -> value`` (normalised) that raises a
 ``TypeError`` or ``ValueError`` naming the option, what it expects and what
@@ -79,4 +80,33 @@ def positive_int(name, value):
         raise TypeError(f"{name} must be a positive int; got {type(value).__name__} {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
+def int_range(low, high=None):
+    """A validator accepting an int in ``[low, high)`` (no upper bound when ``high`` is
+    None); a bool or float is a TypeError."""
+    need = f">= {low}" + ("" if high is None else f" and < {high}")
+
+    def check(name, value):
+        if value.__class__ is int and low <= value and (high is None or value < high):
+            return value
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+        value = operator.index(value)
+        if value < low or (high is not None and value >= high):
+            raise ValueError(f"{name} must be {need}; got {value}")
+        return value
+    return check
+
+
+def fraction(name, value):
+    """A finite real number in [0, 1)."""
+    if value.__class__ is float and 0 <= value < 1:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not 0 <= value < 1:  # NaN too
+        raise ValueError(f"{name} must be a finite number >= 0 and < 1; got {value!r}")
     return value

@@ -9,7 +9,8 @@ from scipy.spatial.distance import cdist
 
 import mhc_array as mx
 import reference as ref
-from mhc_array import _curvature
+from mhc_array.backends import _transport
+from mhc_array.curvature import _graph, _ricci
 
 # ---------------------------------------------------------------- exact reference
 
@@ -147,14 +148,18 @@ def test_reg_below_1e_3_is_tighter():
     assert max_error(edges, kappa, ref) < 1e-3
 
 
-def test_knn_in_blocks_and_graph_forms_agree(monkeypatch):
+@pytest.mark.parametrize("backend", ["auto", "array_api"])
+def test_knn_in_blocks_and_graph_forms_agree(monkeypatch, backend):
+    mx.set_backend(backend)
     pts = np.random.default_rng(4).standard_normal((40, 3))
     e1, k1 = mx.ollivier_ricci_curvature(pts, k=5)
     A = knn_adjacency(pts, 5)
     g1 = mx.ollivier_ricci_curvature(None, graph=A)
-    monkeypatch.setattr(_curvature, "KNN_BLOCK", 7)
-    monkeypatch.setattr(_curvature, "EDGE_CHUNK", 11)
-    monkeypatch.setattr(_curvature, "POINT_ELEMENTS", 100)
+    monkeypatch.setattr(_graph, "KNN_BLOCK", 7)
+    monkeypatch.setattr(_ricci, "EDGE_CHUNK", 11)
+    monkeypatch.setattr(_transport, "POINT_ELEMENTS", 100)
+    monkeypatch.setattr(_transport, "GATHER_ELEMENTS", 30)
+    monkeypatch.setattr(_transport, "DIST_ELEMENTS", 100)
     e2, k2 = mx.ollivier_ricci_curvature(pts.tolist(), k=5)
     np.testing.assert_array_equal(e1, e2)
     np.testing.assert_allclose(k1, k2, atol=1e-5)  # batches stop at other times
@@ -174,6 +179,56 @@ def test_other_manifolds_run():
     s = rng.standard_normal((30, 3))
     edges, kappa = mx.ollivier_ricci_curvature(s, k=4, manifold="spherical")
     assert np.all(np.isfinite(kappa))
+
+
+
+# ---------------------------------------------------------------- kernels and backends
+
+KERNELS = ("graph_costs", "point_costs", "ot_w1")
+
+
+def _curvature_calls():
+    """{kernel record: {backend: calls}} of stats() for the curvature kernels."""
+    counted = mx.stats()
+    return {name: {b: v["calls"] for b, v in counted.get(name, {}).items()}
+            for name in KERNELS}
+
+
+def test_stats_count_the_curvature_kernels_per_backend():
+    """The kernels are records of the pipeline: stats() counts each call under the
+    backend that ran it (one call of each per chunk of edges)."""
+    pts = np.random.default_rng(6).standard_normal((30, 3))
+    ran = "native" if mx.config()["backends"]["native"]["available"] else "array_api"
+    mx.reset_stats()
+    with mx.use_backend("auto"):
+        mx.ollivier_ricci_curvature(pts, k=4)                     # point costs, W1
+        mx.ollivier_ricci_curvature(None, graph=cycle(8))         # graph costs, W1
+        mx.ollivier_ricci_curvature(None, graph=cycle(8), alpha=0.0)  # + d(u, v)
+    assert _curvature_calls() == {"graph_costs": {ran: 3}, "point_costs": {ran: 1},
+                                  "ot_w1": {ran: 3}}
+    with mx.use_backend("array_api"):
+        mx.ollivier_ricci_curvature(pts, k=4)
+    calls = _curvature_calls()
+    assert calls["point_costs"]["array_api"] == calls["ot_w1"]["array_api"] == 1 + (
+        ran == "array_api")
+
+
+@pytest.mark.parametrize("backend", ["auto", "native", "array_api"])
+def test_use_backend_chooses_the_kernels(backend):
+    """The backend in force runs the kernels: native for auto and native (where the
+    compiled module is), array_api when it is chosen; both give kappa within the
+    paths' tolerance of the exact LP."""
+    native = mx.config()["backends"]["native"]["available"]
+    if backend == "native" and not native:
+        pytest.skip("native backend unavailable")
+    ran = "native" if native and backend != "array_api" else "array_api"
+    A = GRAPHS["weighted"]
+    ref = lp_kappa(A, 0.5)
+    mx.reset_stats()
+    with mx.use_backend(backend):
+        edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, reg=1e-3)
+    assert _curvature_calls() == {"graph_costs": {ran: 1}, "point_costs": {}, "ot_w1": {ran: 1}}
+    assert max_error(edges, kappa, ref) < 1e-2
 
 
 # ---------------------------------------------------------------- known values
@@ -297,7 +352,7 @@ def test_against_graph_ricci_curvature_and_the_lp(name):
 
 
 def test_bench_curvature_says_skipped_without_graph_ricci_curvature(monkeypatch, capsys):
-    from mhc_array import _curvature_bench
+    from mhc_array.bench import _curvature as _curvature_bench
     monkeypatch.setattr(_curvature_bench, "grc_available", lambda: "ModuleNotFoundError: x")
     assert _curvature_bench.run(cases=()) == 0
     assert "skipped: GraphRicciCurvature not installed" in capsys.readouterr().out

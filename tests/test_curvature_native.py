@@ -23,6 +23,31 @@ def native():
     return nat
 
 
+def ot_w1(C, mu, mv, rptr=None, cptr=None, *, reg, iterations, tolerance, relax, isa="auto",
+          threads=1, backend="native"):
+    """The ot_w1 kernel record on ``backend`` (at ``isa``, on ``threads``): ragged
+    problems (flat arrays and offset tables), or uniform ones (``C (g, a, b)``,
+    ``mu (g, a)``, ``mv (g, b)``) laid out as ragged ones."""
+    from mhc_array.curvature._kernels import OT_W1
+    if rptr is None:
+        g, a, b = C.shape
+        rptr, cptr = np.arange(g + 1) * a, np.arange(g + 1) * b
+    arrays = (np.ravel(C), np.ravel(mu), np.ravel(mv), np.asarray(rptr, np.int64),
+              np.asarray(cptr, np.int64))
+    with mx.use_backend(backend), mx.use_isa(isa), mx.use_num_threads(threads):
+        return OT_W1(arrays, (reg, iterations, tolerance, bool(relax)))
+
+
+def graph_costs(indptr, indices, weights, X, xptr, Y, yptr, *, threads=1, backend="native"):
+    """The graph_costs kernel record on ``backend`` (on ``threads``)."""
+    from mhc_array.curvature._kernels import GRAPH_COSTS
+    arrays = (np.asarray(indptr, np.int64), np.asarray(indices, np.int64),
+              np.asarray(weights, np.float64),
+              *(np.asarray(a, np.int64) for a in (X, xptr, Y, yptr)))
+    with mx.use_backend(backend), mx.use_num_threads(threads):
+        return GRAPH_COSTS(arrays, ())
+
+
 exact_w1 = ref.transport_w1
 
 
@@ -54,8 +79,8 @@ def test_ot_every_isa_matches_linear_programming(isa, shape, relax):
         pytest.skip(f"this CPU lacks {isa}")
     C, mu, mv = problems(6, *shape, seed=sum(shape))
     keep = (C.copy(), mu.copy(), mv.copy())
-    w, done = native().ot_w1(C, mu, mv, reg=1e-3, iterations=5000, tolerance=1e-7,
-                             relax=relax, isa=isa, threads=1)
+    w, done = ot_w1(C, mu, mv, reg=1e-3, iterations=5000, tolerance=1e-7, relax=relax,
+                    isa=isa, threads=1)
     for k in range(len(w)):
         ref = exact_w1(C[k], mu[k], mv[k])
         span = np.nanmax(np.where(np.isfinite(C[k]), C[k], np.nan))
@@ -72,8 +97,8 @@ def test_ot_large_problems_and_threads():
     the same bits whatever the thread count."""
     C, mu, mv = problems(40, 33, 70, seed=1)
     kw = dict(reg=1e-2, iterations=3000, tolerance=1e-6, relax=True, isa="auto")
-    w1, d1 = native().ot_w1(C, mu, mv, threads=1, **kw)
-    w2, d2 = native().ot_w1(C, mu, mv, threads=2, **kw)
+    w1, d1 = ot_w1(C, mu, mv, threads=1, **kw)
+    w2, d2 = ot_w1(C, mu, mv, threads=2, **kw)
     np.testing.assert_array_equal(w1, w2)
     np.testing.assert_array_equal(d1, d2)
     for k in range(0, 40, 13):
@@ -88,31 +113,32 @@ def test_ot_small_reg_does_not_underflow():
     C, mu, mv = problems(5, 6, 9, seed=7)
     ref = np.array([exact_w1(C[k], mu[k], mv[k]) for k in range(5)])
     for relax in (False, True):
-        w, _ = native().ot_w1(C, mu, mv, reg=1e-5, iterations=30000, tolerance=1e-9,
-                              relax=relax, isa="auto", threads=1)
+        w, _ = ot_w1(C, mu, mv, reg=1e-5, iterations=30000, tolerance=1e-9, relax=relax)
         np.testing.assert_allclose(w, ref, rtol=0, atol=1e-6)
 
 
-def test_ot_trivial_problems():
+@pytest.mark.parametrize("backend", ["native", "array_api"])
+def test_ot_trivial_problems(backend):
     # one row: the plan is forced, W1 = sum_j mv_j C_0j
     C = np.array([[[3.0, 1.0, 2.0]]])
     mv = np.array([[0.2, 0.5, 0.3]])
-    w, _ = native().ot_w1(C, np.ones((1, 1)), mv, reg=1e-2, iterations=100, tolerance=1e-9,
-                          relax=False, isa="auto", threads=1)
+    w, _ = ot_w1(C, np.ones((1, 1)), mv, reg=1e-2, iterations=100, tolerance=1e-9,
+                 relax=False, backend=backend)
     assert w[0] == pytest.approx(3 * 0.2 + 0.5 + 2 * 0.3, abs=1e-12)
     # no mass at all: W1 = 0; empty batch: nothing to do
-    w, done = native().ot_w1(np.ones((1, 2, 2)), np.zeros((1, 2)), np.zeros((1, 2)), reg=0.1,
-                             iterations=10, tolerance=0, relax=True, isa="auto", threads=1)
+    w, done = ot_w1(np.ones((1, 2, 2)), np.zeros((1, 2)), np.zeros((1, 2)), reg=0.1,
+                    iterations=10, tolerance=0, relax=True, backend=backend)
     assert w[0] == 0 and done[0] == 0
-    w, _ = native().ot_w1(np.ones((0, 2, 2)), np.ones((0, 2)), np.ones((0, 2)), reg=0.1,
-                          iterations=10, tolerance=0, relax=True, isa="auto", threads=1)
+    w, _ = ot_w1(np.ones((0, 2, 2)), np.ones((0, 2)), np.ones((0, 2)), reg=0.1,
+                 iterations=10, tolerance=0, relax=True, backend=backend)
     assert w.shape == (0,)
 
 
 @pytest.mark.parametrize("bad, index", [
     ("negative mass", 1), ("nan mass", 2), ("totals differ", 0), ("nan cost", 2),
     ("inf cost", 1)])
-def test_ot_domain_errors_name_the_problem(bad, index):
+@pytest.mark.parametrize("backend", ["native", "array_api"])
+def test_ot_domain_errors_name_the_problem(bad, index, backend):
     C, mu, mv = problems(3, 4, 5, seed=2, padding=False)
     if bad == "negative mass":
         mu[1, 0] = -mu[1, 0]
@@ -125,8 +151,7 @@ def test_ot_domain_errors_name_the_problem(bad, index):
     else:
         C[1, 3, 4] = np.inf
     with pytest.raises(mx.DomainError, match=f"transport problem {index}:"):
-        native().ot_w1(C, mu, mv, reg=0.1, iterations=10, tolerance=1e-3, relax=True,
-                       isa="auto", threads=1)
+        ot_w1(C, mu, mv, reg=0.1, iterations=10, tolerance=1e-3, relax=True, backend=backend)
 
 
 def _ot_args(ffi, arrays, err, **over):
@@ -173,7 +198,8 @@ def test_ot_abi_refuses_bad_arguments(override, status):
     assert np.all(np.isfinite(w))
 
 
-def test_ot_ragged_batch_matches_linear_programming():
+@pytest.mark.parametrize("backend", ["native", "array_api"])
+def test_ot_ragged_batch_matches_linear_programming(backend):
     """Problems of different sizes in one call (the curvature kernel's batch: one
     problem per edge, sized by the two vertices' degrees), empty ones included."""
     rng = np.random.default_rng(11)
@@ -187,9 +213,9 @@ def test_ot_ragged_batch_matches_linear_programming():
         costs.append(C[0]), mus.append(mu[0]), mvs.append(mv[0])
     rptr = np.concatenate([[0], np.cumsum([a for a, _ in sizes])])
     cptr = np.concatenate([[0], np.cumsum([b for _, b in sizes])])
-    w, done = native().ot_w1(np.concatenate([c.ravel() for c in costs]), np.concatenate(mus),
-                             np.concatenate(mvs), rptr, cptr, reg=1e-3, iterations=5000,
-                             tolerance=1e-7, relax=True, isa="auto", threads=2)
+    w, done = ot_w1(np.concatenate([c.ravel() for c in costs]), np.concatenate(mus),
+                    np.concatenate(mvs), rptr, cptr, reg=1e-3, iterations=5000,
+                    tolerance=1e-7, relax=True, threads=2, backend=backend)
     for k, (a, b) in enumerate(sizes):
         if a == 0:
             assert w[k] == 0 and done[k] == 0
@@ -215,7 +241,8 @@ def random_graph(n, density, seed, components=1):
 
 @pytest.mark.parametrize("lengths", ["random", "equal"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_graph_costs_match_scipy_shortest_paths(threads, lengths):
+@pytest.mark.parametrize("backend", ["native", "array_api"])
+def test_graph_costs_match_scipy_shortest_paths(backend, threads, lengths):
     """Dijkstra (random lengths) and breadth-first search (all lengths equal)."""
     A, csr = random_graph(120, 0.04, seed=3, components=2)
     if lengths == "equal":
@@ -227,8 +254,8 @@ def test_graph_costs_match_scipy_shortest_paths(threads, lengths):
     xs, ys = rng.integers(0, 9, edges), rng.integers(0, 12, edges)   # ragged, some empty
     X, Y = rng.integers(0, 120, xs.sum()), rng.integers(0, 120, ys.sum())
     xptr, yptr = np.concatenate([[0], np.cumsum(xs)]), np.concatenate([[0], np.cumsum(ys)])
-    out = native().graph_costs(csr.indptr, csr.indices, csr.data, X, xptr, Y, yptr,
-                               threads=threads)
+    out = graph_costs(csr.indptr, csr.indices, csr.data, X, xptr, Y, yptr, threads=threads,
+                      backend=backend)
     start = 0
     for e in range(edges):
         want = D[np.ix_(X[xptr[e]:xptr[e + 1]], Y[yptr[e]:yptr[e + 1]])]
@@ -239,14 +266,34 @@ def test_graph_costs_match_scipy_shortest_paths(threads, lengths):
 
 
 @pytest.mark.parametrize("bad", ["zero weight", "negative weight", "nan weight"])
-def test_graph_costs_domain_error_names_the_entry(bad):
+@pytest.mark.parametrize("backend", ["native", "array_api"])
+def test_graph_costs_domain_error_names_the_entry(bad, backend):
     A, csr = random_graph(20, 0.3, seed=1)
     data = csr.data.copy()
     data[5] = {"zero weight": 0.0, "negative weight": -1.0, "nan weight": np.nan}[bad]
     with pytest.raises(mx.DomainError, match="entry 5"):
-        native().graph_costs(csr.indptr, csr.indices, data, [0, 1], [0, 2], [3], [0, 1],
-                             threads=1)
+        graph_costs(csr.indptr, csr.indices, data, [0, 1], [0, 2], [3], [0, 1],
+                    backend=backend)
 
+
+
+@pytest.mark.parametrize("manifold", ["euclidean", "poincare", "spherical"])
+@pytest.mark.parametrize("backend", ["native", "array_api"])
+def test_point_costs_match_pairwise_distances(backend, manifold):
+    """Ragged supports of points (some empty): each edge's matrix is the manifold's
+    distances between its supports' points."""
+    from mhc_array.curvature._kernels import POINT_COSTS
+    rng = np.random.default_rng(6)
+    pts = rng.standard_normal((50, 4)) * (0.1 if manifold == "poincare" else 1.0)
+    D = np.asarray(mx.pairwise_distance(pts, pts, manifold=manifold, curvature=2.0))
+    xs, ys = rng.integers(0, 6, 40), rng.integers(0, 9, 40)
+    X, Y = rng.integers(0, 50, xs.sum()), rng.integers(0, 50, ys.sum())
+    xptr, yptr = np.concatenate([[0], np.cumsum(xs)]), np.concatenate([[0], np.cumsum(ys)])
+    with mx.use_backend(backend):
+        out = POINT_COSTS((pts, X, xptr, Y, yptr), (manifold, 2.0))
+    want = np.concatenate([D[np.ix_(X[xptr[e]:xptr[e + 1]], Y[yptr[e]:yptr[e + 1]])].ravel()
+                           for e in range(40)])
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-15)
 
 def test_graph_costs_abi_refuses_bad_arguments():
     from mhc_array._native import ffi, lib
@@ -346,7 +393,6 @@ def test_ot_fuzz_regressions_give_finite_w1():
                 if not cpu_supports(isa):
                     continue
                 for it in range(1, its + 1, max(1, its // 30)):
-                    w, _ = native().ot_w1(C, mu, mv, [0, len(mu)], [0, len(mv)], reg=reg,
-                                          iterations=it, tolerance=0.0, relax=rl, isa=isa,
-                                          threads=1)
+                    w, _ = ot_w1(C, mu, mv, [0, len(mu)], [0, len(mv)], reg=reg,
+                                 iterations=it, tolerance=0.0, relax=rl, isa=isa)
                     assert np.isfinite(w[0]), (isa, rl, it)

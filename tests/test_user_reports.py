@@ -153,3 +153,57 @@ def test_lists_and_scalars_are_taken_as_numpy_takes_them():
 def test_domain_error_says_how_to_clip():
     with pytest.raises(mx.DomainError, match="on_domain_error='clip'"):
         mx.poincare_distance(np.array([[2.0, 0.0]]), np.zeros(2))
+
+
+# ---------------------------------------------------------------- curvature of graphs
+
+def _tuple_form(G):
+    nodes = list(G.nodes())
+    index = {v: i for i, v in enumerate(nodes)}
+    E = np.array([(index[u], index[v]) for u, v in G.edges()])
+    W = np.array([w for _, _, w in G.edges(data="weight", default=1.0)])
+    return E, W
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_networkx_graphs(weighted):
+    nx = pytest.importorskip("networkx")
+    G = nx.karate_club_graph()          # integer labels, a "weight" attribute on edges
+    if not weighted:
+        G = nx.Graph(G.edges())
+    G = nx.relabel_nodes(G, {v: f"member {v}" for v in G.nodes()})   # string labels
+    want_e, want_k = mx.ollivier_ricci_curvature(graph=_tuple_form(G), reg=1e-3)
+    for call in (lambda: mx.ollivier_ricci_curvature(G, reg=1e-3),
+                 lambda: mx.ollivier_ricci_curvature(graph=G, reg=1e-3)):
+        e, k = call()
+        np.testing.assert_array_equal(e, want_e)
+        np.testing.assert_allclose(k, want_k, rtol=0, atol=1e-12)
+    nodes = list(G.nodes())   # edges index list(G.nodes()): every one is an edge of G
+    assert all(G.has_edge(nodes[u], nodes[v]) for u, v in e)
+    if not weighted:   # an edge list means unit lengths
+        e2, k2 = mx.ollivier_ricci_curvature(graph=[tuple(p) for p in e])
+        np.testing.assert_allclose(k2, mx.ollivier_ricci_curvature(graph=G)[1], atol=1e-12)
+    assert "suggested" in mx.estimate_curvature(graph=G)
+
+
+def test_an_edge_array_is_an_edge_list_not_an_adjacency():
+    ring = np.array([[i, (i + 1) % 6] for i in range(6)])      # (6, 2): a 6-cycle
+    e, k = mx.ollivier_ricci_curvature(graph=ring, alpha=0.0, reg=1e-3)
+    assert e.shape == (6, 2)
+    np.testing.assert_allclose(k, 0.0, atol=2e-2)           # cycles of length >= 6: kappa 0
+
+
+def test_networkx_refusals():
+    nx = pytest.importorskip("networkx")
+    with pytest.raises(ValueError, match="multigraph"):
+        mx.ollivier_ricci_curvature(graph=nx.MultiGraph([(0, 1), (0, 1)]))
+    with pytest.raises(ValueError, match="undirected"):
+        mx.ollivier_ricci_curvature(graph=nx.DiGraph([(0, 1)]))
+
+
+def test_curvature_of_dask_points_is_dask():
+    da = pytest.importorskip("dask.array")
+    p = np.random.default_rng(0).random((40, 3))
+    e, k = mx.ollivier_ricci_curvature(da.from_array(p, chunks=(10, 3)), k=5)
+    assert isinstance(e, da.Array) and isinstance(k, da.Array)
+    np.testing.assert_allclose(k.compute(), mx.ollivier_ricci_curvature(p, k=5)[1], atol=1e-12)
