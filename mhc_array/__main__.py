@@ -9,7 +9,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mhc_array",
                                      description="mhc_array command line")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="print the configuration (backends, ISA, threads)")
+    info = sub.add_parser("info", help="print the configuration (backends, ISA, threads, "
+                                       "library versions)")
+    info.add_argument("--json", action="store_true", help="print it as JSON (for machines)")
     bench = sub.add_parser("bench", help="run the benchmark workloads of the design notes")
     bench.add_argument("--quick", action="store_true", help="a short run (under a minute)")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -34,19 +36,24 @@ def main(argv=None):
                        help="instead: Ollivier-Ricci curvature against GraphRicciCurvature")
     args = parser.parse_args(argv)
     if args.command == "info":
-        from . import show_config
-        show_config()
+        if args.json:
+            import json
+            from . import config
+            print(json.dumps(config(), indent=2))
+        else:
+            from . import show_config
+            show_config()
         return 0
     if args.curvature:
-        from ._bench import run_curvature
+        from .bench import run_curvature
         return run_curvature(json_path=args.json)
     if args.dask:
-        from ._bench import run_dask
+        from .bench import run_dask
         return run_dask(rows=args.dask)
     if args.from_json:
-        from ._bench import replot
+        from .bench import replot
         return replot(args.from_json, args.plot)
-    from ._bench import run
+    from .bench import run
     return run(quick=args.quick, json_path=args.json, plot_path=args.plot, only=args.only,
                threads=args.threads, compile_peers=args.compile_peers)
 

@@ -21,7 +21,8 @@ import threading
 _done = False
 _lock = threading.Lock()
 
-#: subpackages Dynamo may trace (custom ops with fake kernels)
+#: subpackages Dynamo may trace (custom ops with fake kernels); the option validators
+#: (``_options.py``) stay traceable too: ``mhc_array.torch``'s functions call them
 TRACEABLE = ("torch",)
 
 
@@ -33,7 +34,7 @@ def _modules():
     names = [f"{package}.backends", "array_api_compat"]   # (its frames are ours to run)
     for entry in sorted(os.listdir(here)):
         path = os.path.join(here, entry)
-        if entry.endswith(".py") and entry != "__init__.py":
+        if entry.endswith(".py") and entry not in ("__init__.py", "_options.py"):
             names.append(f"{package}.{entry[:-3]}")
         elif (os.path.isfile(os.path.join(path, "__init__.py")) and entry not in TRACEABLE
               and entry != "backends"):

@@ -110,3 +110,17 @@ def fraction(name, value):
     if not 0 <= value < 1:  # NaN too
         raise ValueError(f"{name} must be a finite number >= 0 and < 1; got {value!r}")
     return value
+
+
+def validated(record, values):
+    """The options ``values`` (a tuple, in the order of ``record.options``: (name,
+    validator) pairs) validated and normalised, as a dict with ``record.fixed``
+    added. Here, not in the pipeline, so that ``torch.compile`` traces it in
+    ``mhc_array.torch``'s functions (the pipeline is on Dynamo's skip list)."""
+    if len(values) != len(record.options):
+        raise TypeError(f"{record.name}: {len(record.options)} options expected, "
+                        f"got {len(values)}")
+    checked = {name: check(name, v) for (name, check), v in zip(record.options, values)}
+    if record.fixed:
+        checked.update(record.fixed)
+    return checked

@@ -31,7 +31,7 @@ import operator
 import time
 from typing import NamedTuple
 
-from . import _config, _dispatch, _stats
+from . import _config, _dispatch, _options, _stats
 from ._dispatch import Call, checked_size, common_namespace, compute_dtype, select_backend
 from .errors import ShapeError
 
@@ -164,13 +164,7 @@ class Op:
     def validate(self, options):
         """The options (a tuple, in the record's order), validated and normalised, as
         a dict with the fixed ones added."""
-        if len(options) != len(self.options):
-            raise TypeError(f"{self.name}: {len(self.options)} options expected, "
-                            f"got {len(options)}")
-        checked = {name: check(name, v) for (name, check), v in zip(self.options, options)}
-        if self.fixed:
-            checked.update(self.fixed)
-        return checked
+        return _options.validated(self, options)
 
     def _validated(self, options):
         """``validate(options)``, remembered: the last call's options when these are

@@ -175,3 +175,76 @@ def test_every_public_function_is_counted_in_stats():
     for name in ("check_manifold", "project_to_manifold", "euclidean_distance",
                  "pairwise_distance", "sinkhorn_knopp", "mhc_pre", "mhc_post"):
         assert sum(b["calls"] for b in counted[name].values()) == 1, (name, counted.get(name))
+
+
+# The installed packages and their source folders (pyproject.toml's package-dir)
+PACKAGE_DIRS = {"mhc_array": "mhc_array", "mhc_array.backends": "backends",
+                "mhc_array._cuda": os.path.join("native", "cuda")}
+# modules that need an optional dependency, and the dependency
+OPTIONAL = {"mhc_array.torch": "torch", "mhc_array.dask": "dask"}
+
+
+def _package_modules():
+    """Every module of the package, subpackages included: each .py file of the
+    source folders, found by walking them."""
+    names = []
+    for package, folder in PACKAGE_DIRS.items():
+        top = os.path.join(ROOT, folder)
+        for path, dirs, files in os.walk(top):
+            dirs[:] = sorted(d for d in dirs
+                             if os.path.isfile(os.path.join(path, d, "__init__.py")))
+            rel = os.path.relpath(path, top)
+            prefix = package if rel == "." else ".".join([package, *rel.split(os.sep)])
+            names += [prefix if f == "__init__.py" else f"{prefix}.{f[:-3]}"
+                      for f in sorted(files) if f.endswith(".py")]
+    return names
+
+
+def test_every_module_imports_on_its_own():
+    """Each module of the package imports first in a fresh interpreter (no import
+    circle between modules that only works in one order); a module needing an
+    optional dependency is skipped when that is absent. The interpreters run a few
+    at a time."""
+    import importlib.util
+    from concurrent.futures import ThreadPoolExecutor
+    modules = _package_modules()
+    assert {"mhc_array.torch", "mhc_array.bench", "mhc_array.backends.native"} <= set(modules)
+    runnable = [name for name in modules
+                if all(importlib.util.find_spec(dep) is not None
+                       for prefix, dep in OPTIONAL.items()
+                       if name == prefix or name.startswith(prefix + "."))]
+
+    def failure(name):
+        p = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        return f"{name}: {p.stderr.strip()[-2000:]}" if p.returncode != 0 else None
+
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
+        failed = [f for f in pool.map(failure, runnable) if f is not None]
+    assert not failed, "\n".join(failed)
+
+
+CURVATURE = os.path.join(ROOT, "mhc_array", "curvature")
+
+
+@pytest.mark.parametrize("module", sorted(f for f in os.listdir(CURVATURE) if f.endswith(".py")))
+def test_curvature_reaches_its_kernels_only_through_records(module):
+    """The curvature package calls its kernels as records of the pipeline, which
+    chooses the backend: it imports no backend module, does not read the
+    configuration and does not pick a backend itself."""
+    with open(os.path.join(CURVATURE, module)) as f:
+        tree = ast.parse(f.read())
+    package = ["mhc_array", "curvature"]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            mod = ".".join(base + ([node.module] if node.module else []))
+            imported = [mod] + [f"{mod}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            imported = [a.name for a in node.names]
+        else:
+            continue
+        for name in imported:
+            assert not name.startswith(("mhc_array.backends", "backends")), (module, name)
+            assert name not in ("mhc_array._config", "mhc_array._dispatch.backend",
+                                "mhc_array._dispatch.select_backend"), (module, name)

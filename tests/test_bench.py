@@ -72,7 +72,7 @@ def _is_png(path):
 
 def test_plot_directory_writes_every_chart(tmp_path):
     pytest.importorskip("matplotlib")
-    from mhc_array._bench_plot import CHARTS, plot
+    from mhc_array.bench._plot import CHARTS, plot
     written = plot(_synthetic_results(), str(tmp_path / "charts"))
     names = sorted(p.rsplit("/", 1)[-1] for p in written)
     assert names == sorted(CHARTS)
@@ -82,7 +82,7 @@ def test_plot_directory_writes_every_chart(tmp_path):
 
 def test_plot_file_png_writes_the_main_chart_only(tmp_path):
     pytest.importorskip("matplotlib")
-    from mhc_array._bench_plot import plot
+    from mhc_array.bench._plot import plot
     target = tmp_path / "main.png"
     assert plot(_synthetic_results(), str(target)) == [str(target)]
     assert _is_png(target)

@@ -100,8 +100,10 @@ def test_example_runs_and_prints_what_it_shows(code, text, capsys, restore_confi
 # ---------------------------------------------------------------- doctests
 
 DOCTEST_MODULES = ["mhc_array._api", "mhc_array._mhc", "mhc_array._config", "mhc_array._info",
-                   "mhc_array.errors", "mhc_array._curvature", "mhc_array.torch",
-                   "mhc_array._torch_mhc"]
+                   "mhc_array.errors", "mhc_array.curvature._ricci",
+                   "mhc_array.curvature._summary", "mhc_array.torch._sinkhorn",
+                   "mhc_array.torch._distances", "mhc_array.torch._mhc",
+                   "mhc_array.torch._modules", "mhc_array.torch._replace"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

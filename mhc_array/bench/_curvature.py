@@ -31,9 +31,9 @@ CORES = (1, 2)
 
 
 def _knn_case(n=2000, d=64, k=10, seed=0):
-    from ._curvature import _knn_graph
+    from ..curvature._graph import knn_graph
     pts = np.random.default_rng(seed).standard_normal((n, d))
-    edges, w = _knn_graph(pts, k, "euclidean", 1.0)
+    edges, w = knn_graph(pts, k, "euclidean", 1.0)
     return edges, w, n, pts
 
 
@@ -41,7 +41,7 @@ def _geometric_case(n=10000, degree=10.0, seed=1):
     """A random geometric graph: n uniform points of the unit square, an edge (of
     length 1) between points closer than r, r chosen for about ``degree``
     neighbours (n * degree / 2 ~ 50,000 edges)."""
-    from ._api import pairwise_distance
+    from .._api import pairwise_distance
     pts = np.random.default_rng(seed).random((n, 2))
     r = (degree / (np.pi * n)) ** 0.5
     us, vs = [], []
@@ -136,7 +136,7 @@ def _traced_peak(fn):
 def _spawn(case, solver, reg, tmp, cores=1):
     out = os.path.join(tmp, f"{case}-{solver}-{cores}.npy")
     cmd = [sys.executable, "-c",
-           "import json, sys; from mhc_array._curvature_bench import _worker; "
+           "import json, sys; from mhc_array.bench._curvature import _worker; "
            f"print(json.dumps(_worker({case!r}, {solver!r}, {out!r}, {reg!r}, {cores!r})))"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:

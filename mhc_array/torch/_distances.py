@@ -1,126 +1,19 @@
-"""PyTorch integration (SPEC 2.7): differentiable functions for torch tensors,
-registered as ``torch.library`` custom ops with fake kernels, so that they run
-under ``torch.compile(fullgraph=True)`` without graph breaks.
-
-Imported only when used (``import mhc_array`` does not import torch)::
-
-    import mhc_array.torch as mt
-    P = mt.sinkhorn_knopp(logits, logits=True)   # differentiable w.r.t. logits
-    P.sum().backward()
-
-The ops compute through the library's pipeline (``mhc_array``'s configuration
-chooses the backend: ``native`` for CPU tensors, ``array_api`` elsewhere);
-float16/bfloat16 are computed in float32 and returned in the input dtype.
-Their results are fresh tensors (never an input or a view of one).
-
-Ops: ``mhc_array::sinkhorn_knopp`` and its backward
-``mhc_array::sinkhorn_knopp_backward``; ``mhc_array::distance`` and
-``mhc_array::pairwise_distance`` (the distances of SPEC 2.2, differentiable w.r.t.
-both point arguments; their backwards are analytic formulas in torch operations).
-"""
+"""The distances of SPEC 2.2 for torch tensors: the ops ``mhc_array::distance``
+and ``mhc_array::pairwise_distance``, differentiable w.r.t. both point arguments
+(their backwards are analytic formulas in torch operations)."""
 
 import math
-from typing import Optional
 
 import torch
 
-from ._api import EUCLIDEAN, GEOMETRIC, PAIRWISE, POINCARE, SINKHORN, SINKHORN_BACKWARD, SPHERICAL
-
-__all__ = ["sinkhorn_knopp", "euclidean_distance", "poincare_distance", "spherical_distance",
-           "geometric_distance", "pairwise_distance", "mhc_pre", "mhc_post", "MHCConnection",
-           "DeepseekV4Connection", "DeepseekV4Head", "replace_hyper_connections"]
+from .._api import EUCLIDEAN, GEOMETRIC, PAIRWISE, POINCARE, SPHERICAL
+from ..backends._constants import CLIP_MARGIN
+from .._options import validated
+from ._common import check_points, fresh, plain, reduce_to
 
 Tensor = torch.Tensor
 
 
-def _fresh(res, *inputs):
-    """``res`` as a contiguous tensor that shares no memory with ``inputs``."""
-    if not isinstance(res, torch.Tensor):
-        res = torch.as_tensor(res)
-    res = res.contiguous()
-    ptr = res.untyped_storage().data_ptr()
-    if any(t is not None and t.untyped_storage().data_ptr() == ptr for t in inputs):
-        res = res.clone()
-    return res
-
-
-def _plain(t):
-    return None if t is None else t.detach()
-
-
-# ---------------------------------------------------------------- Sinkhorn-Knopp
-
-@torch.library.custom_op("mhc_array::sinkhorn_knopp", mutates_args=())
-def _sinkhorn_op(x: Tensor, row_sums: Optional[Tensor], col_sums: Optional[Tensor],
-                 iterations: int, tau: float, logits: bool, order: str) -> Tensor:
-    res = SINKHORN((_plain(x), _plain(row_sums), _plain(col_sums)),
-                   (iterations, tau, logits, order))
-    return _fresh(res, x)
-
-
-@_sinkhorn_op.register_fake
-def _(x, row_sums, col_sums, iterations, tau, logits, order):
-    return x.new_empty(x.shape)
-
-
-@torch.library.custom_op("mhc_array::sinkhorn_knopp_backward", mutates_args=())
-def _sinkhorn_backward_op(grad: Tensor, x: Tensor, row_sums: Optional[Tensor],
-                          col_sums: Optional[Tensor], iterations: int, tau: float, logits: bool,
-                          order: str) -> Tensor:
-    res = SINKHORN_BACKWARD((_plain(x), _plain(row_sums), _plain(col_sums), _plain(grad)),
-                            (iterations, tau, logits, order))
-    return _fresh(res, x, grad)
-
-
-@_sinkhorn_backward_op.register_fake
-def _(grad, x, row_sums, col_sums, iterations, tau, logits, order):
-    return x.new_empty(x.shape)
-
-
-def _sinkhorn_setup_context(ctx, inputs, output):
-    x, row_sums, col_sums, iterations, tau, logits, order = inputs
-    ctx.save_for_backward(x, row_sums, col_sums)
-    ctx.options = (iterations, tau, logits, order)
-
-
-def _sinkhorn_backward(ctx, grad):
-    x, row_sums, col_sums = ctx.saved_tensors
-    gx = None
-    if ctx.needs_input_grad[0]:
-        gx = _sinkhorn_backward_op(grad, x, row_sums, col_sums, *ctx.options)
-    return gx, None, None, None, None, None, None
-
-
-_sinkhorn_op.register_autograd(_sinkhorn_backward, setup_context=_sinkhorn_setup_context)
-
-
-def sinkhorn_knopp(x, *, iterations=20, tau=0.0, logits=False, order="rows-first",
-                   row_sums=None, col_sums=None):
-    """``mhc_array.sinkhorn_knopp`` for torch tensors, differentiable w.r.t. ``x``
-    (the exact gradient of the unrolled iterations; the backward recomputes the
-    forward). The targets ``row_sums`` / ``col_sums`` (optional tensors) are held
-    fixed: no gradient flows to them. Returns a new tensor of x's shape and dtype.
-
-    >>> import torch, mhc_array.torch as mt
-    >>> x = torch.zeros(2, 3, 3, requires_grad=True)
-    >>> P = mt.sinkhorn_knopp(x, logits=True)       # uniform logits: every entry 1/3
-    >>> round(P[0, 0, 0].item(), 4)
-    0.3333
-    >>> P[:, 0, 0].sum().backward()
-    >>> [round(v, 4) for v in x.grad[0, 0].tolist()]
-    [0.1481, -0.0741, -0.0741]
-    """
-    opts = SINKHORN.validate((iterations, tau, logits, order))  # errors name the option
-    iterations, tau, logits, order = (opts[k] for k in ("iterations", "tau", "logits", "order"))
-    for name, t in (("x", x), ("row_sums", row_sums), ("col_sums", col_sums)):
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    return _sinkhorn_op(x, row_sums, col_sums, int(iterations), float(tau), bool(logits),
-                        str(order))
-
-
-# ---------------------------------------------------------------- distances
-#
 # The forward is the library's record (native kernels for CPU tensors); the
 # backward is the analytic gradient, evaluated in torch operations on the saved
 # inputs in a working dtype (float64 for float32/float64 inputs, float32 for
@@ -142,7 +35,6 @@ def sinkhorn_knopp(x, *, iterations=20, tau=0.0, logits=False, order="rows-first
 #              sin θ is its norm.
 
 _RECORDS = {"euclidean": EUCLIDEAN, "poincare": POINCARE, "spherical": SPHERICAL}
-_CLIP_MARGIN = 1e-5          # as the backends' "clip" (SPEC 2.2)
 _PAIRWISE_BLOCK = 1 << 22    # elements of one (rows, M, d) block of the pairwise backward
 
 
@@ -166,10 +58,10 @@ def _safe_div(num, den):
 
 
 def _clip(p, K):
-    """The backends' "clip": points beyond radius (1-1e-5)/sqrt(K) scaled to it.
+    """The backends' "clip": points beyond radius (1-CLIP_MARGIN)/sqrt(K) scaled to it.
     Returns the clipped points and a function pulling a gradient back through it
     (the projection's Jacobian, rmax/|p| (I - p^ p^T), on the clipped points)."""
-    rmax = (1 - _CLIP_MARGIN) / math.sqrt(K)
+    rmax = (1 - CLIP_MARGIN) / math.sqrt(K)
     norm = _sq(p).sqrt()
     far = norm > rmax
     nrm = torch.where(far, norm, 1)
@@ -226,13 +118,6 @@ def _pair_grads(manifold, x, c, g, K, mode):
     return gx, gc
 
 
-def _reduce_to(t, like):
-    """``t`` summed over the axes along which ``like`` was broadcast, in like's dtype."""
-    if t.shape != like.shape:
-        t = t.sum_to_size(like.shape)
-    return t.to(like.dtype)
-
-
 def _result_dtype(x, c):
     return torch.promote_types(x.dtype, c.dtype)
 
@@ -240,8 +125,8 @@ def _result_dtype(x, c):
 @torch.library.custom_op("mhc_array::distance", mutates_args=())
 def _distance_op(x: Tensor, c: Tensor, manifold: str, curvature: float,
                  on_domain_error: str) -> Tensor:
-    res = _RECORDS[manifold]((_plain(x), _plain(c)), (curvature, on_domain_error))
-    return _fresh(res, x, c)
+    res = _RECORDS[manifold]((plain(x), plain(c)), (curvature, on_domain_error))
+    return fresh(res, x, c)
 
 
 @_distance_op.register_fake
@@ -264,9 +149,9 @@ def _distance_backward(ctx, grad):
         wd = _work_dtype(x, c)
         dx, dc = _pair_grads(manifold, x.to(wd), c.to(wd), grad.to(wd), K, mode)
         if ctx.needs_input_grad[0]:
-            gx = _reduce_to(dx, x)
+            gx = reduce_to(dx, x)
         if ctx.needs_input_grad[1]:
-            gc = _reduce_to(dc, c)
+            gc = reduce_to(dc, c)
     return gx, gc, None, None, None
 
 
@@ -276,8 +161,8 @@ _distance_op.register_autograd(_distance_backward, setup_context=_distance_setup
 @torch.library.custom_op("mhc_array::pairwise_distance", mutates_args=())
 def _pairwise_op(x: Tensor, y: Tensor, manifold: str, curvature: float,
                  on_domain_error: str) -> Tensor:
-    res = PAIRWISE((_plain(x), _plain(y)), (manifold, curvature, on_domain_error))
-    return _fresh(res, x, y)
+    res = PAIRWISE((plain(x), plain(y)), (manifold, curvature, on_domain_error))
+    return fresh(res, x, y)
 
 
 @_pairwise_op.register_fake
@@ -311,16 +196,8 @@ def _pairwise_backward(ctx, grad):
 _pairwise_op.register_autograd(_pairwise_backward, setup_context=_distance_setup_context)
 
 
-def _check_points(**arrays):
-    for name, t in arrays.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor; got {t.dtype}")
-
-
 def _distance(manifold, x, c, curvature, on_domain_error):
-    _check_points(x=x, c=c)
+    check_points(x=x, c=c)
     return _distance_op(x, c, manifold, float(curvature), str(on_domain_error))
 
 
@@ -337,7 +214,7 @@ def euclidean_distance(x, c):
     >>> d.tolist(), [[round(v, 4) for v in row] for row in x.grad.tolist()]
     ([5.0, 0.0], [[0.6, 0.8], [0.0, 0.0]])
     """
-    EUCLIDEAN.validate((1.0, "raise"))
+    validated(EUCLIDEAN, (1.0, "raise"))
     return _distance("euclidean", x, c, 1.0, "raise")
 
 
@@ -359,7 +236,7 @@ def poincare_distance(x, c, *, curvature=1.0, on_domain_error="raise"):
     >>> round(d.item(), 4), [round(v, 4) for v in x.grad[0].tolist()]   # 2/(1-0.25)
     (1.0986, [2.6667, 0.0])
     """
-    opts = POINCARE.validate((curvature, on_domain_error))  # errors name the option
+    opts = validated(POINCARE, (curvature, on_domain_error))  # errors name the option
     return _distance("poincare", x, c, opts["curvature"], opts["on_domain_error"])
 
 
@@ -377,7 +254,7 @@ def spherical_distance(x, c, *, on_domain_error="raise"):
     >>> round(d.item(), 4), x.grad.tolist()
     (1.5708, [[-1.0, -0.0]])
     """
-    opts = SPHERICAL.validate((1.0, on_domain_error))
+    opts = validated(SPHERICAL, (1.0, on_domain_error))
     return _distance("spherical", x, c, 1.0, opts["on_domain_error"])
 
 
@@ -391,7 +268,7 @@ def geometric_distance(x, c, *, manifold="euclidean", curvature=1.0, on_domain_e
     >>> round(d.item(), 4)
     1.0986
     """
-    opts = GEOMETRIC.validate((manifold, curvature, on_domain_error))
+    opts = validated(GEOMETRIC, (manifold, curvature, on_domain_error))
     return _distance(opts["manifold"], x, c, opts["curvature"],
                      opts["on_domain_error"])
 
@@ -409,12 +286,7 @@ def pairwise_distance(x, y, *, manifold="euclidean", curvature=1.0, on_domain_er
     >>> D.tolist(), x.grad.tolist()
     ([[1.0], [1.0]], [[1.0, 0.0], [0.0, 1.0]])
     """
-    opts = PAIRWISE.validate((manifold, curvature, on_domain_error))
-    _check_points(x=x, y=y)
+    opts = validated(PAIRWISE, (manifold, curvature, on_domain_error))
+    check_points(x=x, y=y)
     return _pairwise_op(x, y, opts["manifold"], float(opts["curvature"]),
                         str(opts["on_domain_error"]))
-
-
-# The mHC connection: ops, modules and the DeepSeek-V4 drop-in (they use the helpers above).
-from ._torch_mhc import (DeepseekV4Connection, DeepseekV4Head, MHCConnection,  # noqa: E402
-                         mhc_post, mhc_pre, replace_hyper_connections)

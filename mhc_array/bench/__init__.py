@@ -1,0 +1,26 @@
+"""The benchmark of ``python -m mhc_array bench``: the workloads of SPEC 4 (the
+design notes' section 10), measured live, every backend and ISA level against
+NumPy and, when installed, PyTorch eager and SimSIMD.
+
+Candidates of one workload run interleaved, round by round, so that a noisy
+neighbour on this shared machine hits them all alike; the table reports the
+median time per call and ratios measured in the same run.
+
+Modules (this file only re-exports the commands):
+
+- ``_run``: ``bench`` and ``bench --from-json``: the workloads in the table's
+  order, measured, printed, saved;
+- ``_measure``: timing, the floors, the machine line, the progress bar;
+- ``_setting``: what the families share (data generator, peers, mhc_array's
+  candidates per backend / ISA level);
+- the workload families: ``_sinkhorn`` (W1), ``_distances`` (W2), ``_mhc`` (W3 and
+  the training rows);
+- ``_plot``: the charts of ``--plot``;
+- ``_dask``: ``bench --dask``; ``_curvature``: ``bench --curvature``.
+"""
+
+from ._curvature import run as run_curvature
+from ._dask import run_dask
+from ._run import replot, run
+
+__all__ = ["run", "replot", "run_dask", "run_curvature"]

@@ -1,0 +1,216 @@
+"""W3: the mHC connection (pre + post) against the paper's equations in NumPy and
+PyTorch and transformers' DeepSeek-V4 hyper-connection, with its memory and compute
+floors; end to end around a torch Linear; and the training rows (forward +
+backward: the connection, a tiny DeepSeek-V4 model's train step)."""
+
+import numpy as np
+
+from .._mhc import MHCLayer, mhc_post
+from ._measure import mhc_floor
+
+
+def _numpy_mhc(x, phi, bias, alpha, iterations):
+    """The paper's equations (SPEC 2.3) in NumPy: pre, then post with F = identity."""
+    n, C = x.shape[-2:]
+    v = x.reshape(x.shape[:-2] + (n * C,))
+    y = (v @ phi) / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + 1e-6)
+    h_pre = 1 / (1 + np.exp(-(alpha[0] * y[..., :n] + bias[:n])))
+    h_post = 2 / (1 + np.exp(-(alpha[1] * y[..., n:2 * n] + bias[n:2 * n])))
+    L = (alpha[2] * y[..., 2 * n:] + bias[2 * n:]).reshape(x.shape[:-2] + (n, n))
+    M = np.exp(L - L.max(axis=(-2, -1), keepdims=True))
+    for _ in range(iterations):
+        M /= M.sum(-2, keepdims=True)
+        M /= M.sum(-1, keepdims=True)
+    h_in = np.einsum("...i,...ic->...c", h_pre, x)
+    return M @ x + h_post[..., None] * h_in[..., None, :]
+
+
+def _torch_mhc(torch):
+    def run(x, phi, bias, alpha, iterations, f=None):
+        n, C = x.shape[-2:]
+        v = x.reshape(*x.shape[:-2], n * C)
+        y = (v @ phi) * torch.rsqrt((v * v).mean(-1, keepdim=True) + 1e-6)
+        h_pre = torch.sigmoid(alpha[0] * y[..., :n] + bias[:n])
+        h_post = 2 * torch.sigmoid(alpha[1] * y[..., n:2 * n] + bias[n:2 * n])
+        L = (alpha[2] * y[..., 2 * n:] + bias[2 * n:]).reshape(*x.shape[:-2], n, n)
+        M = torch.exp(L - L.amax(dim=(-2, -1), keepdim=True))
+        for _ in range(iterations):
+            M = M / M.sum(-2, keepdim=True)
+            M = M / M.sum(-1, keepdim=True)
+        h_in = (h_pre.unsqueeze(-1) * x).sum(-2)
+        if f is not None:
+            h_in = h_in * f
+        return M @ x + h_post.unsqueeze(-1) * h_in.unsqueeze(-2)
+    return run
+
+
+def _torch_mhc_f(torch):
+    """The paper's equations in torch with F = h_in * f (differentiable: the eager and
+    compiled peers of the training rows)."""
+    run = _torch_mhc(torch)
+
+    def connection(x, phi, bias, alpha, f):
+        return run(x, phi, bias, alpha, 20, f)
+    return connection
+
+
+def _hf_v4_mhc(torch, n, C):
+    """transformers' DeepseekV4HyperConnection (eager) and the decoder layer's
+    expansion with F = identity, or None when transformers lacks it."""
+    try:
+        from transformers.models.deepseek_v4 import modeling_deepseek_v4 as m4
+        from transformers.models.deepseek_v4.configuration_deepseek_v4 import DeepseekV4Config
+    except Exception:  # noqa: BLE001 - not installed, or another version
+        return None
+    hc = m4.DeepseekV4HyperConnection(DeepseekV4Config(hidden_size=C, hc_mult=n))
+    with torch.no_grad():
+        hc.fn.normal_(0, 0.02)
+        hc.base.zero_()
+        hc.scale.fill_(0.01)
+
+    def run(x):
+        with torch.no_grad():
+            post, comb, collapsed = hc(x)
+            return post.unsqueeze(-1) * collapsed.unsqueeze(-2) + torch.matmul(
+                comb.transpose(-1, -2), x)
+    return run
+
+
+def _mhc_connection(s, name, tokens, n, C):
+    torch, rng, mhc = s.torch, s.rng, s.mhc
+    compiled, compile_peers = s.compiled, s.compile_peers
+    x = rng.standard_normal((tokens, n, C)).astype(np.float32)
+    layer = MHCLayer(n, C, seed=0)
+    phi, bias, alpha = layer.phi, layer.bias, layer.alpha
+    buf = np.empty_like(x)
+
+    def ours(a):
+        h_in, _, h_post, h_res = layer.pre(a)
+        return mhc_post(a, h_in, h_post, h_res, out=buf)   # F = identity
+    cands = {"numpy": (_numpy_mhc, (x, phi, bias, alpha, 20))}
+    if torch is not None:
+        targs = (torch.from_numpy(x), torch.from_numpy(phi), torch.from_numpy(bias),
+                 torch.from_numpy(alpha), 20)
+        cands["torch eager"] = (_torch_mhc(torch), targs)
+        if compile_peers and (fn := compiled(_torch_mhc(torch))) is not None:
+            cands["torch.compile"] = (fn, targs)
+        hf = _hf_v4_mhc(torch, n, C)
+        if hf is not None:
+            cands["HF DeepseekV4 eager"] = (hf, (targs[0].reshape(1, tokens, n, C),))
+    for label, ctx in mhc:
+        cands[label] = (ours, (x,), ctx)
+    return (name, cands, mhc_floor(x, n * C * (2 + n) * n))
+
+
+def _mhc_block(s, name, tokens, n, C):
+    """End to end: F = torch Linear(C, C) around the mHC connection (native pre and
+    post) vs the plain residual x + F(x) with the same F ("torch eager")."""
+    torch, mhc = s.torch, s.mhc
+    if torch is None:
+        return
+    lin = torch.nn.Linear(C, C)
+    h = torch.randn(tokens, C)
+    layer = MHCLayer(n, C, seed=0)
+    x = layer.expand(h.numpy())
+    buf = np.empty_like(x)
+
+    def plain(a):
+        with torch.no_grad():
+            return a + lin(a)
+
+    def connected(a):
+        h_in, _, h_post, h_res = layer.pre(a)
+        with torch.no_grad():
+            f = lin(torch.from_numpy(h_in)).numpy()
+        return mhc_post(a, f, h_post, h_res, out=buf)
+    cands = {"torch eager": (plain, (h,))}
+    for label, ctx in mhc:
+        if label.startswith("mhc native"):
+            cands[label + " + F"] = (connected, (x,), ctx)
+    return (name, cands, None)
+
+
+def _mhc_training(s, name, tokens, n, C):
+    """The connection (pre, F = x * f, post), forward + backward w.r.t. x and the
+    parameters: ours (MHCConnection) vs the paper's equations in torch."""
+    torch, rng = s.torch, s.rng
+    compiled, compile_peers = s.compiled, s.compile_peers
+    if torch is None:
+        return
+    import mhc_array.torch as mt
+    layer = mt.MHCConnection(n, C, seed=0)
+    x0 = torch.from_numpy(rng.standard_normal((tokens, n, C)).astype(np.float32))
+    f = torch.from_numpy(rng.standard_normal((tokens, C)).astype(np.float32))
+    g = torch.from_numpy(rng.standard_normal((tokens, n, C)).astype(np.float32))
+    eq = _torch_mhc_f(torch)
+
+    def step(fn):
+        def run():
+            x = x0.clone().requires_grad_()
+            layer.zero_grad(set_to_none=True)
+            fn(x).backward(g)
+        return run
+    cands = {"torch eager": (step(lambda x: eq(x, layer.phi, layer.bias, layer.alpha, f)),
+                             ())}
+    if compile_peers and (fn := compiled(eq)) is not None:
+        cands["torch.compile"] = (step(lambda x: fn(x, layer.phi, layer.bias, layer.alpha,
+                                                    f)), ())
+    return s.grad_row(name, cands, step(lambda x: layer(x, lambda h: h * f)))
+
+
+def _v4_training(s, name, tokens):
+    """A tiny transformers DeepSeek-V4 model's training step (forward + loss +
+    backward), as shipped ("torch eager") and after replace_hyper_connections."""
+    torch, rng = s.torch, s.rng
+    if torch is None:
+        return
+    try:
+        import transformers
+        cfg = transformers.DeepseekV4Config(
+            vocab_size=256, hidden_size=256, moe_intermediate_size=128,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+            head_dim=64, q_lora_rank=64, num_experts_per_tok=2, n_routed_experts=4,
+            n_shared_experts=1, o_groups=2, o_lora_rank=32, index_n_heads=2,
+            index_head_dim=32, index_topk=16, qk_rope_head_dim=16, sliding_window=32,
+            max_position_embeddings=4096, num_nextn_predict_layers=0)
+        torch.manual_seed(0)
+        model = transformers.DeepseekV4ForCausalLM(cfg)
+    except Exception:  # noqa: BLE001 - transformers absent or without DeepSeek-V4
+        return
+    import copy
+    import mhc_array.torch as mt
+    ours = copy.deepcopy(model)
+    mt.replace_hyper_connections(ours)
+    ids = torch.from_numpy(rng.integers(0, 256, (1, tokens)))
+
+    def step(m):
+        def run():
+            m.zero_grad(set_to_none=True)
+            m(ids, labels=ids).loss.backward()
+        return run
+    return s.grad_row(name, {"torch eager": (step(model), ())}, step(ours))
+
+
+def _present(*rows):
+    return [r for r in rows if r is not None]
+
+
+def rows(s, quick):
+    if quick:
+        return [_mhc_connection(s, "W3 mhc pre+post 1024 tokens, n=4, C=1024", 1024, 4, 1024)]
+    return _present(
+        _mhc_connection(s, "W3 mhc pre+post 4096 tokens, n=4, C=1024", 4096, 4, 1024),
+        _mhc_connection(s, "W3 mhc pre+post 4096 tokens, n=4, C=4096", 4096, 4, 4096),
+        _mhc_block(s, "W3 block F = Linear(4096, 4096), 1024 tokens, n=4: 'torch eager' is "
+                   "the plain residual x + F(x)", 1024, 4, 4096))
+
+
+def training_rows(s, quick):
+    if quick:
+        return _present(_mhc_training(s, "W3 mhc connection fwd+bwd 1024 tokens, n=4, "
+                                         "C=1024 (torch)", 1024, 4, 1024))
+    return _present(
+        _mhc_training(s, "W3 mhc connection fwd+bwd 4096 tokens, n=4, C=1024 (torch)", 4096, 4,
+                      1024),
+        _v4_training(s, "V4 tiny model train step, 512 tokens, hidden 256, n=4: 'torch eager' "
+                     "is the model as shipped", 512))

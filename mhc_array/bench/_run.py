@@ -1,0 +1,106 @@
+"""``python -m mhc_array bench``: the workloads of every family in the table's order,
+measured, printed and saved (``--json``), and a saved run printed again
+(``--from-json``)."""
+
+import json
+import sys
+
+import numpy as np
+
+from .. import _dispatch
+from . import _distances, _mhc, _sinkhorn
+from ._measure import fmt_time, machine, measure, progress
+from ._setting import Setting
+
+
+def _workloads(quick, rng, threads, compile_peers):
+    """(name, {label: (fn, args)}, floor) for each workload; floor() -> (seconds, what)
+    measured in the same run, or None. The families draw their data from ``rng`` in
+    this order, the order of the table."""
+    s = Setting(rng, threads, compile_peers)
+    work = (_sinkhorn.rows(s) + _distances.rows(s) + _mhc.rows(s, quick)
+            + _sinkhorn.training_rows(s) + _mhc.training_rows(s, quick))
+    if not quick:
+        work += _distances.bandwidth_rows(s) + _sinkhorn.large_rows(s) + _distances.scaling_rows(s)
+    return work
+
+
+def run(*, quick=False, json_path=None, plot_path=None, only=None, threads=1,
+        compile_peers=None):
+    rng = np.random.default_rng(0)
+    if compile_peers is None:
+        compile_peers = not quick
+    work = _workloads(quick, rng, threads, compile_peers)
+    if only:
+        work = [w for w in work if any(s in w[0] for s in only)]
+        if not work:
+            names = "\n  ".join(w[0] for w in _workloads(quick, rng, threads, compile_peers))
+            print(f"mhc_array bench: no workload matches --only {' '.join(map(repr, only))}; "
+                  f"the workloads{' of --quick' if quick else ''} are:\n  {names}",
+                  file=sys.stderr)
+            return 2
+    rounds, budget = (5, 0.004) if quick else (11, 0.02)
+    machine_line = machine()
+    print(f"mhc_array bench ({'quick' if quick else 'full'}): {machine_line}")
+    print(f"float32, {threads} thread(s) unless the label says x2, median of {rounds} "
+          "interleaved rounds; 'of floor' = floor time / candidate time")
+    native = _dispatch.backend("native")
+    print(f"native: {'best ISA ' + native.BEST_ISA if native.lib else native.UNAVAILABLE}")
+    results = []
+    bar = progress(len(work))
+    for name, cands, floor in work:
+        med = measure(cands, rounds, budget)
+        entry = {"workload": name, "median_s": med}
+        if floor is not None:
+            measured = floor()
+            entry["floor_s"], entry["floor"] = measured[:2]
+            if len(measured) > 2:
+                entry["floors_s"] = measured[2]
+        results.append(entry)
+        bar(name)
+    bar(None)
+    for r in results:
+        _print_workload(r)
+    data = {"machine": machine_line, "quick": quick, "threads": threads, "rounds": rounds,
+            "results": results}
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(data, f, indent=2)
+    if plot_path:
+        from ._plot import plot
+        for written in plot(data, plot_path):
+            print(f"chart: {written}")
+    return 0
+
+
+def replot(json_path, plot_path):
+    """``bench --from-json FILE``: print the tables of a saved run (``--json``) and, with
+    ``plot_path``, draw its charts; nothing is measured."""
+    with open(json_path) as f:
+        data = json.load(f)
+    print(f"mhc_array bench results from {json_path}: {data['machine']}")
+    for r in data["results"]:
+        _print_workload(r)
+    if plot_path:
+        from ._plot import plot
+        for written in plot(data, plot_path):
+            print(f"chart: {written}")
+    return 0
+
+
+def _print_workload(r):
+    med = r["median_s"]
+    base, peer = med.get("numpy"), med.get("torch eager")
+    comp, floor = med.get("torch.compile"), r.get("floor_s")
+    print(f"\n{r['workload']}")
+    if floor is not None:
+        print(f"  floor {fmt_time(floor).strip()}: {r['floor']}")
+    print(f"  {'candidate':<24}{'median':>12}{'vs numpy':>10}{'vs torch':>10}"
+          f"{'vs compile':>11}{'of floor':>10}")
+    for label, s in med.items():
+        cols = [f"{base / s:8.1f}x" if base else "",
+                f"{peer / s:8.1f}x" if peer else "",
+                f"{comp / s:9.1f}x" if comp else "",
+                f"{floor / s:9.0%}" if floor is not None and label.startswith("mhc") else ""]
+        print(f"  {label:<24}{fmt_time(s):>12}{cols[0]:>10}{cols[1]:>10}{cols[2]:>11}"
+              f"{cols[3]:>10}")

@@ -1,0 +1,199 @@
+"""The mHC connection for PyTorch (SPEC 2.3, 2.7): differentiable ``mhc_pre`` /
+``mhc_post`` (both variants), the ops ``mhc_array::mhc_pre`` / ``mhc_post`` and
+their backwards; the ``nn.Module``s built on them are in ``_modules``.
+
+Forward: the library's records (the native fused kernels for CPU tensors).
+Backward (per token ``t``, ``v = x_t`` flattened to ``P = n*C`` values, ``W`` the
+projection as ``(P, K)``: ``phi`` or ``fn^T``, ``K = (2+n)*n``)::
+
+    r = rsqrt(mean(v^2) + norm_eps),  p = v @ W,  y = r * p,  z = a_group * y + b
+    g_hpre += x_t @ g_hin                          (h_in = sum_i h_pre[i] x_t[i])
+    g_z: sigmoid'(z) for pre and post; for h_res the Sinkhorn backward
+         (the native kernel, exact gradient of the unrolled iterations)
+    g_alpha[group] = sum_t g_z * y,  g_bias = sum_t g_z,  g_y = g_z * a_group
+    g_p = r * g_y,  g_r = g_y . p
+    g_v = g_p @ W^T - (g_r r^3 / P) v + h_pre (x) g_hin,   g_W = sum_t v^T g_p
+
+Everything but the last sum runs in one call of the non-public record
+``MHC_PRE_BACKWARD`` (op ``mhc_array::mhc_pre_backward``): on the native backend
+a fused C kernel per block of tokens (the projection recomputed, the Sinkhorn part
+by the Sinkhorn backward kernel -- for V4 as the composition it is, ``comb =
+SK_rows-first(S1, iterations - 1, tau = hc_eps)`` after ``S = softmax(z) + hc_eps``
+and V4's first column step ``S1``, both undone around it -- then ``g_x`` from
+cache); elsewhere the same math in the array's own namespace. It returns ``g_x``
+and per token ``g_z``, ``y`` and ``g_p``; ``g_W = sum_t v^T g_p`` is a torch
+matmul (BLAS), the bias and alpha gradients are sums. ``mhc_post``'s backward is
+one call of ``MHC_POST_BACKWARD`` (op ``mhc_array::mhc_post_backward``; natively
+one pass over the streams and the upstream gradient), its per-token results summed
+over the axes along which ``f_out``, ``h_post`` or ``h_res`` were broadcast.
+"""
+
+from typing import Optional
+
+import torch
+
+from .._mhc import HC_EPS, MHC_POST, MHC_POST_BACKWARD, MHC_PRE, MHC_PRE_BACKWARD, NORM_EPS
+from .._options import validated
+from ._common import check_points, fresh, plain, reduce_to
+
+Tensor = torch.Tensor
+
+
+def _coeff_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------- mhc_pre
+
+@torch.library.custom_op("mhc_array::mhc_pre", mutates_args=())
+def _mhc_pre_op(x: Tensor, phi: Tensor, bias: Tensor, alpha: Tensor, iterations: int,
+                norm_eps: float, variant: str, hc_eps: float
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    res = MHC_PRE((plain(x), plain(phi), plain(bias), plain(alpha)),
+                  (iterations, norm_eps, variant, hc_eps))
+    return tuple(fresh(r, x, phi, bias, alpha) for r in res)
+
+
+@_mhc_pre_op.register_fake
+def _(x, phi, bias, alpha, iterations, norm_eps, variant, hc_eps):
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    cdt = _coeff_dtype(x)
+    return (x.new_empty(batch + (C,)), x.new_empty(batch + (n,), dtype=cdt),
+            x.new_empty(batch + (n,), dtype=cdt), x.new_empty(batch + (n, n), dtype=cdt))
+
+
+def _mhc_pre_setup(ctx, inputs, output):
+    x, phi, bias, alpha, iterations, norm_eps, variant, hc_eps = inputs
+    ctx.save_for_backward(x, phi, bias, alpha)
+    ctx.options = (iterations, norm_eps, variant, hc_eps)
+
+
+@torch.library.custom_op("mhc_array::mhc_pre_backward", mutates_args=())
+def _mhc_pre_backward_op(x: Tensor, phi: Tensor, bias: Tensor, alpha: Tensor,
+                         g_in: Optional[Tensor], g_pre: Optional[Tensor],
+                         g_post: Optional[Tensor], g_res: Optional[Tensor], iterations: int,
+                         norm_eps: float, variant: str, hc_eps: float
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    res = MHC_PRE_BACKWARD(tuple(plain(t) for t in (x, phi, bias, alpha, g_in, g_pre, g_post,
+                                                     g_res)),
+                           (iterations, norm_eps, variant, hc_eps))
+    return tuple(fresh(r, x, g_in) for r in res)
+
+
+@_mhc_pre_backward_op.register_fake
+def _(x, phi, bias, alpha, g_in, g_pre, g_post, g_res, iterations, norm_eps, variant, hc_eps):
+    n = x.shape[-2]
+    shape = tuple(x.shape[:-2]) + ((2 + n) * n,)
+    cdt = _coeff_dtype(x)
+    return (x.new_empty(x.shape), x.new_empty(shape, dtype=cdt), x.new_empty(shape, dtype=cdt),
+            x.new_empty(shape, dtype=cdt))
+
+
+def _mhc_pre_backward(ctx, g_hin, g_hpre, g_hpost, g_hres):
+    x, phi, bias, alpha = ctx.saved_tensors
+    iterations, norm_eps, variant, hc_eps = ctx.options
+    n, C = x.shape[-2], x.shape[-1]
+    K = (2 + n) * n
+    g_x, gz, y, gp = _mhc_pre_backward_op(x, phi, bias, alpha, g_hin, g_hpre, g_hpost, g_hres,
+                                          iterations, norm_eps, variant, hc_eps)
+    gz, y, gp = gz.reshape(-1, K), y.reshape(-1, K), gp.reshape(-1, K)
+    gphi = None
+    if ctx.needs_input_grad[1]:
+        v = x.reshape(-1, n * C).to(gp.dtype)
+        gphi = (v.t() @ gp if variant == "paper" else gp.t() @ v).to(phi.dtype)
+    gzy = gz * y
+    g_alpha = torch.stack([gzy[:, :n].sum(), gzy[:, n:2 * n].sum(), gzy[:, 2 * n:].sum()])
+    return (g_x if ctx.needs_input_grad[0] else None, gphi, gz.sum(0).to(bias.dtype),
+            g_alpha.to(alpha.dtype), None, None, None, None)
+
+
+_mhc_pre_op.register_autograd(_mhc_pre_backward, setup_context=_mhc_pre_setup)
+
+
+# ---------------------------------------------------------------- mhc_post
+
+@torch.library.custom_op("mhc_array::mhc_post", mutates_args=())
+def _mhc_post_op(x: Tensor, f_out: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
+    res = MHC_POST((plain(x), plain(f_out), plain(h_post), plain(h_res)))
+    return fresh(res, x, f_out, h_post, h_res)
+
+
+@_mhc_post_op.register_fake
+def _(x, f_out, h_post, h_res):
+    return x.new_empty(x.shape)
+
+
+def _mhc_post_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+@torch.library.custom_op("mhc_array::mhc_post_backward", mutates_args=())
+def _mhc_post_backward_op(x: Tensor, f_out: Tensor, h_post: Tensor, h_res: Tensor,
+                          grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    res = MHC_POST_BACKWARD(tuple(plain(t) for t in (x, f_out, h_post, h_res, grad)))
+    return tuple(fresh(r, x, f_out, h_post, h_res, grad) for r in res)
+
+
+@_mhc_post_backward_op.register_fake
+def _(x, f_out, h_post, h_res, grad):
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    cdt = _coeff_dtype(x)
+    return (x.new_empty(x.shape), x.new_empty(batch + (C,), dtype=cdt),
+            x.new_empty(batch + (n,), dtype=cdt), x.new_empty(batch + (n, n), dtype=cdt))
+
+
+def _mhc_post_backward(ctx, g):
+    x, f_out, h_post, h_res = ctx.saved_tensors
+    gx, gf, ghp, ghr = _mhc_post_backward_op(x, f_out, h_post, h_res, g)
+    need = ctx.needs_input_grad
+    return (gx if need[0] else None, reduce_to(gf, f_out) if need[1] else None,
+            reduce_to(ghp, h_post) if need[2] else None,
+            reduce_to(ghr, h_res) if need[3] else None)
+
+
+_mhc_post_op.register_autograd(_mhc_post_backward, setup_context=_mhc_post_setup)
+
+
+# ---------------------------------------------------------------- functions
+
+def mhc_pre(x, phi, bias, alpha, *, iterations=20, norm_eps=NORM_EPS, variant="paper",
+            hc_eps=HC_EPS):
+    """``mhc_array.mhc_pre`` for torch tensors, differentiable w.r.t. ``x`` and the
+    three parameters (``phi, bias, alpha``, or V4's ``fn, base, scale``). Returns
+    ``(h_in, h_pre, h_post, h_res)`` (coefficients in float32, float64 for float64
+    ``x``); the backward runs the Sinkhorn part in the native backward kernel.
+
+    >>> import torch, mhc_array.torch as mt
+    >>> x = torch.randn(8, 4, 16, requires_grad=True)        # 8 tokens, n = 4, C = 16
+    >>> phi = torch.randn(64, 24) * 0.1
+    >>> bias, alpha = torch.zeros(24), torch.full((3,), 0.5)
+    >>> h_in, h_pre, h_post, h_res = mt.mhc_pre(x, phi, bias, alpha)
+    >>> h_in.shape, h_res.shape
+    (torch.Size([8, 16]), torch.Size([8, 4, 4]))
+    >>> h_in.sum().backward()
+    >>> x.grad.shape
+    torch.Size([8, 4, 16])
+    """
+    opts = validated(MHC_PRE, (iterations, norm_eps, variant, hc_eps))
+    names = ("x", "phi", "bias", "alpha") if opts["variant"] == "paper" else \
+        ("x", "fn", "base", "scale")
+    check_points(**dict(zip(names, (x, phi, bias, alpha))))
+    return _mhc_pre_op(x, phi, bias, alpha, int(opts["iterations"]), float(opts["norm_eps"]),
+                       str(opts["variant"]), float(opts["hc_eps"]))
+
+
+def mhc_post(x, f_out, h_post, h_res):
+    """``mhc_array.mhc_post`` for torch tensors, differentiable w.r.t. all four:
+    ``x_next[i] = sum_j h_res[i, j] x[j] + h_post[i] f_out`` in ``x``'s dtype.
+
+    >>> import torch, mhc_array.torch as mt
+    >>> x = torch.randn(8, 4, 16)
+    >>> f = torch.randn(8, 16, requires_grad=True)
+    >>> out = mt.mhc_post(x, f, torch.ones(8, 4), torch.eye(4).expand(8, 4, 4))
+    >>> bool(torch.allclose(out, x + f.unsqueeze(-2)))
+    True
+    """
+    check_points(x=x, f_out=f_out, h_post=h_post, h_res=h_res)
+    return _mhc_post_op(x, f_out, h_post, h_res)
