@@ -61,7 +61,7 @@ def _start(xp, x, logits, copy):
     if bad is not None:
         raise DomainError.at("x", x.shape, bad, "is negative; sinkhorn_knopp needs x >= 0 "
                                                 "(or logits=True)")
-    return xp.asarray(x, copy=True) if copy else x
+    return xp.astype(x, x.dtype, copy=True) if copy else x   # (asarray warns on torch grads)
 
 
 def sinkhorn(xp, x, row_sums, col_sums, *, iterations, tau, logits, order, out, call):
@@ -259,7 +259,7 @@ def check_manifold(xp, x, *, manifold, curvature, atol, call):
 def project_to_manifold(xp, x, *, manifold, curvature, call):
     X = _wide(xp, x)
     if manifold == "euclidean":
-        return xp.asarray(x, copy=True)
+        return xp.astype(x, x.dtype, copy=True)
     n2 = _sq_norm(xp, X)
     if manifold == "spherical":
         bad = _first_true(xp, n2 == 0)

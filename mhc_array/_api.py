@@ -113,7 +113,10 @@ def sinkhorn_knopp(x, /, *, iterations=20, tau=0.0, logits=False, order="rows-fi
     iterations : int in [0, 2**31 - 1]
         Full iterations (a row and a column normalisation each); 0 returns the start.
     tau : float >= 0
-        Regulariser added to every row and column sum.
+        Regulariser added to every row and column sum (not a temperature: for
+        entropic transport with cost ``M`` and temperature ``reg``, POT's
+        ``ot.sinkhorn(a, b, M, reg)``, pass ``-M / reg`` with ``logits=True`` and
+        ``row_sums=a, col_sums=b``).
     logits : bool
         Start from ``exp(x - max(x))`` (max over each matrix) instead of ``x``.
     order : "rows-first" or "cols-first"

@@ -215,6 +215,21 @@ def mhc_post(x, f_out, h_post, h_res, /, *, out=None):
     return MHC_POST((x, f_out, h_post, h_res), out=out)
 
 
+def initial_parameters(n, C, variant, noise):
+    """The paper's initialisation, close to the identity residual (see ``MHCLayer``),
+    in float64: ``(phi, bias, alpha)`` in the layout of ``variant`` (V4: ``fn``,
+    ``base``, ``scale``), ``phi`` from ``noise``, standard normal values of shape
+    ``(n*C, (2+n)*n)`` (any generator's)."""
+    noise = np.asarray(noise, np.float64) * (0.02 / math.sqrt(n * C))
+    b_pre = -math.log(n - 1) if n > 1 else math.log(999.0)   # sigmoid -> 1/n (0.999)
+    res = np.full((n, n), -8.0) + 8.0 * np.eye(n)             # h_res ~ identity
+    alpha = np.full(3, 0.01)
+    if variant == "paper":
+        return noise, np.concatenate([np.full(n, b_pre), np.zeros(n), res.ravel()]), alpha
+    return (np.ascontiguousarray(noise.T),                     # fn ((2+n)n, nC)
+            np.concatenate([np.full(n, b_pre), np.zeros(n), res.T.ravel()]), alpha)
+
+
 class MHCLayer:
     """One mHC connection with its own parameters (SPEC 2.3).
 
@@ -257,19 +272,9 @@ class MHCLayer:
             raise TypeError(f"dtype must be float32 or float64 (the coefficient dtype); "
                             f"got {dtype!r}")
         self.n_streams, self.dim = n, C = n_streams, dim
-        k = (2 + n) * n
-        rng = np.random.default_rng(seed)
-        noise = (rng.standard_normal((n * C, k)) * (0.02 / math.sqrt(n * C))).astype(dt)
-        b_pre = -math.log(n - 1) if n > 1 else math.log(999.0)   # sigmoid -> 1/n (0.999)
-        res = np.full((n, n), -8.0) + 8.0 * np.eye(n)             # h_res ~ identity
-        if self.variant == "paper":
-            self.phi = noise
-            self.bias = np.concatenate([np.full(n, b_pre), np.zeros(n), res.ravel()]).astype(dt)
-            self.alpha = np.full(3, 0.01, dt)
-        else:
-            self.phi = np.ascontiguousarray(noise.T)              # fn ((2+n)n, nC)
-            self.bias = np.concatenate([np.full(n, b_pre), np.zeros(n), res.T.ravel()]).astype(dt)
-            self.alpha = np.full(3, 0.01, dt)                      # scale
+        noise = np.random.default_rng(seed).standard_normal((n * C, (2 + n) * n))
+        self.phi, self.bias, self.alpha = (
+            a.astype(dt) for a in initial_parameters(n, C, self.variant, noise))
         self._converted = {}
         # the backends' persistent resources for this layer (the native backend keeps
         # its workspace here, the design notes' opaque layer handle: created on first
@@ -335,7 +340,7 @@ class MHCLayer:
             raise ShapeError(f"h must have shape (..., {self.dim}); got shape {tuple(h.shape)}")
         e = xp.expand_dims(h, axis=-2)
         if self.n == 1:
-            return xp.asarray(e, copy=True)
+            return xp.astype(e, e.dtype, copy=True)
         return e * xp.ones((self.n, 1), dtype=h.dtype, device=device_of(h))
 
     def reduce(self, x, /):

@@ -32,7 +32,8 @@ PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 _FENCE = re.compile(r"```python\n(.*?)```(?:\s*\n```text\n(.*?)```)?", re.S)
 _OPTIONAL = {"torch": "torch", "transformers": "transformers", "dask": "dask",
              "distributed": "distributed", "scipy": "scipy", "matplotlib": "matplotlib",
-             "array_api_strict": "array_api_strict", "jax": "jax", "simsimd": "simsimd"}
+             "array_api_strict": "array_api_strict", "jax": "jax", "simsimd": "simsimd",
+             "networkx": "networkx"}
 _GPU = re.compile(r"^\s*(import|from) cupy\b|\.cuda\(|device=.cuda|# needs a GPU", re.M)
 
 
@@ -86,7 +87,7 @@ def test_example_runs_and_prints_what_it_shows(code, text, capsys, restore_confi
         pytest.importorskip("torch")
     if _GPU.search(code) and mx.config()["backends"]["cupy"]["available"] is False:
         pytest.skip("needs a CUDA device and CuPy (the cupy backend)")
-    exec(compile(code, "<doc example>", "exec"), {"__name__": "__doc_example__"})
+    exec(compile(code, "<doc example>", "exec"), {"__name__": "__main__"})  # as a script
     printed = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
     expected = ([line.rstrip() for line in text.strip("\n").splitlines()] if text is not None
                 else _expected_from_comments(code))

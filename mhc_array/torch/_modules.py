@@ -2,10 +2,11 @@
 ``phi, bias, alpha``) and DeepSeek-V4's connection and head with V4's parameter
 names (``DeepseekV4Connection``, ``DeepseekV4Head``), computed by ``_mhc``'s ops."""
 
+import numpy as np
 import torch
 from torch import nn
 
-from .._mhc import HC_EPS, NORM_EPS, MHCLayer
+from .._mhc import HC_EPS, NORM_EPS, MHCLayer, initial_parameters
 from ._mhc import mhc_post, mhc_pre
 
 
@@ -32,16 +33,34 @@ class MHCConnection(nn.Module):
     """
 
     def __init__(self, n_streams, dim, *, iterations=20, norm_eps=NORM_EPS, seed=None,
-                 dtype=torch.float32, device=None):
+                 dtype=None, device=None):
         super().__init__()
-        layer = MHCLayer(n_streams, dim, iterations=iterations, variant="paper",
-                         dtype="float64", seed=seed)
+        check = MHCLayer(n_streams, dim, iterations=iterations)   # validates the arguments
         self.n_streams, self.dim = n_streams, dim
-        self.iterations, self.norm_eps = layer.iterations, float(norm_eps)
-        kw = dict(dtype=dtype, device=device)
-        self.phi = nn.Parameter(torch.tensor(layer.phi, **kw))
-        self.bias = nn.Parameter(torch.tensor(layer.bias, **kw))
-        self.alpha = nn.Parameter(torch.tensor(layer.alpha, **kw))
+        self.iterations, self.norm_eps = check.iterations, float(norm_eps)
+        self.seed = seed
+        k = (2 + n_streams) * n_streams
+        kw = dict(dtype=dtype, device=device)   # dtype None: torch's default dtype
+        self.phi = nn.Parameter(torch.empty(n_streams * dim, k, **kw))
+        self.bias = nn.Parameter(torch.empty(k, **kw))
+        self.alpha = nn.Parameter(torch.empty(3, **kw))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """The paper's initialisation (as ``MHCLayer``'s), from torch's random
+        generator -- or, with ``seed=``, from a generator of that seed, the values
+        ``MHCLayer(..., seed=seed)`` holds. Nothing to do on the meta device."""
+        if self.phi.is_meta:
+            return
+        n, C = self.n_streams, self.dim
+        if self.seed is None:
+            noise = torch.randn(self.phi.shape, dtype=torch.float64).numpy()
+        else:
+            noise = np.random.default_rng(self.seed).standard_normal(tuple(self.phi.shape))
+        with torch.no_grad():
+            for p, value in zip((self.phi, self.bias, self.alpha),
+                                initial_parameters(n, C, "paper", noise)):
+                p.copy_(torch.from_numpy(value))
 
     def extra_repr(self):
         return f"n_streams={self.n_streams}, dim={self.dim}, iterations={self.iterations}"
@@ -87,11 +106,14 @@ class DeepseekV4Connection(nn.Module):
         self.fn = nn.Parameter(torch.empty(k, hc_mult * hidden_size, **kw))
         self.base = nn.Parameter(torch.empty(k, **kw))
         self.scale = nn.Parameter(torch.empty(3, **kw))
+        self.initializer_range = float(initializer_range)
         if init:
-            with torch.no_grad():
-                self.fn.normal_(0.0, initializer_range)
-                self.base.zero_()
-                self.scale.fill_(1.0)
+            self.reset_parameters()
+
+    def reset_parameters(self):
+        """V4's ``_init_weights``: ``fn`` normal with std ``initializer_range`` (torch's
+        random generator), ``base`` 0, ``scale`` 1."""
+        _v4_init(self.fn, self.base, self.scale, self.initializer_range)
 
     @classmethod
     def from_module(cls, m):
@@ -103,6 +125,7 @@ class DeepseekV4Connection(nn.Module):
         new.hc_eps = float(m.hc_eps)
         new.rms_norm_eps = _norm_eps(m)
         new.fn, new.base, new.scale = m.fn, m.base, m.scale
+        new.initializer_range = float(getattr(m, "initializer_range", 0.02))
         new.train(m.training)
         return new
 
@@ -136,11 +159,14 @@ class DeepseekV4Head(nn.Module):
         self.hc_fn = nn.Parameter(torch.empty(hc_mult, hc_mult * hidden_size, **kw))
         self.hc_base = nn.Parameter(torch.empty(hc_mult, **kw))
         self.hc_scale = nn.Parameter(torch.empty(1, **kw))
+        self.initializer_range = float(initializer_range)
         if init:
-            with torch.no_grad():
-                self.hc_fn.normal_(0.0, initializer_range)
-                self.hc_base.zero_()
-                self.hc_scale.fill_(1.0)
+            self.reset_parameters()
+
+    def reset_parameters(self):
+        """V4's ``_init_weights``: ``hc_fn`` normal with std ``initializer_range``,
+        ``hc_base`` 0, ``hc_scale`` 1."""
+        _v4_init(self.hc_fn, self.hc_base, self.hc_scale, self.initializer_range)
 
     @classmethod
     def from_module(cls, m):
@@ -151,6 +177,7 @@ class DeepseekV4Head(nn.Module):
         new.hc_mult, new.eps = int(m.hc_mult), float(m.eps)
         new.rms_norm_eps = _norm_eps(m)
         new.hc_fn, new.hc_base, new.hc_scale = m.hc_fn, m.hc_base, m.hc_scale
+        new.initializer_range = float(getattr(m, "initializer_range", 0.02))
         new.train(m.training)
         return new
 
@@ -167,6 +194,13 @@ class DeepseekV4Head(nn.Module):
                                      norm_eps=self.rms_norm_eps, variant="deepseek-v4",
                                      hc_eps=self.eps)
         return collapsed
+
+
+def _v4_init(fn, base, scale, std):
+    with torch.no_grad():
+        fn.normal_(0.0, std)
+        base.zero_()
+        scale.fill_(1.0)
 
 
 def _norm_eps(m):
