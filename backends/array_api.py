@@ -375,6 +375,15 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
     return out
 
 
+def mhc_post_pre(xp, x, f_out, h_post, h_res, phi, bias, alpha, *, iterations, norm_eps,
+                 variant, hc_eps, out, call):
+    """The layer boundary: ``mhc_post`` then ``mhc_pre`` of its result ->
+    ``(x_next, h_in, h_pre, h_post, h_res)`` (x_next into ``out`` when given)."""
+    nxt = mhc_post(xp, x, f_out, h_post, h_res, out=out, call=call)
+    return (nxt, *mhc_pre(xp, nxt, phi, bias, alpha, iterations=iterations,
+                          norm_eps=norm_eps, variant=variant, hc_eps=hc_eps, call=call))
+
+
 def mhc_post_backward(xp, x, f_out, h_post, h_res, grad, *, call):
     """The gradients of ``mhc_post`` for ``grad`` (x's shape): ``(g_x, g_f, g_post,
     g_res)``, the last three per token of x's batch (not summed over broadcast axes)."""

@@ -70,7 +70,7 @@ if lib is not None:
             ctype=(ffi.typeof(c_type + "[]"), ffi.typeof(c_type + " *")),
             **{name: getattr(lib, f"mhc_{name}_{sfx}") for name in (
                 "sinkhorn", "sinkhorn_backward", "distance", "pairwise", "hc_pre", "hc_post",
-                "hc_pre_backward", "hc_post_backward")})
+                "hc_post_pre", "hc_pre_backward", "hc_post_backward")})
 
     _KERNELS = {np.dtype(np.float32): _dtype_kernels("float", "f32"),
                 np.dtype(np.float64): _dtype_kernels("double", "f64")}
@@ -383,18 +383,19 @@ def _workspace(call):
     return ws
 
 
-def _projection(w, variant, n, C, dt, code):
-    """The projection as the C kernels read it: (n*C, Kp) rows, Kp = K = (2+n)n
-    padded to whole vectors (phi itself when it already is; V4's fn (K, n*C)
-    transposed: phi's size, once per call), and Kp."""
-    K = (2 + n) * n
-    lanes = lib.mhc_vector_lanes(code, dt.itemsize)
-    Kp = -(-K // lanes) * lanes
-    if variant == "paper" and Kp == K and w.flags.c_contiguous and w.flags.aligned:
-        return w, Kp
-    wp = np.zeros((n * C, Kp), dt)
-    wp[:, :K] = w if variant == "paper" else w.T
-    return wp, Kp
+def _projection(w, dt, call):
+    """The projection (``phi (n*C, K)`` or V4's ``fn (K, n*C)``) as the C kernels read
+    it, in the caller's layout: (array, row stride in elements). The caller's memory
+    when its rows are contiguous, aligned and walk forward (any row stride), else a
+    reported C-contiguous copy."""
+    w = _to_numpy(w)
+    item = w.itemsize
+    if (w.dtype == dt and w.flags.aligned and (w.shape[1] <= 1 or w.strides[1] == item)
+            and w.strides[0] % item == 0 and w.strides[0] // item >= w.shape[1]):
+        return w, (w.strides[0] // item if w.shape[0] > 1 else w.shape[1])
+    w = np.array(w, dtype=dt, order="C", copy=True)
+    call.copied(w.nbytes)
+    return w, w.shape[1]
 
 
 def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, call):
@@ -403,7 +404,7 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
     batch = a.shape[:-2]
     dt = a.dtype
     code = resolve_isa(call.isa)
-    wp, Kp = _projection(_to_numpy(phi), variant, n, C, dt, code)
+    wp, ldp = _projection(phi, dt, call)
     b = np.require(_to_numpy(bias), dt, ["C", "A"])   # contiguous and aligned (C refuses
     al = np.require(_to_numpy(alpha), dt, ["C", "A"])  # misaligned)
     xt, tokens = _tokens(a, (n, C), call)
@@ -413,8 +414,9 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
     h_res = np.empty(batch + (n, n), dt)
     ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_pre
     if tokens:
-        p = [ffi.from_buffer(ctype[0], v) for v in (xt, wp, b, al, h_in, h_pre, h_post, h_res)]
-        _check(kernel(p[0], n * C, tokens, n, C, p[1], Kp, p[2], p[3],
+        p = [ffi.from_buffer(ctype[0], v) for v in (xt, b, al, h_in, h_pre, h_post, h_res)]
+        p.insert(1, _ptr(wp, ctype))
+        _check(kernel(p[0], n * C, tokens, n, C, p[1], ldp, p[2], p[3],
                       _VARIANT[variant], iterations, norm_eps, hc_eps,
                       p[4], p[5], p[6], p[7], _workspace(call), code, call.threads))
     return tuple(_back(xp, x, r) for r in (h_in, h_pre, h_post, h_res))
@@ -432,9 +434,8 @@ def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, ite
     dt = a.dtype
     K = (2 + n) * n
     code = resolve_isa(call.isa)
-    w = _to_numpy(phi)
-    wp, Kp = _projection(w, variant, n, C, dt, code)
-    wt = np.require(w.T if variant == "paper" else w, dt, ["C", "A"])   # (K, n*C) rows
+    wp, ldp = _projection(phi, dt, call)
+    wt = np.require(wp.T if variant == "paper" else wp, dt, ["C", "A"])   # (K, n*C) rows
     b = np.require(_to_numpy(bias), dt, ["C", "A"])
     al = np.require(_to_numpy(alpha), dt, ["C", "A"])
     xt, tokens = _tokens(a, (n, C), call)
@@ -444,9 +445,10 @@ def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, ite
     gz, y, gp = (np.empty(batch + (K,), dt) for _ in range(3))
     ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_pre_backward
     if tokens:
-        p = [ffi.from_buffer(ctype[0], v) for v in (xt, wp, wt, b, al, g_x, gz, y, gp)]
+        p = [ffi.from_buffer(ctype[0], v) for v in (xt, b, al, g_x, gz, y, gp)]
+        p[1:1] = [_ptr(wp, ctype), _ptr(wt, ctype)]
         g = [ffi.NULL if v is None else ffi.from_buffer(ctype[0], v) for v in grads]
-        _check(kernel(p[0], n * C, tokens, n, C, p[1], Kp, p[2], p[3], p[4],
+        _check(kernel(p[0], n * C, tokens, n, C, p[1], ldp, p[2], p[3], p[4],
                       _VARIANT[variant], iterations, norm_eps, hc_eps,
                       g[0], g[1], g[2], g[3], p[5], n * C, p[6], p[7], p[8],
                       code, call.threads))
@@ -483,12 +485,8 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
     n, C = a.shape[-2], a.shape[-1]
     dt = a.dtype
     xt, tokens, f, f_tstride, hp, hr = _post_operands(a, f_out, h_post, h_res, call)
-    res, direct = None, False
-    if out is not None:   # written directly when it is x itself or does not overlap it
-        o = _to_numpy(out)
-        if (o.flags.c_contiguous and o.flags.aligned and o.flags.writeable and o.dtype == dt
-                and (o.ctypes.data == xt.ctypes.data or not np.may_share_memory(o, xt))):
-            res, direct = o, True
+    res = _post_out(out, xt, dt)   # written directly when it is x itself or apart from it
+    direct = res is not None
     if res is None:
         res = np.empty(a.shape, dt)
     ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_post
@@ -497,6 +495,49 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
         _check(kernel(p[0], n * C, p[1], f_tstride, p[2], p[3], p[4], n * C, tokens, n, C,
                       resolve_isa(call.isa), call.threads))
     return out if direct else _back(xp, x, res)
+
+
+def _post_out(out, xt, dt):
+    """``out`` as an array the post kernels may write directly (x itself, or memory
+    apart from x), or None."""
+    if out is None:
+        return None
+    o = _to_numpy(out)
+    if (o.flags.c_contiguous and o.flags.aligned and o.flags.writeable and o.dtype == dt
+            and (o.ctypes.data == xt.ctypes.data or not np.may_share_memory(o, xt))):
+        return o
+    return None
+
+
+def mhc_post_pre(xp, x, f_out, h_post, h_res, phi, bias, alpha, *, iterations, norm_eps,
+                 variant, hc_eps, out, call):
+    """The layer boundary in one pass (``mhc_hc_post_pre``): per block of tokens the
+    next streams are written (into ``out`` when it may be written directly, x itself
+    included) and projected from the cache -> ``(x_next, h_in, h_pre, h_post,
+    h_res)``."""
+    a = _to_numpy(x)
+    n, C = a.shape[-2], a.shape[-1]
+    batch, dt = a.shape[:-2], a.dtype
+    code = resolve_isa(call.isa)
+    xt, tokens, f, f_tstride, hp, hr = _post_operands(a, f_out, h_post, h_res, call)
+    wp, ldp = _projection(phi, dt, call)
+    b = np.require(_to_numpy(bias), dt, ["C", "A"])
+    al = np.require(_to_numpy(alpha), dt, ["C", "A"])
+    direct = _post_out(out, xt, dt)
+    nxt = direct if direct is not None else np.empty(a.shape, dt)
+    h_in = np.empty(batch + (C,), dt)
+    h_pre, h_post2 = np.empty(batch + (n,), dt), np.empty(batch + (n,), dt)
+    h_res2 = np.empty(batch + (n, n), dt)
+    ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_post_pre
+    if tokens:
+        p = [ffi.from_buffer(ctype[0], v)
+             for v in (xt, f, hp, hr, nxt, b, al, h_in, h_pre, h_post2, h_res2)]
+        _check(kernel(p[0], n * C, p[1], f_tstride, p[2], p[3], p[4], n * C, tokens, n, C,
+                      _ptr(wp, ctype), ldp, p[5], p[6], _VARIANT[variant], iterations,
+                      norm_eps, hc_eps, p[7], p[8], p[9], p[10], _workspace(call), code,
+                      call.threads))
+    first = out if direct is not None else _back(xp, x, nxt)
+    return (first, *(_back(xp, x, r) for r in (h_in, h_pre, h_post2, h_res2)))
 
 
 def mhc_post_backward(xp, x, f_out, h_post, h_res, grad, *, call):

@@ -60,7 +60,7 @@ from ._config import (  # noqa: E402
     use_isa,
     use_num_threads,
 )
-from ._mhc import MHCLayer, mhc_post, mhc_pre  # noqa: E402
+from ._mhc import MHCLayer, mhc_post, mhc_post_pre, mhc_pre  # noqa: E402
 from .curvature import estimate_curvature, ollivier_ricci_curvature  # noqa: E402
 from ._info import config, cpu_features, empty_aligned, show_config  # noqa: E402
 from ._stats import reset_stats, stats  # noqa: E402
@@ -79,7 +79,7 @@ __all__ = [
     "sinkhorn_knopp",
     "euclidean_distance", "poincare_distance", "spherical_distance",
     "geometric_distance", "pairwise_distance", "check_manifold", "project_to_manifold",
-    "mhc_pre", "mhc_post", "MHCLayer",
+    "mhc_pre", "mhc_post", "mhc_post_pre", "MHCLayer",
     "ollivier_ricci_curvature", "estimate_curvature",
     "set_backend", "get_backend", "use_backend",
     "set_isa", "get_isa", "use_isa",

@@ -27,7 +27,7 @@ from . import _options
 from ._pipeline import Arg, Op
 from .errors import ShapeError
 
-__all__ = ["mhc_pre", "mhc_post", "MHCLayer"]
+__all__ = ["mhc_pre", "mhc_post", "mhc_post_pre", "MHCLayer"]
 
 VARIANTS = ("paper", "deepseek-v4")
 NORM_EPS = HC_EPS = 1e-6  # the defaults (DeepSeek-V4's rms_norm_eps and hc_eps)
@@ -152,6 +152,25 @@ MHC_POST_BACKWARD = Op(
     dtype="coefficients", shapes=_post_backward_shapes, restore=(0,),
     backends=("native", "array_api", "cupy"))
 
+def _post_pre_names(options):
+    return ("x", "f_out", "h_post", "h_res") + _param_names(options)[1:]
+
+
+def _post_pre_shapes(xp, call, names, arrays, opts, cdt):
+    """The post step's shapes, then the pre step's parameters for x's n and C."""
+    _post_shapes(xp, call, names[:4], arrays[:4], opts, cdt)
+    _pre_shapes(xp, call, (names[0],) + names[4:], (arrays[0],) + tuple(arrays[4:]), opts, cdt)
+    return arrays, {}
+
+
+MHC_POST_PRE = Op("mhc_post_pre", kernel="mhc_post_pre",
+                  arrays=(*_POST_ARRAYS, *MHC_PRE.arrays[1:]),
+                  results=(("n", "C"), ("C",), ("n",), ("n",), ("n", "n")),
+                  options=MHC_PRE.options, names=_post_pre_names, dtype="coefficients",
+                  shapes=_post_pre_shapes, restore=(0, 1), out=True,
+                  backends=("native", "array_api"))
+
+
 def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=NORM_EPS, variant="paper",
             hc_eps=HC_EPS):
     """The coefficients of one mHC connection and the input of its block.
@@ -228,6 +247,34 @@ def initial_parameters(n, C, variant, noise):
         return noise, np.concatenate([np.full(n, b_pre), np.zeros(n), res.ravel()]), alpha
     return (np.ascontiguousarray(noise.T),                     # fn ((2+n)n, nC)
             np.concatenate([np.full(n, b_pre), np.zeros(n), res.T.ravel()]), alpha)
+
+
+def mhc_post_pre(x, f_out, h_post, h_res, phi, bias, alpha, /, *, iterations=20,
+                 norm_eps=NORM_EPS, variant="paper", hc_eps=HC_EPS, out=None):
+    """A layer boundary: the post step of one connection and the pre step of the next
+    -- ``mhc_post(x, f_out, h_post, h_res)`` then ``mhc_pre`` of the result with
+    ``phi, bias, alpha`` -- in one pass: the native kernel writes each block of
+    tokens' next streams once and projects them while they are in the cache (they
+    are never read back from memory). Inference engines call this their fused
+    post-pre.
+
+    Returns ``(x_next, h_in, h_pre, h_post, h_res)``: ``x_next`` as ``mhc_post``
+    returns it (into ``out`` when given, which may be ``x`` itself: the residual
+    updated in place), the rest as ``mhc_pre`` returns them for ``x_next``. Options
+    and dtypes as in ``mhc_pre``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((3, 4, 8))                   # 3 tokens, n = 4, C = 8
+    >>> a, b = mx.MHCLayer(4, 8, seed=0, dtype="float64"), mx.MHCLayer(4, 8, seed=1, dtype="float64")
+    >>> h_in, _, h_post, h_res = a.pre(x)
+    >>> f_out = np.tanh(h_in)                               # the block between the two
+    >>> fused = mx.mhc_post_pre(x, f_out, h_post, h_res, b.phi, b.bias, b.alpha)
+    >>> x_next = mx.mhc_post(x, f_out, h_post, h_res)        # the same, in two steps
+    >>> all(np.allclose(u, v) for u, v in zip(fused, (x_next, *b.pre(x_next))))
+    True
+    """
+    return MHC_POST_PRE((x, f_out, h_post, h_res, phi, bias, alpha),
+                        (iterations, norm_eps, variant, hc_eps), out=out)
 
 
 class MHCLayer:
@@ -328,6 +375,17 @@ class MHCLayer:
 
     def post(self, x, f_out, h_post, h_res, /, *, out=None):
         return mhc_post(x, f_out, h_post, h_res, out=out)
+
+    def post_pre(self, x, f_out, h_post, h_res, /, *, out=None):
+        """The previous connection's post step (its ``h_post``, ``h_res``) then this
+        layer's ``pre``, fused: ``(x_next, h_in, h_pre, h_post, h_res)``."""
+        n, C = _streams(x)
+        if (n, C) != (self.n, self.dim):
+            raise ShapeError(f"x must have shape (..., {self.n}, {self.dim}) for this layer; "
+                             f"got shape {tuple(x.shape)}")
+        return MHC_POST_PRE((x, f_out, h_post, h_res, *self._params(x)),
+                            (self.iterations, NORM_EPS, self.variant, HC_EPS), out=out,
+                            state=self._state)
 
     def __call__(self, x, fn, /):
         h_in, _, h_post, h_res = self.pre(x)

@@ -117,8 +117,9 @@ class Op:
               ``extra`` are more keyword arguments for the kernel
     restore   which results go back to the result dtype: "all" (one result),
               a tuple of indices (a tuple of results), or () (none)
-    out       the function takes ``out=`` (checked: the first array's shape and
-              the result dtype); ragged: a list of arrays maps over its elements
+    out       the function takes ``out=`` for its (first) result (checked: the
+              first array's shape and the result dtype); ragged: a list of arrays
+              maps over its elements
     names     optional hook ``options -> array names`` (names that depend on an
               option, e.g. the mHC variant's parameter names)
     backends  the backends that implement ``kernel``; another backend chosen by
@@ -310,9 +311,12 @@ def run(op, arrays, options, out=None, state=None):
     elif op.restore:
         res = tuple(xp.astype(r, rdt) if i in op.restore and r.dtype != rdt else r
                     for i, r in enumerate(res))
-    if out is not None and res is not out:
-        out[...] = res
-        res = out
+    if out is not None:   # out= receives the (first) result
+        several = isinstance(res, tuple)
+        first = res[0] if several else res
+        if first is not out:
+            out[...] = first
+        res = (out, *res[1:]) if several else out
     call.done()
     return res
 

@@ -38,7 +38,7 @@ def test_backends_import_only_the_errors_from_the_frontend(module):
 
 PUBLIC = ["sinkhorn_knopp", "euclidean_distance", "poincare_distance", "spherical_distance",
           "geometric_distance", "pairwise_distance", "check_manifold", "project_to_manifold",
-          "mhc_pre", "mhc_post"]
+          "mhc_pre", "mhc_post", "mhc_post_pre"]
 
 
 @pytest.mark.parametrize("name", PUBLIC)

@@ -156,7 +156,7 @@ def test_post_backward_checks_shapes():
 
 # ---------------------------------------------------------------- the C ABI
 
-PARAMS = ("x", "x_tstride", "tokens", "n", "C", "phi", "Kp", "phi_t", "bias", "alpha",
+PARAMS = ("x", "x_tstride", "tokens", "n", "C", "phi", "ldp", "phi_t", "bias", "alpha",
           "variant", "iterations", "norm_eps", "hc_eps", "g_in", "g_pre", "g_post", "g_res",
           "g_x", "gx_tstride", "gz", "y", "gp", "isa", "n_threads")
 
@@ -179,7 +179,9 @@ def _abi(dtype, tokens=5, n=3, C=8, iterations=4, variant=0):
                                            (tokens, K))]
     buf = [ffi.from_buffer(f"{ct}[]", v) for v in (x, phi, phit, b, a, gi, gpre, gpost, gres,
                                                    *outs)]
-    args = dict(x=buf[0], x_tstride=L, tokens=tokens, n=n, C=C, phi=buf[1], Kp=K, phi_t=buf[2],
+    # the projection in the variant's layout: phi (L, K), or V4's fn (K, L) = phi^T
+    args = dict(x=buf[0], x_tstride=L, tokens=tokens, n=n, C=C, phi=buf[2 if variant else 1],
+                ldp=L if variant else K, phi_t=buf[2],
                 bias=buf[3], alpha=buf[4], variant=variant, iterations=iterations,
                 norm_eps=1e-6, hc_eps=1e-6, g_in=buf[5], g_pre=buf[6], g_post=buf[7],
                 g_res=buf[8], g_x=buf[9], gx_tstride=L, gz=buf[10], y=buf[11], gp=buf[12],
@@ -196,10 +198,10 @@ def _call(fn, args, **override):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("override", [
     dict(tokens=-1), dict(n=0), dict(n=17), dict(C=0), dict(iterations=-1), dict(variant=2),
-    dict(norm_eps=-1.0), dict(hc_eps=float("inf")), dict(n_threads=-1), dict(Kp=14),
+    dict(norm_eps=-1.0), dict(hc_eps=float("inf")), dict(n_threads=-1), dict(ldp=14),
     dict(x_tstride=23), dict(gx_tstride=2**62), dict(C=2**62), dict(tokens=2**62),
 ], ids=["neg-tokens", "zero-n", "n-above-16", "zero-C", "neg-iterations", "bad-variant",
-        "neg-norm-eps", "inf-hc-eps", "neg-threads", "Kp-below-K", "x-stride-below-L",
+        "neg-norm-eps", "inf-hc-eps", "neg-threads", "ldp-below-K", "x-stride-below-L",
         "gx-stride-overflow", "L-overflow", "tokens-overflow"])
 def test_native_abi_rejects_invalid_arguments(dtype, override):
     ffi, lib, fn, args, (x, outs, ct) = _abi(dtype)

@@ -200,32 +200,37 @@ def test_stress_threads_mixed_calls_and_per_thread_config():
 
 
 @pytest.mark.parametrize("dt", ["float", "double"])
-@pytest.mark.parametrize("n,extra", [(3, 0), (1, 2), (2, 1), (5, 3)])
-def test_abi_mhc_pre_accepts_unpadded_phi(dt, n, extra):
-    """phi with Kp = K + extra columns that are not a multiple of the vector width (a
-    case the fuzz harness found reading past phi's last row): the kernel reads only
-    Kp columns and the result matches the float64 reference at every ISA level."""
+@pytest.mark.parametrize("variant", [0, 1], ids=["paper", "v4"])
+@pytest.mark.parametrize("n,extra", [(3, 0), (1, 2), (2, 1), (5, 3), (4, 0), (4, 5)])
+def test_abi_mhc_pre_reads_the_callers_layout(dt, variant, n, extra):
+    """The projection in the caller's layout with a row stride of its row length +
+    extra (not a multiple of the vector width: a case the fuzz harness found reading
+    past phi's last row): phi (n*C, K) for the paper, V4's fn (K, n*C); the kernel
+    reads only each row's values and the result matches the float64 reference at
+    every ISA level (K = 24 for n = 4: a vector and a half on 16 lanes)."""
     from conftest import cpu_supports
     ffi, lib = native.ffi, native.lib
     npdt = np.float32 if dt == "float" else np.float64
     rng = np.random.default_rng(n * 10 + extra)
     C, T = 13, 7
-    K = (2 + n) * n
+    K, L = (2 + n) * n, n * 13
     x = rng.standard_normal((T, n, C)).astype(npdt)
-    phi = (rng.standard_normal((n * C, K + extra)) * 0.1).astype(npdt)
+    rows, cols = (K, L) if variant else (L, K)
+    w = (rng.standard_normal((rows, cols + extra)) * 0.1).astype(npdt)
     bias = (rng.standard_normal(K) * 0.1).astype(npdt)
     alpha = np.array([0.5, 0.5, 0.5], npdt)
-    want = ref.mhc_pre(x.astype(np.float64), phi[:, :K].astype(np.float64),
-                       bias.astype(np.float64), alpha.astype(np.float64))
+    want = ref.mhc_pre(x.astype(np.float64), w[:, :cols].astype(np.float64),
+                       bias.astype(np.float64), alpha.astype(np.float64),
+                       variant="deepseek-v4" if variant else "paper")
     fn = getattr(lib, f"mhc_hc_pre_{'f32' if dt == 'float' else 'f64'}")
     tol = dict(rtol=1e-4, atol=1e-5) if dt == "float" else dict(rtol=1e-10, atol=1e-12)
     for code, level in enumerate(("portable", "sse", "avx2", "avx512")):
         if not cpu_supports(level):
             continue
         outs = [np.full(s, np.nan, npdt) for s in ((T, C), (T, n), (T, n), (T, n, n))]
-        p = [ffi.from_buffer(f"{dt}[]", v) for v in (x, phi, bias, alpha, *outs)]
-        assert fn(p[0], n * C, T, n, C, p[1], K + extra, p[2], p[3], 0, 20, 1e-6, 1e-6,
-                  p[4], p[5], p[6], p[7], ffi.NULL, code, 1) == 0
+        p = [ffi.from_buffer(f"{dt}[]", v) for v in (x, w, bias, alpha, *outs)]
+        assert fn(p[0], n * C, T, n, C, p[1], cols + extra, p[2], p[3], variant, 20, 1e-6,
+                  1e-6, p[4], p[5], p[6], p[7], ffi.NULL, code, 1) == 0
         for got, expected in zip(outs, want):
             np.testing.assert_allclose(got, expected, **tol, err_msg=level)
 

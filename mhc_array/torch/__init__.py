@@ -32,13 +32,14 @@ Modules (this file only re-exports their public names):
 
 from ._distances import (euclidean_distance, geometric_distance, pairwise_distance,
                          poincare_distance, spherical_distance)
-from ._mhc import mhc_post, mhc_pre
+from ._mhc import mhc_post, mhc_post_pre, mhc_pre
 from ._modules import DeepseekV4Connection, DeepseekV4Head, MHCConnection
 from ._replace import replace_hyper_connections
 from ._sinkhorn import sinkhorn_knopp
 
 __all__ = ["sinkhorn_knopp", "euclidean_distance", "poincare_distance", "spherical_distance",
-           "geometric_distance", "pairwise_distance", "mhc_pre", "mhc_post", "MHCConnection",
+           "geometric_distance", "pairwise_distance", "mhc_pre", "mhc_post", "mhc_post_pre",
+           "MHCConnection",
            "DeepseekV4Connection", "DeepseekV4Head", "replace_hyper_connections"]
 
 from .. import _dynamo  # noqa: E402 - the plain functions under torch.compile

@@ -32,7 +32,8 @@ from typing import Optional
 
 import torch
 
-from .._mhc import HC_EPS, MHC_POST, MHC_POST_BACKWARD, MHC_PRE, MHC_PRE_BACKWARD, NORM_EPS
+from .._mhc import (HC_EPS, MHC_POST, MHC_POST_BACKWARD, MHC_POST_PRE, MHC_PRE, MHC_PRE_BACKWARD,
+                    NORM_EPS)
 from .._options import validated
 from ._common import check_points, fresh, plain, reduce_to
 
@@ -91,21 +92,27 @@ def _(x, phi, bias, alpha, g_in, g_pre, g_post, g_res, iterations, norm_eps, var
 
 
 def _mhc_pre_backward(ctx, g_hin, g_hpre, g_hpost, g_hres):
-    x, phi, bias, alpha = ctx.saved_tensors
-    iterations, norm_eps, variant, hc_eps = ctx.options
+    return _pre_grads(*ctx.saved_tensors, ctx.options, (g_hin, g_hpre, g_hpost, g_hres),
+                      ctx.needs_input_grad) + (None, None, None, None)
+
+
+def _pre_grads(x, phi, bias, alpha, options, grads, need):
+    """The gradients of mhc_pre w.r.t. (x, phi, bias, alpha) (``need``: which) for the
+    upstream gradients ``grads`` of its four outputs (None: zero)."""
+    g_hin, g_hpre, g_hpost, g_hres = grads
+    iterations, norm_eps, variant, hc_eps = options
     n, C = x.shape[-2], x.shape[-1]
     K = (2 + n) * n
     g_x, gz, y, gp = _mhc_pre_backward_op(x, phi, bias, alpha, g_hin, g_hpre, g_hpost, g_hres,
                                           iterations, norm_eps, variant, hc_eps)
     gz, y, gp = gz.reshape(-1, K), y.reshape(-1, K), gp.reshape(-1, K)
     gphi = None
-    if ctx.needs_input_grad[1]:
+    if need[1]:
         v = x.reshape(-1, n * C).to(gp.dtype)
         gphi = (v.t() @ gp if variant == "paper" else gp.t() @ v).to(phi.dtype)
     gzy = gz * y
     g_alpha = torch.stack([gzy[:, :n].sum(), gzy[:, n:2 * n].sum(), gzy[:, 2 * n:].sum()])
-    return (g_x if ctx.needs_input_grad[0] else None, gphi, gz.sum(0).to(bias.dtype),
-            g_alpha.to(alpha.dtype), None, None, None, None)
+    return (g_x if need[0] else None, gphi, gz.sum(0).to(bias.dtype), g_alpha.to(alpha.dtype))
 
 
 _mhc_pre_op.register_autograd(_mhc_pre_backward, setup_context=_mhc_pre_setup)
@@ -145,15 +152,63 @@ def _(x, f_out, h_post, h_res, grad):
 
 
 def _mhc_post_backward(ctx, g):
-    x, f_out, h_post, h_res = ctx.saved_tensors
+    return _post_grads(*ctx.saved_tensors, g, ctx.needs_input_grad)
+
+
+def _post_grads(x, f_out, h_post, h_res, g, need):
+    """The gradients of mhc_post w.r.t. its four inputs for the upstream ``g``."""
     gx, gf, ghp, ghr = _mhc_post_backward_op(x, f_out, h_post, h_res, g)
-    need = ctx.needs_input_grad
     return (gx if need[0] else None, reduce_to(gf, f_out) if need[1] else None,
             reduce_to(ghp, h_post) if need[2] else None,
             reduce_to(ghr, h_res) if need[3] else None)
 
 
 _mhc_post_op.register_autograd(_mhc_post_backward, setup_context=_mhc_post_setup)
+
+
+# ---------------------------------------------------------------- mhc_post_pre
+
+@torch.library.custom_op("mhc_array::mhc_post_pre", mutates_args=())
+def _mhc_post_pre_op(x: Tensor, f_out: Tensor, h_post: Tensor, h_res: Tensor, phi: Tensor,
+                     bias: Tensor, alpha: Tensor, iterations: int, norm_eps: float,
+                     variant: str, hc_eps: float
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    ins = (x, f_out, h_post, h_res, phi, bias, alpha)
+    res = MHC_POST_PRE(tuple(plain(t) for t in ins), (iterations, norm_eps, variant, hc_eps))
+    return tuple(fresh(r, *ins) for r in res)
+
+
+@_mhc_post_pre_op.register_fake
+def _(x, f_out, h_post, h_res, phi, bias, alpha, iterations, norm_eps, variant, hc_eps):
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    cdt = _coeff_dtype(x)
+    return (x.new_empty(x.shape), x.new_empty(batch + (C,)),
+            x.new_empty(batch + (n,), dtype=cdt), x.new_empty(batch + (n,), dtype=cdt),
+            x.new_empty(batch + (n, n), dtype=cdt))
+
+
+def _mhc_post_pre_setup(ctx, inputs, output):
+    *tensors, iterations, norm_eps, variant, hc_eps = inputs
+    ctx.save_for_backward(*tensors, output[0])
+    ctx.options = (iterations, norm_eps, variant, hc_eps)
+
+
+def _mhc_post_pre_backward(ctx, g_next, g_hin, g_hpre, g_hpost, g_hres):
+    """The pre step's gradients at x_next (recomputed from the saved x_next), added
+    to x_next's own, then the post step's: every input gets its gradient."""
+    x, f_out, h_post, h_res, phi, bias, alpha, x_next = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    g_xn, g_phi, g_bias, g_alpha = _pre_grads(x_next, phi, bias, alpha, ctx.options,
+                                              (g_hin, g_hpre, g_hpost, g_hres),
+                                              (True, need[4], need[5], need[6]))
+    g = g_xn if g_next is None else g_xn + g_next
+    post = _post_grads(x, f_out, h_post, h_res, g, need[:4])
+    return (*post, g_phi if need[4] else None, g_bias if need[5] else None,
+            g_alpha if need[6] else None, None, None, None, None)
+
+
+_mhc_post_pre_op.register_autograd(_mhc_post_pre_backward, setup_context=_mhc_post_pre_setup)
 
 
 # ---------------------------------------------------------------- functions
@@ -197,3 +252,29 @@ def mhc_post(x, f_out, h_post, h_res):
     """
     check_points(x=x, f_out=f_out, h_post=h_post, h_res=h_res)
     return _mhc_post_op(x, f_out, h_post, h_res)
+
+
+def mhc_post_pre(x, f_out, h_post, h_res, phi, bias, alpha, *, iterations=20,
+                 norm_eps=NORM_EPS, variant="paper", hc_eps=HC_EPS):
+    """``mhc_array.mhc_post_pre`` for torch tensors (the layer boundary: the post
+    step of one connection and the pre step of the next in one pass), differentiable
+    w.r.t. every input. Returns ``(x_next, h_in, h_pre, h_post, h_res)``. The
+    backward recomputes the pre step's coefficients from the saved ``x_next`` and
+    runs both backward kernels.
+
+    >>> import torch, mhc_array.torch as mt
+    >>> a, b = mt.MHCConnection(4, 16, seed=0), mt.MHCConnection(4, 16, seed=1)
+    >>> x = torch.randn(8, 4, 16, requires_grad=True)
+    >>> h_in, _, h_post, h_res = a.pre(x)
+    >>> x_next, h_in2, *_ = b.post_pre(x, torch.tanh(h_in), h_post, h_res)
+    >>> h_in2.sum().backward()
+    >>> x.grad.shape, b.phi.grad.shape
+    (torch.Size([8, 4, 16]), torch.Size([64, 24]))
+    """
+    opts = validated(MHC_POST_PRE, (iterations, norm_eps, variant, hc_eps))
+    params = ("phi", "bias", "alpha") if opts["variant"] == "paper" else ("fn", "base", "scale")
+    check_points(**dict(zip(("x", "f_out", "h_post", "h_res") + params,
+                            (x, f_out, h_post, h_res, phi, bias, alpha))))
+    return _mhc_post_pre_op(x, f_out, h_post, h_res, phi, bias, alpha,
+                            int(opts["iterations"]), float(opts["norm_eps"]),
+                            str(opts["variant"]), float(opts["hc_eps"]))

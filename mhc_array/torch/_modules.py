@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .._mhc import HC_EPS, NORM_EPS, MHCLayer, initial_parameters
-from ._mhc import mhc_post, mhc_pre
+from ._mhc import mhc_post, mhc_post_pre, mhc_pre
 
 
 def _expand(h, n):
@@ -72,6 +72,12 @@ class MHCConnection(nn.Module):
     def post(self, x, f_out, h_post, h_res):
         return mhc_post(x, f_out, h_post, h_res)
 
+    def post_pre(self, x, f_out, h_post, h_res):
+        """The previous connection's post step (its ``h_post``, ``h_res``) and this
+        connection's ``pre``, fused: ``(x_next, h_in, h_pre, h_post, h_res)``."""
+        return mhc_post_pre(x, f_out, h_post, h_res, self.phi, self.bias, self.alpha,
+                            iterations=self.iterations, norm_eps=self.norm_eps)
+
     def forward(self, x, fn):
         h_in, _, h_post, h_res = self.pre(x)
         return self.post(x, fn(h_in), h_post, h_res)
@@ -132,6 +138,17 @@ class DeepseekV4Connection(nn.Module):
     def extra_repr(self):
         return (f"hc_mult={self.hc_mult}, hidden_size={self.fn.shape[1] // self.hc_mult}, "
                 f"hc_sinkhorn_iters={self.hc_sinkhorn_iters}")
+
+    def post_pre(self, hidden_streams, f_out, post, comb):
+        """The previous connection's post step -- ``comb^T @ streams + post * f_out``
+        with its ``(post, comb)`` in V4's orientation -- and this connection's
+        forward, fused: ``(next_streams, post, comb, collapsed)``, the last three as
+        ``forward(next_streams)`` returns them."""
+        nxt, collapsed, _, post2, h_res = mhc_post_pre(
+            hidden_streams, f_out, post, comb.transpose(-1, -2), self.fn, self.base,
+            self.scale, iterations=self.hc_sinkhorn_iters, norm_eps=self.rms_norm_eps,
+            variant="deepseek-v4", hc_eps=self.hc_eps)
+        return nxt, post2, h_res.transpose(-1, -2), collapsed
 
     def forward(self, hidden_streams):
         collapsed, _, post, h_res = mhc_pre(

@@ -289,12 +289,14 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
             arr_free(&o);
         return;
     }
-    const int64_t K = (2 + n) * n, Kp = K + pick(s, 0, 3);
     const int variant = (int)pick(s, 0, 1);
+    /* the projection in the variant's layout: phi (n*C, K) or fn (K, n*C), rows of
+     * stride Kp >= their length */
+    const int64_t K = (2 + n) * n, Kp = (variant ? n * C : K) + pick(s, 0, 3);
     const int64_t iters = pick(s, 0, 22);
     const int use_ws = (int)pick(s, 0, 1);
     arr_t x = arr_new(s, extent(tokens, xt, n * C), es, mis == 1, 0);
-    arr_t phi = arr_new(s, n * C * Kp, es, mis == 2, 0);
+    arr_t phi = arr_new(s, (variant ? K : n * C) * Kp, es, mis == 2, 0);
     arr_t b = arr_new(s, K, es, 0, 0), al = arr_new(s, 3, es, 0, 0);
     arr_t hin = arr_new(s, tokens * C, es, mis == 3, 0), hpre = arr_new(s, tokens * n, es, 0, 0);
     arr_t hpost = arr_new(s, tokens * n, es, 0, 0), hres = arr_new(s, tokens * n * n, es, 0, 0);

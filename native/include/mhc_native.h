@@ -73,8 +73,7 @@ const char *mhc_build_info(void);     /* compiler and flags, static string */
 const char *mhc_version(void);        /* package version compiled in */
 /* Elements of elem_bytes bytes (4: float, 8: double) in one vector of the
  * kernels at the level `isa` resolves to (mhc_resolve_isa): portable 1, sse 16
- * bytes, avx2 32, avx512 64 (e.g. avx2: 8 floats, 4 doubles). Callers pad
- * phi's columns (Kp) of mhc_hc_pre_* to a multiple of it. 0 for another
+ * bytes, avx2 32, avx512 64 (e.g. avx2: 8 floats, 4 doubles). 0 for another
  * elem_bytes. */
 int mhc_vector_lanes(int isa, int elem_bytes);
 
@@ -178,9 +177,11 @@ int mhc_pairwise_f64(int manifold, const double *x, int64_t nx, int64_t x_rstrid
 
 /* ---- The mHC connection (SPEC 2.3) --------------------------------------
  * mhc_hc_pre: for each of `tokens` tokens, x_t = x + t*x_tstride holds n streams
- * of C values (n*C contiguous). phi is (n*C, Kp) row-major, Kp >= K = (2+n)n,
- * columns [pre | post | res] (column 2n + i*n + j -> H_res[i, j]), extra
- * columns ignored; DeepSeek-V4's fn is passed transposed. y = (v . phi) *
+ * of C values (n*C contiguous). The projection is read in the caller's layout,
+ * never copied: variant MHC_HC_PAPER: phi (n*C, K), K = (2+n)n, rows of stride
+ * ldp >= K, columns [pre | post | res] (column 2n + i*n + j -> H_res[i, j]);
+ * variant MHC_HC_DEEPSEEK_V4: V4's fn (K, n*C), rows of stride ldp >= n*C, rows
+ * in the same order. y = (v . phi) *
  * rsqrt(|v|^2 / (n*C) + norm_eps); variant MHC_HC_PAPER: h_pre = sigmoid(a0
  * y_pre + b), h_post = 2 sigmoid(a1 y_post + b), h_res = Sinkhorn (logits,
  * columns first, `iterations`) of a2 y_res + b; variant MHC_HC_DEEPSEEK_V4:
@@ -188,8 +189,7 @@ int mhc_pairwise_f64(int manifold, const double *x, int64_t nx, int64_t x_rstrid
  * (iterations - 1), each denominator + hc_eps, and h_res = comb^T. h_in[t] =
  * sum_i h_pre[t, i] x_t[i, :]. Outputs are contiguous: h_in (tokens, C),
  * h_pre and h_post (tokens, n), h_res (tokens, n, n). 1 <= n <=
- * MHC_HC_MAX_STREAMS. Kp a multiple of mhc_vector_lanes(isa, sizeof(T)) is
- * fastest (whole-vector loads of phi's rows).
+ * MHC_HC_MAX_STREAMS.
  * ws: a workspace from mhc_hc_ws_create (reused by every call, safe to share
  * between concurrent calls) or NULL (buffers allocated per call).
  * mhc_hc_post: out_t[i, :] = sum_j h_res[t, i, j] x_t[j, :] + h_post[t, i] f_t,
@@ -200,12 +200,12 @@ typedef struct mhc_hc_ws mhc_hc_ws;
 mhc_hc_ws *mhc_hc_ws_create(void);   /* NULL when out of memory */
 void mhc_hc_ws_destroy(mhc_hc_ws *ws); /* NULL is a no-op */
 int mhc_hc_pre_f32(const float *x, int64_t x_tstride, int64_t tokens, int64_t n, int64_t C,
-                   const float *phi, int64_t Kp, const float *bias, const float *alpha,
+                   const float *phi, int64_t ldp, const float *bias, const float *alpha,
                    int variant, int64_t iterations, double norm_eps, double hc_eps,
                    float *h_in, float *h_pre, float *h_post, float *h_res, mhc_hc_ws *ws,
                    int isa, int n_threads);
 int mhc_hc_pre_f64(const double *x, int64_t x_tstride, int64_t tokens, int64_t n, int64_t C,
-                   const double *phi, int64_t Kp, const double *bias, const double *alpha,
+                   const double *phi, int64_t ldp, const double *bias, const double *alpha,
                    int variant, int64_t iterations, double norm_eps, double hc_eps,
                    double *h_in, double *h_pre, double *h_post, double *h_res, mhc_hc_ws *ws,
                    int isa, int n_threads);
@@ -216,7 +216,32 @@ int mhc_hc_post_f64(const double *x, int64_t x_tstride, const double *f, int64_t
                     const double *h_post, const double *h_res, double *out, int64_t out_tstride,
                     int64_t tokens, int64_t n, int64_t C, int isa, int n_threads);
 
-/* mhc_hc_pre_backward: the gradients of mhc_hc_pre (same x, phi, Kp, bias, alpha,
+/* mhc_hc_post_pre: the layer boundary, mhc_hc_post then mhc_hc_pre of its
+ * result, in one pass: per block of tokens, out_t = the post step of x_t, f_t,
+ * h_post[t], h_res[t] (as mhc_hc_post; out may be x itself, else apart from it),
+ * then the pre step of out_t (as mhc_hc_pre, with phi, ldp, bias, alpha,
+ * variant, iterations, norm_eps, hc_eps) projected while out_t is in the
+ * cache: x_next is written once and never read back from memory. The new
+ * coefficients h_in, h_pre2, h_post2, h_res2 are contiguous like mhc_hc_pre's;
+ * h_post2 / h_res2 may be h_post / h_res themselves (each token's are read
+ * before they are written), no other output may overlap an input or another
+ * output. */
+int mhc_hc_post_pre_f32(const float *x, int64_t x_tstride, const float *f, int64_t f_tstride,
+                        const float *h_post, const float *h_res, float *out,
+                        int64_t out_tstride, int64_t tokens, int64_t n, int64_t C,
+                        const float *phi, int64_t ldp, const float *bias, const float *alpha,
+                        int variant, int64_t iterations, double norm_eps, double hc_eps,
+                        float *h_in, float *h_pre2, float *h_post2, float *h_res2,
+                        mhc_hc_ws *ws, int isa, int n_threads);
+int mhc_hc_post_pre_f64(const double *x, int64_t x_tstride, const double *f,
+                        int64_t f_tstride, const double *h_post, const double *h_res,
+                        double *out, int64_t out_tstride, int64_t tokens, int64_t n, int64_t C,
+                        const double *phi, int64_t ldp, const double *bias,
+                        const double *alpha, int variant, int64_t iterations, double norm_eps,
+                        double hc_eps, double *h_in, double *h_pre2, double *h_post2,
+                        double *h_res2, mhc_hc_ws *ws, int isa, int n_threads);
+
+/* mhc_hc_pre_backward: the gradients of mhc_hc_pre (same x, phi, ldp, bias, alpha,
  * variant, iterations, norm_eps, hc_eps) given the upstream gradients g_in
  * (tokens, C) of h_in, g_pre and g_post (tokens, n), g_res (tokens, n, n) of
  * h_res (each contiguous; NULL: zero). phi_t is the projection as (K, n*C)
@@ -229,14 +254,14 @@ int mhc_hc_post_f64(const double *x, int64_t x_tstride, const double *f, int64_t
  * The coefficients are recomputed from x (nothing of the forward is kept); the
  * Sinkhorn part is the exact gradient of the unrolled iterations. */
 int mhc_hc_pre_backward_f32(const float *x, int64_t x_tstride, int64_t tokens, int64_t n,
-                            int64_t C, const float *phi, int64_t Kp, const float *phi_t,
+                            int64_t C, const float *phi, int64_t ldp, const float *phi_t,
                             const float *bias, const float *alpha, int variant,
                             int64_t iterations, double norm_eps, double hc_eps,
                             const float *g_in, const float *g_pre, const float *g_post,
                             const float *g_res, float *g_x, int64_t gx_tstride, float *gz,
                             float *y, float *gp, int isa, int n_threads);
 int mhc_hc_pre_backward_f64(const double *x, int64_t x_tstride, int64_t tokens, int64_t n,
-                            int64_t C, const double *phi, int64_t Kp, const double *phi_t,
+                            int64_t C, const double *phi, int64_t ldp, const double *phi_t,
                             const double *bias, const double *alpha, int variant,
                             int64_t iterations, double norm_eps, double hc_eps,
                             const double *g_in, const double *g_pre, const double *g_post,

@@ -24,4 +24,11 @@ static inline int64_t sat_mul(int64_t a, int64_t b)
     return (b < 0 || __builtin_mul_overflow(a, b, &r)) ? INT64_MAX : r;
 }
 
+/* a+b for a, b >= 0, saturating at INT64_MAX (work estimates only) */
+static inline int64_t sat_add(int64_t a, int64_t b)
+{
+    int64_t r;
+    return __builtin_add_overflow(a, b, &r) ? INT64_MAX : r;
+}
+
 #endif /* MHC_CHECKED_H */

@@ -99,7 +99,8 @@ typedef struct {
     X(isa, sk_bwd_##SFX, void, (const mhc_sk_bwd_args_##SFX *, int64_t, int64_t, T *))     \
     /* the mHC connection (see mhc_t.inc) */                                               \
     X(isa, hc_proj_##SFX, void,                                                            \
-      (const T *, int64_t, int64_t, int64_t, const T *, int64_t, T *, double *))           \
+      (const T *, int64_t, int64_t, int64_t, const T *, int64_t, int64_t, int, T *,        \
+       double *, double *))                                                                \
     X(isa, hc_mix_##SFX, void,                                                             \
       (const T *, int64_t, int64_t, int64_t, int64_t, const T *, T *, int64_t))            \
     X(isa, hc_post_##SFX, void,                                                            \
