@@ -67,6 +67,7 @@ static void sp_release(sp_ws *w)
  * and column masses b (> 0, equal totals up to rounding), in w's buffers (which
  * hold at least what sp_reserve(w, n, m) gives; c may lie in them, at their
  * end). Returns sum_ij P_ij c_ij of an optimal plan P. */
+static int greedy = 1;
 static double sp_solve(int n, int m, const double *c, const double *a, const double *b,
                        const sp_ws *w)
 {
@@ -90,6 +91,24 @@ static double sp_solve(int n, int m, const double *c, const double *a, const dou
             lo = c[(size_t)i * m + j] < lo ? c[(size_t)i * m + j] : lo;
         pot[n + j] = lo;
         ex[n + j] = b[j];
+    }
+    if (greedy) {   /* rows reduced too, then ship along the arcs of reduced cost 0 */
+        for (int i = 0; i < n; i++) {
+            const double *cr = c + (size_t)i * m;
+            double lo = cr[0] - pot[n];
+            for (int j = 1; j < m; j++)
+                lo = cr[j] - pot[n + j] < lo ? cr[j] - pot[n + j] : lo;
+            pot[i] = -lo;
+            for (int j = 0; j < m && ex[i] > eps; j++) {
+                const double r = cr[j] + pot[i] - pot[n + j];
+                if (ex[n + j] > eps && r <= 1e-13 * (fabs(cr[j]) + fabs(pot[n + j]))) {
+                    const double t = ex[i] < ex[n + j] ? ex[i] : ex[n + j];
+                    flow[(size_t)i * m + j] = t;
+                    ex[i] -= t;
+                    ex[n + j] -= t;
+                }
+            }
+        }
     }
     for (;;) {
         int sources = 0, t = -1;
