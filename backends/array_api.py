@@ -425,3 +425,18 @@ def point_costs(xp, points, X, xptr, Y, yptr, *, manifold, curvature, call):
     from . import _transport
     return _transport.point_costs(xp, points, X, xptr, Y, yptr, manifold=manifold,
                                   curvature=curvature, call=call)
+
+
+def ot_exact(xp, cost, mu, mv, rptr, cptr, *, metric, call):
+    """Exact W1 of a ragged batch of transport problems -> w (g,): each problem a
+    linear program (SciPy's HiGHS); ``metric`` (zero-cost pairs are one point) changes
+    nothing here but the size of the programs."""
+    from . import _transport
+    return _transport.ot_exact(xp, cost, mu, mv, rptr, cptr, metric=metric, call=call)
+
+
+def unit_w1(xp, indptr, indices, U, V, *, alpha, call):
+    """Exact W1(m_u, m_v) of the edges (U, V) of a unit-length CSR graph -> w (E,):
+    breadth-first distances (SciPy) between the supports, each edge a linear program."""
+    from . import _transport
+    return _transport.unit_w1(xp, indptr, indices, U, V, alpha=alpha, call=call)

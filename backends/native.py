@@ -692,3 +692,43 @@ def point_costs(xp, points, X, xptr, Y, yptr, *, manifold, curvature, call):
                                    ffi.from_buffer("double[]", out), resolve_isa(call.isa),
                                    call.threads))
     return out
+
+
+def ot_exact(xp, cost, mu, mv, rptr, cptr, *, metric, call):
+    """Exact W1 of a ragged batch of small transport problems by ``mhc_ot_exact_f64``
+    (successive shortest paths with potentials on real masses) -> w (g,); the
+    arrays as for ``ot_w1``."""
+    g = rptr.shape[0] - 1
+    w = np.empty(g)
+    err = ffi.new("int64_t *")
+    status = lib.mhc_ot_exact_f64(
+        ffi.from_buffer("double[]", cost), ffi.from_buffer("double[]", mu),
+        ffi.from_buffer("double[]", mv), ffi.from_buffer("int64_t[]", rptr),
+        ffi.from_buffer("int64_t[]", cptr), g, int(metric), ffi.from_buffer("double[]", w),
+        call.threads, err)
+    if status == lib.MHC_ERR_DOMAIN:
+        raise DomainError(f"transport problem {err[0]}: masses must be finite, >= 0 and of "
+                          "equal totals, costs finite where both masses are > 0",
+                          argument="cost")
+    if status == lib.MHC_ERR_COMPUTATION:
+        raise NativeError(f"transport problem {err[0]}: its W1 overflows the float64 range "
+                          "(masses times costs too large)")
+    _check(status)
+    return w
+
+
+def unit_w1(xp, indptr, indices, U, V, *, alpha, call):
+    """Exact W1(m_u, m_v) of the edges (U, V) of a unit-length CSR graph by
+    ``mhc_unit_w1_f64`` (shared mass cancelled, costs 1..3 from adjacency and common
+    neighbours, the exact solver) -> w (E,)."""
+    w = np.empty(U.shape[0])
+    err = ffi.new("int64_t *")
+    p = [ffi.from_buffer("int64_t[]", a) for a in (indptr, indices, U, V)]
+    status = lib.mhc_unit_w1_f64(p[0], p[1], indptr.shape[0] - 1, p[2], p[3], U.shape[0],
+                                 alpha, ffi.from_buffer("double[]", w), call.threads, err)
+    if status == lib.MHC_ERR_DOMAIN:
+        raise DomainError(f"edge {err[0]} ({int(U[err[0]])}, {int(V[err[0]])}): its ends must "
+                          "be adjacent, without self loops or repeated neighbours",
+                          argument="graph")
+    _check(status)
+    return w

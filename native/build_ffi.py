@@ -32,7 +32,7 @@ def _rel(*parts):
 
 
 SOURCES = [_rel("src", f) for f in (
-    "cpu_features.c", "dispatch.c", "alloc.c", "threads.c", "workspace.c", "graph.c",
+    "cpu_features.c", "dispatch.c", "alloc.c", "threads.c", "workspace.c", "graph.c", "exact.c",
     "kernels_portable.c", "kernels_sse.c", "kernels_avx2.c", "kernels_avx512.c", "probe.c")]
 HEADER = os.path.join(_HERE, "include", "mhc_native.h")
 # headers and included fragments: a change rebuilds the module

@@ -121,7 +121,7 @@ def test_matches_linear_programming(name, alpha):
     ref = lp_kappa(A, alpha)
     errors = {}
     for reg in (1e-1, 1e-3):
-        edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, alpha=alpha, reg=reg)
+        edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, alpha=alpha, method="sinkhorn", reg=reg)
         assert edges.dtype == np.int64 and kappa.dtype == np.float64
         assert np.all(edges[:, 0] < edges[:, 1])
         errors[reg] = max_error(edges, kappa, ref)
@@ -134,9 +134,9 @@ def test_knn_graph_of_points_matches_linear_programming():
     pts = np.random.default_rng(3).random((25, 2))
     A = knn_adjacency(pts, 4)
     ref = lp_kappa(A, 0.5, D=cdist(pts, pts))
-    edges, kappa = mx.ollivier_ricci_curvature(pts, k=4, reg=1e-3)
+    edges, kappa = mx.ollivier_ricci_curvature(pts, k=4, method="sinkhorn", reg=1e-3)
     assert max_error(edges, kappa, ref) < 1e-2
-    e01, k01 = mx.ollivier_ricci_curvature(pts, k=4, reg=1e-1)
+    e01, k01 = mx.ollivier_ricci_curvature(pts, k=4, method="sinkhorn", reg=1e-1)
     assert max_error(edges, kappa, ref) < max_error(e01, k01, ref)
 
 
@@ -144,7 +144,7 @@ def test_reg_below_1e_3_is_tighter():
     """Epsilon scaling in the scaled domain: no underflow at reg = 1e-4."""
     A = GRAPHS["weighted"]
     ref = lp_kappa(A, 0.5)
-    edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, reg=1e-4, iterations=300)
+    edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, method="sinkhorn", reg=1e-4, iterations=300)
     assert max_error(edges, kappa, ref) < 1e-3
 
 
@@ -184,7 +184,7 @@ def test_other_manifolds_run():
 
 # ---------------------------------------------------------------- kernels and backends
 
-KERNELS = ("graph_costs", "point_costs", "ot_w1")
+KERNELS = ("graph_costs", "point_costs", "ot_w1", "ot_exact", "unit_w1")
 
 
 def _curvature_calls():
@@ -201,16 +201,24 @@ def test_stats_count_the_curvature_kernels_per_backend():
     ran = "native" if mx.config()["backends"]["native"]["available"] else "array_api"
     mx.reset_stats()
     with mx.use_backend("auto"):
-        mx.ollivier_ricci_curvature(pts, k=4)                     # point costs, W1
-        mx.ollivier_ricci_curvature(None, graph=cycle(8))         # graph costs, W1
-        mx.ollivier_ricci_curvature(None, graph=cycle(8), alpha=0.0)  # + d(u, v)
+        kw = dict(method="sinkhorn")
+        mx.ollivier_ricci_curvature(pts, k=4, **kw)                     # point costs, W1
+        mx.ollivier_ricci_curvature(None, graph=cycle(8), **kw)         # graph costs, W1
+        mx.ollivier_ricci_curvature(None, graph=cycle(8), alpha=0.0, **kw)  # + d(u, v)
     assert _curvature_calls() == {"graph_costs": {ran: 3}, "point_costs": {ran: 1},
-                                  "ot_w1": {ran: 3}}
+                                  "ot_w1": {ran: 3}, "ot_exact": {}, "unit_w1": {}}
+    mx.reset_stats()
+    with mx.use_backend("auto"):                           # exact: the default
+        mx.ollivier_ricci_curvature(pts, k=4)                   # point costs, exact W1
+        mx.ollivier_ricci_curvature(None, graph=cycle(8))       # unit lengths: one call
+        mx.ollivier_ricci_curvature(None, graph=GRAPHS["weighted"])  # graph costs, exact
+    assert _curvature_calls() == {"graph_costs": {ran: 1}, "point_costs": {ran: 1},
+                                  "ot_w1": {}, "ot_exact": {ran: 2}, "unit_w1": {ran: 1}}
+    mx.reset_stats()
     with mx.use_backend("array_api"):
-        mx.ollivier_ricci_curvature(pts, k=4)
+        mx.ollivier_ricci_curvature(pts, k=4, method="sinkhorn")
     calls = _curvature_calls()
-    assert calls["point_costs"]["array_api"] == calls["ot_w1"]["array_api"] == 1 + (
-        ran == "array_api")
+    assert calls["point_costs"]["array_api"] == calls["ot_w1"]["array_api"] == 1
 
 
 @pytest.mark.parametrize("backend", ["auto", "native", "array_api"])
@@ -226,8 +234,9 @@ def test_use_backend_chooses_the_kernels(backend):
     ref = lp_kappa(A, 0.5)
     mx.reset_stats()
     with mx.use_backend(backend):
-        edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, reg=1e-3)
-    assert _curvature_calls() == {"graph_costs": {ran: 1}, "point_costs": {}, "ot_w1": {ran: 1}}
+        edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, method="sinkhorn", reg=1e-3)
+    assert _curvature_calls() == {"graph_costs": {ran: 1}, "point_costs": {}, "ot_w1": {ran: 1},
+                                  "ot_exact": {}, "unit_w1": {}}
     assert max_error(edges, kappa, ref) < 1e-2
 
 
@@ -346,7 +355,7 @@ def test_against_graph_ricci_curvature_and_the_lp(name):
     theirs = {tuple(sorted(map(int, e))): k for e, k in grc.compute_ricci_curvature_edges().items()}
     assert set(theirs) == set(ref)
     assert max(abs(theirs[e] - ref[e]) for e in ref) < 1e-6
-    edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, alpha=0.5, reg=1e-3)
+    edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, alpha=0.5, method="sinkhorn", reg=1e-3)
     ours = dict(zip(map(tuple, edges.tolist()), kappa))
     assert max(abs(ours[e] - theirs[e]) for e in ref) < 1e-2
 
@@ -390,5 +399,5 @@ def test_points_on_other_manifolds_match_linear_programming(manifold):
     A[r, idx.ravel()] = D[r, idx.ravel()]
     A = np.maximum(A, A.T)
     ref = lp_kappa(A, 0.5, D=D)
-    edges, kappa = mx.ollivier_ricci_curvature(pts, k=4, manifold=manifold, reg=1e-3)
+    edges, kappa = mx.ollivier_ricci_curvature(pts, k=4, manifold=manifold, method="sinkhorn", reg=1e-3)
     assert max_error(edges, kappa, ref) < 1e-2

@@ -167,7 +167,8 @@ def run(*, cases=CASES, reg=0.01, json_path=None):
                           if ln.startswith("model name")), "")
     except OSError:
         pass
-    print(f"Ollivier-Ricci curvature, alpha={ALPHA}, reg={reg}; {model or platform.processor()}"
+    print(f"Ollivier-Ricci curvature, alpha={ALPHA}, method='exact' (the default; reg={reg} "
+          f"unused); {model or platform.processor()}"
           f"; each row: mhc_array with that many threads, GraphRicciCurvature with proc= "
           f"that many worker processes")
     if why:

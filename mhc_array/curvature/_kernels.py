@@ -127,3 +127,33 @@ POINT_COSTS = Op("point_costs", kernel="point_costs",
                          *_ragged("X", "xptr", "Y", "yptr")),
                  options=(("manifold", manifold_option), ("curvature", _options.positive)),
                  shapes=_point_shapes, **_KERNELS)
+
+
+def _exact_shapes(xp, call, names, arrays, opts, cdt):
+    return _ot_shapes(xp, call, names, arrays, opts, cdt)[0], {}
+
+
+def _unit_shapes(xp, call, names, arrays, opts, cdt):
+    indptr, indices, U, V = (_flat(call, name, a, np.int64) for name, a in zip(names, arrays))
+    _offsets("indptr", indptr)
+    if indices.shape[0] != indptr[-1] or U.shape != V.shape:
+        raise ShapeError(f"unit_w1: graph arrays {indptr.shape}, {indices.shape} or edge "
+                         f"ends {U.shape}, {V.shape} do not match")
+    _vertices(names[1:], (indices, U, V), indptr.shape[0] - 1)
+    return [indptr, indices, U, V], {}
+
+
+#: Exact W1 of a ragged batch of transport problems (ot_w1's layout) -> w (g,):
+#: min over plans of <P, C>, optimal up to rounding. ``metric``: the costs are a
+#: (pseudo)metric between the rows' and columns' points, so the mass of a zero-cost
+#: pair is cancelled before solving (W1 unchanged).
+OT_EXACT = Op("ot_exact", kernel="ot_exact",
+              arrays=_ragged("cost", "mu", "mv", "rptr", "cptr"),
+              options=(("metric", _options.flag),), shapes=_exact_shapes, **_KERNELS)
+
+#: Exact W1(m_u, m_v) of every edge (U[e], V[e]) of a graph whose edges all have
+#: length 1, in CSR form (both directions stored) -> w (E,): kappa = 1 - w. The
+#: measures' shared mass cancelled, the costs (1, 2 or 3) from adjacency and
+#: common neighbours, no search.
+UNIT_W1 = Op("unit_w1", kernel="unit_w1", arrays=_ragged("indptr", "indices", "U", "V"),
+             options=(("alpha", _options.fraction),), shapes=_unit_shapes, **_KERNELS)

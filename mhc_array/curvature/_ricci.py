@@ -8,7 +8,7 @@ from .._api import manifold_option
 from .._options import fraction, int_range, positive
 from ..errors import ShapeError
 from ._graph import Graph, as_points, given_graph, is_networkx, knn_graph, supports
-from ._kernels import GRAPH_COSTS, OT_W1, POINT_COSTS
+from ._kernels import GRAPH_COSTS, OT_EXACT, OT_W1, POINT_COSTS, UNIT_W1
 
 #: at most this many edges, and this many cost entries, per chunk of edges
 EDGE_CHUNK = 1 << 20
@@ -19,6 +19,13 @@ CHUNK_ELEMENTS = 1 << 24
 TOLERANCE = 1e-3
 
 _at_least_one = int_range(1)
+METHODS = ("exact", "sinkhorn")
+
+
+def _method(name, value):
+    if not isinstance(value, str) or value not in METHODS:
+        raise ValueError(f"{name} must be one of {METHODS}; got {value!r}")
+    return value
 
 
 def _like(points, edges, kappa):
@@ -53,8 +60,13 @@ def _chunks(work):
 def _kappa(graph, edges, lengths, alpha, transport, metric):
     """kappa of every edge (u, v) of ``graph``: per chunk of edges, the supports of
     m_u and m_v, their costs (graph shortest paths, or with ``metric = (points,
-    manifold, curvature)`` the manifold's distances), W1 of every edge's problem."""
+    manifold, curvature)`` the manifold's distances), W1 of every edge's problem
+    (``transport``: the options of ``ot_w1``, or None: exact). Exact on a graph
+    whose edges all have one length: one ``unit_w1`` call (kappa does not depend
+    on that length)."""
     u, v = edges[:, 0], edges[:, 1]
+    if transport is None and metric is None and np.all(lengths == lengths[0]):
+        return 1.0 - UNIT_W1((graph.indptr, graph.indices, u, v), (alpha,))
     own = 1 if alpha > 0 else 0
     size = graph.degree + own
     work = size[u] * size[v]
@@ -68,7 +80,10 @@ def _kappa(graph, edges, lengths, alpha, transport, metric):
             duv = lengths[sl]                   # the edge's length: that distance
         else:
             cost, duv = _graph_costs(graph, X, Y, u[sl], v[sl], own)
-        w, _ = OT_W1((cost, X.masses, Y.masses, X.offsets, Y.offsets), transport)
+        if transport is None:
+            w = OT_EXACT((cost, X.masses, Y.masses, X.offsets, Y.offsets), (True,))
+        else:
+            w, _ = OT_W1((cost, X.masses, Y.masses, X.offsets, Y.offsets), transport)
         kappa[sl] = 1.0 - w / duv
     return kappa
 
@@ -86,7 +101,8 @@ def _graph_costs(graph, X, Y, p, q, own):
 
 
 def ollivier_ricci_curvature(points=None, /, *, k=10, alpha=0.5, manifold="euclidean",
-                             curvature=1.0, reg=0.01, iterations=2000, graph=None):
+                             curvature=1.0, method="exact", reg=0.01, iterations=2000,
+                             graph=None):
     """Ollivier-Ricci curvature of every edge of the symmetric k-NN graph of
     ``points (N, d)`` (or of ``graph``).
 
@@ -142,6 +158,7 @@ def ollivier_ricci_curvature(points=None, /, *, k=10, alpha=0.5, manifold="eucli
     (6, True)
     """
     alpha = fraction("alpha", alpha)
+    method = _method("method", method)
     reg = positive("reg", reg)
     iterations = _at_least_one("iterations", iterations)
     manifold = manifold_option("manifold", manifold)
@@ -168,5 +185,6 @@ def ollivier_ricci_curvature(points=None, /, *, k=10, alpha=0.5, manifold="eucli
         e, w = edges[keep], lengths[keep]
         with np.errstate(divide="ignore", invalid="ignore"):
             kappa[keep] = _kappa(Graph.from_edges(e, w, n), e, w, alpha,
+                                 None if method == "exact" else
                                  (reg, iterations, TOLERANCE, True), metric)
     return _like(caller, edges, kappa)

@@ -397,6 +397,20 @@ static void fuzz_curvature(src_t *s, int isa, int nth, int mis, int graph)
                                      pick(s, 1, 300), (double)pick(s, 0, 100) * 1e-4,
                                      (int)pick(s, 0, 1), (double *)w.data,
                                      pick(s, 0, 1) ? (int64_t *)it.data : NULL, isa, nth, &err);
+        /* the same problems, exact (metric or not) */
+        arr_t we = arr_new(s, batch, 8, 0, 0);
+        int64_t err2 = -7;
+        const int ste = mhc_ot_exact_f64((const double *)C.data, (const double *)mu.data,
+                                         (const double *)mv.data, rptr, cptr, batch,
+                                         (int)pick(s, 0, 1), (double *)we.data, nth, &err2);
+        check_status(ste);
+        if ((ste == MHC_ERR_DOMAIN || ste == MHC_ERR_COMPUTATION) && (err2 < 0 || err2 >= batch))
+            FAIL("ot_exact error index %lld outside the batch", (long long)err2);
+        if (ste == MHC_OK)
+            for (int64_t k = 0; k < batch; k++)
+                if (!isfinite(((double *)we.data)[k]))
+                    FAIL("ot_exact gave a W1 that is not finite for problem %lld", (long long)k);
+        arr_free(&we);
         free(rptr);
         free(cptr);
         check_status(st);
@@ -449,6 +463,30 @@ static void fuzz_curvature(src_t *s, int isa, int nth, int mis, int graph)
             if (!(((double *)out.data)[k] >= 0))
                 FAIL("graph_costs gave a negative or NaN distance");
     arr_same(&wts, "weights");
+    /* the same graph as unit lengths: exact W1 of edges (U, V), mostly real edges */
+    {
+        int64_t *U = malloc((size_t)(edges + 1) * 8), *V = malloc((size_t)(edges + 1) * 8);
+        double *wu = malloc((size_t)(edges + 1) * 8);
+        for (int64_t e = 0; e < edges; e++) {
+            U[e] = pick(s, 0, n - 1);
+            const int64_t du = indptr[U[e] + 1] - indptr[U[e]];
+            V[e] = du && pick(s, 0, 5) ? indices[indptr[U[e]] + pick(s, 0, du - 1)]
+                                       : pick(s, 0, n - 1);
+        }
+        const double alpha = pick(s, 0, 20) == 0 ? 1.0 : (double)pick(s, 0, 9) / 10;
+        int64_t err3 = -7;
+        const int stu = mhc_unit_w1_f64(indptr, indices, n, U, V, edges, alpha, wu, nth, &err3);
+        check_status(stu);
+        if (stu == MHC_ERR_DOMAIN && (err3 < 0 || err3 >= edges))
+            FAIL("unit_w1 domain error index %lld outside the edges", (long long)err3);
+        if (stu == MHC_OK)
+            for (int64_t e = 0; e < edges; e++)
+                if (!(wu[e] >= 0 && wu[e] <= 3 + 1e-9))
+                    FAIL("unit_w1 gave W1 %g outside [0, 3]", wu[e]);
+        free(U);
+        free(V);
+        free(wu);
+    }
     /* the same supports on a point cloud: manifold distances */
     const int64_t d = pick(s, 0, 9), manifold = pick(s, 0, 2);
     arr_t pts = arr_new(s, n * d, 8, mis == 3, 0);

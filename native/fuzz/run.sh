@@ -2,7 +2,7 @@
 # Build the libFuzzer harness of the C ABI with AddressSanitizer + UndefinedBehaviorSanitizer
 # and run it.  Usage: native/fuzz/run.sh SECONDS [FAMILY]
 #   FAMILY: 0 Sinkhorn, 1 distances (rows, pairwise), 2 mHC connection (pre, post),
-#   3 curvature (transport, graph costs); omitted: all.
+#   3 curvature (transport, exact transport, unit-length exact W1, graph costs); omitted: all.
 # Needs clang with libFuzzer (Debian: clang-14 libclang-rt-14-dev). Any crash, sanitizer
 # report or failed check stops the run with a non-zero status and leaves the input in
 # native/fuzz/out/.

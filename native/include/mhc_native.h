@@ -337,6 +337,35 @@ int mhc_point_costs_f64(int manifold, const double *points, int64_t n, int64_t d
                         const int64_t *Y, const int64_t *yptr, int64_t edges, double *out,
                         int isa, int n_threads);
 
+/* mhc_ot_exact_f64: exact W1 of a ragged batch of transport problems, laid out
+ * as in mhc_ot_w1_f64 (masses finite, >= 0, equal totals within 1e-6 relative,
+ * costs finite where both masses are > 0; else MHC_ERR_DOMAIN, nothing written,
+ * err_index = the problem). w[b] = min over plans P of <P, C>, by successive
+ * shortest paths with potentials on real masses (optimal up to rounding; rows
+ * and columns of zero mass left out). metric 1: the costs are a (pseudo)metric
+ * between the rows' and columns' points, so a zero-cost pair is one point and its
+ * shared mass is cancelled before solving (W1 unchanged); 0: no such assumption.
+ * A problem whose n + m exceeds 2^20 is MHC_ERR_OUT_OF_MEMORY; W1 beyond the
+ * double range MHC_ERR_COMPUTATION (err_index = b). Threads split the problems. */
+int mhc_ot_exact_f64(const double *cost, const double *mu, const double *mv, const int64_t *rptr,
+                     const int64_t *cptr, int64_t batch, int metric, double *w, int n_threads,
+                     int64_t *err_index);
+
+/* mhc_unit_w1_f64: exact W1(m_u, m_v) of Ollivier-Ricci curvature for the edges
+ * (U[e], V[e]), e < edges, of a graph whose every edge has length 1, in CSR form
+ * with both directions stored (as in mhc_graph_costs_f64, no weights; indices in
+ * [0, n), else MHC_ERR_INVALID_DIMENSION). m_x: mass alpha (0 <= alpha < 1, else
+ * MHC_ERR_INVALID_DIMENSION) at x and (1 - alpha) / deg(x) on each neighbour.
+ * Shared mass cancelled vertex by vertex, the costs between what is left (1, 2
+ * or 3) read from adjacency and common neighbours, then the exact solver of
+ * mhc_ot_exact_f64; w[e] = W1 (kappa = 1 - w[e]). An edge whose ends are not
+ * adjacent, or whose first end has a self loop or a repeated neighbour, is
+ * MHC_ERR_DOMAIN with err_index = e (w may be partly written). Threads split the
+ * edges; each thread holds 24 bytes per vertex and its largest problem. */
+int mhc_unit_w1_f64(const int64_t *indptr, const int64_t *indices, int64_t n, const int64_t *U,
+                    const int64_t *V, int64_t edges, double alpha, double *w, int n_threads,
+                    int64_t *err_index);
+
 /* ---- Benchmark probes (not kernels) -------------------------------------
  * mhc_probe_read_f32: read x[0..n) once (sum): times a read-bandwidth floor.
  * mhc_probe_fma: iters rounds of mhc_probe_fma_lanes() independent lane-FMAs
