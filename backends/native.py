@@ -369,17 +369,18 @@ def _raise_domain(manifold, named, curvature):
 
 # ---------------------------------------------------------------- the mHC connection
 
-def _workspace(call):
-    """The caller's native workspace (a layer's, kept in ``call.state``), created on
-    first use and freed when the state is; None for a call without state."""
-    if call.state is None:
+def _workspace(state):
+    """The caller's native workspace (a layer's, kept in its ``state`` dict: a call's
+    ``call.state``), created on first use and freed when the state is; NULL for a
+    call without state."""
+    if state is None:
         return ffi.NULL
-    ws = call.state.get(NAME)
+    ws = state.get(NAME)
     if ws is None:
         ws = lib.mhc_hc_ws_create()
         if ws == ffi.NULL:
             return ffi.NULL  # no memory for it: the kernel allocates per call
-        ws = call.state[NAME] = ffi.gc(ws, lib.mhc_hc_ws_destroy)
+        ws = state[NAME] = ffi.gc(ws, lib.mhc_hc_ws_destroy)
     return ws
 
 
@@ -418,7 +419,7 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
         p.insert(1, _ptr(wp, ctype))
         _check(kernel(p[0], n * C, tokens, n, C, p[1], ldp, p[2], p[3],
                       _VARIANT[variant], iterations, norm_eps, hc_eps,
-                      p[4], p[5], p[6], p[7], _workspace(call), code, call.threads))
+                      p[4], p[5], p[6], p[7], _workspace(call.state), code, call.threads))
     return tuple(_back(xp, x, r) for r in (h_in, h_pre, h_post, h_res))
 
 
@@ -534,7 +535,7 @@ def mhc_post_pre(xp, x, f_out, h_post, h_res, phi, bias, alpha, *, iterations, n
              for v in (xt, f, hp, hr, nxt, b, al, h_in, h_pre, h_post2, h_res2)]
         _check(kernel(p[0], n * C, p[1], f_tstride, p[2], p[3], p[4], n * C, tokens, n, C,
                       _ptr(wp, ctype), ldp, p[5], p[6], _VARIANT[variant], iterations,
-                      norm_eps, hc_eps, p[7], p[8], p[9], p[10], _workspace(call), code,
+                      norm_eps, hc_eps, p[7], p[8], p[9], p[10], _workspace(call.state), code,
                       call.threads))
     first = out if direct is not None else _back(xp, x, nxt)
     return (first, *(_back(xp, x, r) for r in (h_in, h_pre, h_post2, h_res2)))
@@ -566,10 +567,10 @@ def mhc_post_backward(xp, x, f_out, h_post, h_res, grad, *, call):
 
 def plan(kernel, dtypes, ndims, call):
     """A fast callable for NumPy arrays of ``dtypes`` and ``ndims`` (the pipeline's
-    cached plan), or None. The callable takes the tuple of arrays and the dict of
-    validated options and returns the result, or None to decline a call (a layout or a
-    size it does not take, a status to report): the general path then serves
-    it, with its errors."""
+    cached plan), or None. The callable takes the tuple of arrays, the dict of
+    validated options and the caller's state (a layer's workspace, or None) and
+    returns the result, or None to decline a call (a layout or a size it does not
+    take, a status to report): the general path then serves it, with its errors."""
     if any(dt not in _KERNELS for dt in dtypes) or len(set(dtypes)) != 1:
         return None
     code, threads = resolve_isa(call.isa), call.threads
@@ -580,7 +581,7 @@ def plan(kernel, dtypes, ndims, call):
         sinkhorn_kernel = kernels.sinkhorn
         logits_flag = lib.MHC_SK_LOGITS
 
-        def run_sinkhorn(arrays, options):
+        def run_sinkhorn(arrays, options, state):
             x, row_sums, col_sums = arrays
             if row_sums is not None or col_sums is not None:
                 return None  # targets: the general path
@@ -608,7 +609,7 @@ def plan(kernel, dtypes, ndims, call):
 
         memo = [(None, None)]  # (the last options dict seen, its kernel codes): one tuple
 
-        def run_distance(arrays, options):
+        def run_distance(arrays, options, state):
             x, c = arrays
             d = c.shape[0]
             if x.shape[-1] != d or not d:
@@ -629,7 +630,67 @@ def plan(kernel, dtypes, ndims, call):
                 return None  # a domain error, a misaligned pointer: the general path
             return res
         return run_distance
+    if kernel in ("mhc_pre", "mhc_post"):
+        return _mhc_plan(kernel, kernels, dt, code, threads)
     return None
+
+
+def _mhc_plan(kernel, kernels, dt, code, threads):
+    """The plans of mhc_pre and mhc_post (decode: one call per token and layer): every
+    array a C-contiguous NumPy array of the one dtype, the shapes the record would
+    accept (anything else: declined, the general path checks and reports it)."""
+    array_type, from_buffer, empty, null = kernels.ctype[0], ffi.from_buffer, np.empty, ffi.NULL
+    nd = np.ndarray
+
+    def contiguous(*arrays):
+        return all(type(a) is nd and a.dtype is dt and a.flags.c_contiguous for a in arrays)
+
+    if kernel == "mhc_pre":
+        hc_pre = kernels.hc_pre
+
+        def run_pre(arrays, options, state):
+            x, phi, bias, alpha = arrays
+            if not contiguous(x, phi, bias, alpha) or x.ndim < 2:
+                return None
+            n, C = x.shape[-2], x.shape[-1]
+            K, v4 = (2 + n) * n, options["variant"] != "paper"
+            if (phi.shape != ((K, n * C) if v4 else (n * C, K)) or bias.shape != (K,)
+                    or alpha.shape != (3,) or not 1 <= n <= MAX_STREAMS or not C):
+                return None
+            batch = x.shape[:-2]
+            tokens = math.prod(batch)
+            h_in, h_pre, h_post = empty(batch + (C,), dt), empty(batch + (n,), dt), \
+                empty(batch + (n,), dt)
+            h_res = empty(batch + (n, n), dt)
+            if tokens and hc_pre(
+                    from_buffer(array_type, x), n * C, tokens, n, C, from_buffer(array_type, phi),
+                    phi.shape[1], from_buffer(array_type, bias), from_buffer(array_type, alpha),
+                    _VARIANT[options["variant"]], options["iterations"], options["norm_eps"],
+                    options["hc_eps"], from_buffer(array_type, h_in),
+                    from_buffer(array_type, h_pre), from_buffer(array_type, h_post),
+                    from_buffer(array_type, h_res), _workspace(state), code, threads):
+                return None   # a status to report: the general path
+            return h_in, h_pre, h_post, h_res
+        return run_pre
+    hc_post = kernels.hc_post
+
+    def run_post(arrays, options, state):
+        x, f_out, h_post, h_res = arrays
+        if not contiguous(x, f_out, h_post, h_res) or x.ndim < 2:
+            return None
+        n, C = x.shape[-2], x.shape[-1]
+        batch = x.shape[:-2]
+        if (f_out.shape != batch + (C,) or h_post.shape != batch + (n,)
+                or h_res.shape != batch + (n, n) or not 1 <= n <= MAX_STREAMS or not C):
+            return None
+        res = empty(x.shape, dt)
+        tokens = math.prod(batch)
+        if tokens and hc_post(from_buffer(array_type, x), n * C, from_buffer(array_type, f_out),
+                              C, from_buffer(array_type, h_post), from_buffer(array_type, h_res),
+                              from_buffer(array_type, res), n * C, tokens, n, C, code, threads):
+            return None
+        return res
+    return run_post
 
 
 # ---------------------------------------------------------------- curvature

@@ -92,7 +92,8 @@ MHC_PRE = Op("mhc_pre", kernel="mhc_pre",
              results=(("C",), ("n",), ("n",), ("n", "n")),
              options=(("iterations", _options.iterations), ("norm_eps", _options.nonnegative),
                       ("variant", _variant), ("hc_eps", _options.nonnegative)),
-             names=_param_names, dtype="coefficients", shapes=_pre_shapes, restore=(0,))
+             names=_param_names, dtype="coefficients", shapes=_pre_shapes, restore=(0,),
+             plan_arrays=1)
 
 
 def _pre_backward_names(options):
@@ -129,7 +130,7 @@ _POST_ARRAYS = (_STREAMS, Arg("f_out", ("C",), checked=False),
                 Arg("h_post", ("n",), checked=False), Arg("h_res", ("n", "n"), checked=False))
 MHC_POST = Op("mhc_post", kernel="mhc_post",
               arrays=_POST_ARRAYS, results=(("n", "C"),),
-              dtype="coefficients", shapes=_post_shapes, out=True)
+              dtype="coefficients", shapes=_post_shapes, out=True, plan_arrays=1)
 
 
 

@@ -24,7 +24,8 @@ computed once per such key and kept as a *plan* -- a callable the backend
 builds (``backend.plan``) that runs the kernel directly. A plan may decline a
 call (returns None: an unusual layout, a shape to report) and the call then
 takes the general path, which raises every error. Plans see validated options
-(a dict) and record no statistics: the pipeline does both.
+(a dict) and the caller's ``state`` (a layer's workspace), and record no
+statistics: the pipeline does both.
 """
 
 import operator
@@ -213,7 +214,7 @@ class Op:
                 opts = (last[1] if all(map(_is, options, last[0]))
                         else self._validated(options))
                 t0 = _perf()
-                res = plan[0](arrays, opts)
+                res = plan[0](arrays, opts, state)
                 if res is not None:
                     seconds = plan[1]
                     seconds.append(_perf() - t0)

@@ -98,11 +98,12 @@ def _fma_rate():
     return it * lib.mhc_probe_fma_lanes() / best
 
 
-def mhc_floor(x, fma_per_token):
-    """The mHC connection's floors: memory (one read of x + one write of x_next) and
-    compute (the projection's ``n*C*(2+n)*n`` FMAs per token at one core's FMA peak);
-    the binding one is the floor, both are kept (``floors_s``)."""
-    memory = read_floor(x, 2, "one read of x + one write of x_next")
+def mhc_floor(x, fma_per_token, reads=2, traffic="one read of x + one write of x_next"):
+    """The mHC connection's floors: memory (``reads`` passes over x's bytes: one read
+    of x + one write of x_next by default) and compute (the projection's
+    ``n*C*(2+n)*n`` FMAs per token at one core's FMA peak); the binding one is the
+    floor, both are kept (``floors_s``)."""
+    memory = read_floor(x, reads, traffic)
     if memory is None:
         return None
 

@@ -5,7 +5,7 @@ backward: the connection, a tiny DeepSeek-V4 model's train step)."""
 
 import numpy as np
 
-from .._mhc import MHCLayer, mhc_post
+from .._mhc import MHCLayer, mhc_post, mhc_post_pre, mhc_pre
 from ._measure import mhc_floor
 
 
@@ -99,6 +99,53 @@ def _mhc_connection(s, name, tokens, n, C):
             cands["HF DeepseekV4 eager"] = (hf, (targs[0].reshape(1, tokens, n, C),))
     for label, ctx in mhc:
         cands[label] = (ours, (x,), ctx)
+    return (name, cands, mhc_floor(x, n * C * (2 + n) * n))
+
+
+def _mhc_pre(s, name, tokens, n, C, variant):
+    """mhc_pre alone at every level against the projection alone in NumPy and torch
+    (``x.reshape(T, -1) @ phi``), with the floors: one read of x, the projection's
+    FMAs."""
+    torch, rng, mhc = s.torch, s.rng, s.mhc
+    x = rng.standard_normal((tokens, n, C)).astype(np.float32)
+    layer = MHCLayer(n, C, seed=0, variant=variant)
+    phi, bias, alpha = layer.phi, layer.bias, layer.alpha
+    w = phi if variant == "paper" else phi.T       # (n*C, K) either way, as NumPy reads it
+    v = x.reshape(tokens, n * C)
+    cands = {"numpy": (np.matmul, (v, w))}
+    if torch is not None:
+        cands["torch eager"] = (torch.matmul, (torch.from_numpy(v), torch.from_numpy(w)))
+
+    def ours(a):
+        return mhc_pre(a, phi, bias, alpha, variant=variant)
+    for label, ctx in mhc:
+        if label.startswith("mhc native"):
+            cands[label] = (ours, (x,), ctx)
+    return (name, cands, mhc_floor(x, n * C * (2 + n) * n, 1, "one read of x"))
+
+
+def _mhc_boundary(s, name, tokens, n, C):
+    """The layer boundary: mhc_post then mhc_pre (two passes over the streams) against
+    the fused mhc_post_pre (x_next projected from the cache), in place, per level."""
+    rng, mhc = s.rng, s.mhc
+    x = rng.standard_normal((tokens, n, C)).astype(np.float32)
+    first, second = MHCLayer(n, C, seed=0), MHCLayer(n, C, seed=1)
+    h_in, _, h_post, h_res = first.pre(x)
+    f = np.tanh(h_in)
+    y = x.copy()
+    p = (second.phi, second.bias, second.alpha)
+
+    def separate(a):
+        nxt = mhc_post(a, f, h_post, h_res, out=y)
+        return mhc_pre(nxt, *p)
+
+    def fused(a):
+        return mhc_post_pre(a, f, h_post, h_res, *p, out=y)
+    cands = {}
+    for label, ctx in mhc:
+        if label.startswith("mhc native"):
+            cands[label + " post then pre"] = (separate, (x,), ctx)
+            cands[label + " post_pre"] = (fused, (x,), ctx)
     return (name, cands, mhc_floor(x, n * C * (2 + n) * n))
 
 
@@ -197,10 +244,17 @@ def _present(*rows):
 
 def rows(s, quick):
     if quick:
-        return [_mhc_connection(s, "W3 mhc pre+post 1024 tokens, n=4, C=1024", 1024, 4, 1024)]
+        return [_mhc_connection(s, "W3 mhc pre+post 1024 tokens, n=4, C=1024", 1024, 4, 1024),
+                _mhc_pre(s, "W3 mhc_pre 1 token, n=4, C=4096 (latency)", 1, 4, 4096, "paper"),
+                _mhc_boundary(s, "W3 boundary 1024 tokens, n=4, C=1024", 1024, 4, 1024)]
     return _present(
         _mhc_connection(s, "W3 mhc pre+post 4096 tokens, n=4, C=1024", 4096, 4, 1024),
         _mhc_connection(s, "W3 mhc pre+post 4096 tokens, n=4, C=4096", 4096, 4, 4096),
+        _mhc_pre(s, "W3 mhc_pre 4096 tokens, n=4, C=4096", 4096, 4, 4096, "paper"),
+        _mhc_pre(s, "W3 mhc_pre V4 fn 4096 tokens, n=4, C=4096", 4096, 4, 4096, "deepseek-v4"),
+        _mhc_pre(s, "W3 mhc_pre 1 token, n=4, C=4096 (latency)", 1, 4, 4096, "paper"),
+        _mhc_pre(s, "W3 mhc_pre 1 token, n=4, C=7168 (latency)", 1, 4, 7168, "paper"),
+        _mhc_boundary(s, "W3 boundary 4096 tokens, n=4, C=4096", 4096, 4, 4096),
         _mhc_block(s, "W3 block F = Linear(4096, 4096), 1024 tokens, n=4: 'torch eager' is "
                    "the plain residual x + F(x)", 1024, 4, 4096))
 

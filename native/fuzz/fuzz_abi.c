@@ -312,6 +312,46 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
                                   (float *)hin.data, (float *)hpre.data, (float *)hpost.data,
                                   (float *)hres.data, ws, isa, nth);
     check_status(st);
+    {   /* the fused boundary: the post step of x (in place or into another array) with
+         * the coefficients just computed (or garbage), then the pre step */
+        const int64_t ft = pick(s, 0, 1) ? 0 : C + pick(s, 0, 2);
+        const int inplace = pick(s, 0, 3) == 0, same_coef = pick(s, 0, 3) == 0;
+        arr_t xc = arr_new(s, extent(tokens, xt, n * C), es, 0, 0);
+        arr_t f = arr_new(s, extent(tokens, ft, C), es, mis == 4, 0);
+        const int64_t ot = inplace ? xt : n * C;
+        arr_t o = inplace ? xc : arr_new(s, extent(tokens, ot, n * C), es, mis == 3, 0);
+        arr_t h2[4] = {arr_new(s, tokens * C, es, 0, 0), arr_new(s, tokens * n, es, 0, 0),
+                       same_coef ? hpost : arr_new(s, tokens * n, es, 0, 0),
+                       same_coef ? hres : arr_new(s, tokens * n * n, es, 0, 0)};
+        const int st2 =
+            f64 ? mhc_hc_post_pre_f64((const double *)xc.data, xt, (const double *)f.data, ft,
+                                      (const double *)hpost.data, (const double *)hres.data,
+                                      (double *)o.data, ot, tokens, n, C,
+                                      (const double *)phi.data, Kp, (const double *)b.data,
+                                      (const double *)al.data, variant, iters, 1e-6, 1e-6,
+                                      (double *)h2[0].data, (double *)h2[1].data,
+                                      (double *)h2[2].data, (double *)h2[3].data, ws, isa, nth)
+                : mhc_hc_post_pre_f32((const float *)xc.data, xt, (const float *)f.data, ft,
+                                      (const float *)hpost.data, (const float *)hres.data,
+                                      (float *)o.data, ot, tokens, n, C,
+                                      (const float *)phi.data, Kp, (const float *)b.data,
+                                      (const float *)al.data, variant, iters, 1e-6, 1e-6,
+                                      (float *)h2[0].data, (float *)h2[1].data,
+                                      (float *)h2[2].data, (float *)h2[3].data, ws, isa, nth);
+        check_status(st2);
+        if (st2 == MHC_ERR_DOMAIN)
+            FAIL("mhc_hc_post_pre returned a domain error");
+        if (!inplace || st2 != MHC_OK)
+            arr_same(&xc, "x (post_pre)");
+        arr_same(&f, "f (post_pre)");
+        arr_free(&xc);
+        arr_free(&f);
+        if (!inplace)
+            arr_free(&o);
+        for (int i = 0; i < 4; i++)
+            if (!(same_coef && i >= 2))
+                arr_free(&h2[i]);
+    }
     mhc_hc_ws_destroy(ws);
     /* the backward of the same call, each upstream gradient present or NULL */
     const int64_t gxt = n * C + pick(s, 0, 3) * (pick(s, 0, 1) != 0);
