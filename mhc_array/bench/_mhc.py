@@ -125,8 +125,9 @@ def _mhc_pre(s, name, tokens, n, C, variant):
 
 
 def _mhc_boundary(s, name, tokens, n, C):
-    """The layer boundary: mhc_post then mhc_pre (two passes over the streams) against
-    the fused mhc_post_pre (x_next projected from the cache), in place, per level."""
+    """The layer boundary: mhc_post then mhc_pre ("2-pass": two passes over the
+    streams) against the fused mhc_post_pre ("fused": x_next projected from the
+    cache), in place, per level."""
     rng, mhc = s.rng, s.mhc
     x = rng.standard_normal((tokens, n, C)).astype(np.float32)
     first, second = MHCLayer(n, C, seed=0), MHCLayer(n, C, seed=1)
@@ -144,8 +145,8 @@ def _mhc_boundary(s, name, tokens, n, C):
     cands = {}
     for label, ctx in mhc:
         if label.startswith("mhc native"):
-            cands[label + " post then pre"] = (separate, (x,), ctx)
-            cands[label + " post_pre"] = (fused, (x,), ctx)
+            cands[label + " 2-pass"] = (separate, (x,), ctx)    # post, then pre
+            cands[label + " fused"] = (fused, (x,), ctx)        # post_pre
     return (name, cands, mhc_floor(x, n * C * (2 + n) * n))
 
 
