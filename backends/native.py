@@ -711,15 +711,20 @@ def ot_w1(xp, cost, mu, mv, rptr, cptr, *, reg, iterations, tolerance, relax, ca
         ffi.from_buffer("int64_t[]", cptr), g, reg, iterations, tolerance, int(relax),
         ffi.from_buffer("double[]", w), ffi.cast("int64_t *", done.ctypes.data),
         resolve_isa(call.isa), call.threads, err)
+    _check_transport(status, err[0])
+    return w, done
+
+
+def _check_transport(status, problem):
+    """A transport kernel's status as the error naming the problem."""
     if status == lib.MHC_ERR_DOMAIN:
-        raise DomainError(f"transport problem {err[0]}: masses must be finite, >= 0 and of "
+        raise DomainError(f"transport problem {problem}: masses must be finite, >= 0 and of "
                           "equal totals, costs finite where both masses are > 0",
                           argument="cost")
     if status == lib.MHC_ERR_COMPUTATION:
-        raise NativeError(f"transport problem {err[0]}: its W1 overflows the float64 range "
+        raise NativeError(f"transport problem {problem}: its W1 overflows the float64 range "
                           "(masses times costs too large)")
     _check(status)
-    return w, done
 
 
 def graph_costs(xp, indptr, indices, weights, X, xptr, Y, yptr, *, call):
@@ -767,14 +772,7 @@ def ot_exact(xp, cost, mu, mv, rptr, cptr, *, metric, call):
         ffi.from_buffer("double[]", mv), ffi.from_buffer("int64_t[]", rptr),
         ffi.from_buffer("int64_t[]", cptr), g, int(metric), ffi.from_buffer("double[]", w),
         call.threads, err)
-    if status == lib.MHC_ERR_DOMAIN:
-        raise DomainError(f"transport problem {err[0]}: masses must be finite, >= 0 and of "
-                          "equal totals, costs finite where both masses are > 0",
-                          argument="cost")
-    if status == lib.MHC_ERR_COMPUTATION:
-        raise NativeError(f"transport problem {err[0]}: its W1 overflows the float64 range "
-                          "(masses times costs too large)")
-    _check(status)
+    _check_transport(status, err[0])
     return w
 
 
