@@ -139,3 +139,21 @@ def test_dask_chunk_warning_points_at_the_caller():
     w = _one_warning(record, ChunkWarning)
     assert (w.filename, w.lineno) == (HERE, line)
     assert lazy.compute().shape == (8, 4, 4)
+
+
+def test_torch_functions_name_a_non_array():
+    torch = pytest.importorskip("torch")
+    import mhc_array.torch as mt
+    t, x = torch.ones(2, 4, 8), torch.ones(2, 3)
+    calls = {
+        "x": lambda: mt.sinkhorn_knopp(None),
+        "c": lambda: mt.euclidean_distance(x, None),
+        "y": lambda: mt.pairwise_distance(x, "abc"),
+        "phi": lambda: mt.mhc_pre(t, None, torch.ones(24), torch.ones(3)),
+        "h_post": lambda: mt.mhc_post(t, torch.ones(2, 8), object(), torch.ones(2, 4, 4)),
+        "h_res": lambda: mt.mhc_post_pre(t, torch.ones(2, 8), torch.ones(2, 4), None,
+                                         torch.ones(32, 24), torch.ones(24), torch.ones(3)),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=f"^{name} must be"):
+            call()
