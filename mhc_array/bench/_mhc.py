@@ -239,6 +239,43 @@ def _v4_training(s, name, tokens):
     return s.grad_row(name, {"torch eager": (step(model), ())}, step(ours))
 
 
+def _v4_decode(s, name, tokens, hidden, n=4):
+    """W4: DeepSeek-V4's hyper-connection at decode (bfloat16 streams, no_grad):
+    transformers' DeepseekV4HyperConnection eager and compiled, against the module
+    replace_hyper_connections puts in its place (same Parameters), at every native
+    level (the torch custom op on CPU tensors)."""
+    torch, compiled, compile_peers = s.torch, s.compiled, s.compile_peers
+    if torch is None:
+        return
+    try:
+        from transformers.models.deepseek_v4 import modeling_deepseek_v4 as m4
+        from transformers.models.deepseek_v4.configuration_deepseek_v4 import DeepseekV4Config
+    except Exception:  # noqa: BLE001 - transformers absent or without DeepSeek-V4
+        return
+    import mhc_array.torch as mt
+    torch.manual_seed(0)
+    hc = m4.DeepseekV4HyperConnection(DeepseekV4Config(hidden_size=hidden, hc_mult=n))
+    with torch.no_grad():
+        hc.fn.normal_(0, 0.02)
+        hc.base.normal_(0, 0.1)
+        hc.scale.fill_(0.5)
+    ours = mt.DeepseekV4Connection.from_module(hc)
+    x = torch.randn(1, tokens, n, hidden).to(torch.bfloat16)
+
+    def call(m):
+        def run(a):
+            with torch.no_grad():
+                return m(a)
+        return run
+    cands = {"torch eager": (call(hc), (x,))}
+    if compile_peers and (fn := compiled(call(hc))) is not None:
+        cands["torch.compile"] = (fn, (x,))
+    for label, ctx in s.mhc:
+        if label.startswith("mhc native"):
+            cands[label] = (call(ours), (x,), ctx)
+    return (name, cands, None)
+
+
 def _present(*rows):
     return [r for r in rows if r is not None]
 
@@ -258,6 +295,15 @@ def rows(s, quick):
         _mhc_boundary(s, "W3 boundary 4096 tokens, n=4, C=4096", 4096, 4, 4096),
         _mhc_block(s, "W3 block F = Linear(4096, 4096), 1024 tokens, n=4: 'torch eager' is "
                    "the plain residual x + F(x)", 1024, 4, 4096))
+
+
+def decode_rows(s, quick):
+    """W4 (CPU inference of DeepSeek-V4): T = 1, 16, 256 tokens, hidden 4096 and 7168."""
+    if quick:
+        return _present(_v4_decode(s, "W4 V4 connection decode bf16, T=1, hidden 4096", 1,
+                                   4096))
+    return _present(*(_v4_decode(s, f"W4 V4 connection decode bf16, T={t}, hidden {h}", t, h)
+                      for h in (4096, 7168) for t in (1, 16, 256)))
 
 
 def training_rows(s, quick):

@@ -19,7 +19,8 @@ def _workloads(quick, rng, threads, compile_peers):
     this order, the order of the table."""
     s = Setting(rng, threads, compile_peers)
     work = (_sinkhorn.rows(s) + _distances.rows(s) + _mhc.rows(s, quick)
-            + _sinkhorn.training_rows(s) + _mhc.training_rows(s, quick))
+            + _mhc.decode_rows(s, quick) + _sinkhorn.training_rows(s)
+            + _mhc.training_rows(s, quick))
     if not quick:
         work += _distances.bandwidth_rows(s) + _sinkhorn.large_rows(s) + _distances.scaling_rows(s)
     return work
