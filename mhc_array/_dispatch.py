@@ -129,6 +129,9 @@ def device_of(x):
 
 
 def _device(x):
+    dev = getattr(x, "device", None)   # torch, CuPy, JAX, NumPy 2, array_api_strict:
+    if dev is not None and not callable(dev):   # an attribute, read directly (fast)
+        return str(dev)
     try:
         return str(array_api_compat.device(x))
     except Exception:  # noqa: BLE001 - a library without a device notion
