@@ -220,6 +220,10 @@ static int ex_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
     (void)err;
     for (int64_t b = lo; b < hi; b++) {
         const int64_t n = s->rptr[b + 1] - s->rptr[b], m = s->cptr[b + 1] - s->cptr[b];
+        if (n == 0 || m == 0) {   /* no mass on one side, so none on the other: W1 = 0 */
+            s->w[b] = 0;          /* (and no pointer arithmetic on possibly NULL arrays) */
+            continue;
+        }
         const double *C = s->cost + s->coff[b], *mu = s->mu + s->rptr[b], *mv = s->mv + s->cptr[b];
         /* buf: the masses left (n + m), the kept rows' and columns' indices (n + m),
          * then the kept problem's costs (n * m) */
