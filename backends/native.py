@@ -693,6 +693,131 @@ def _mhc_plan(kernel, kernels, dt, code, threads):
     return run_post
 
 
+def torch_plan(kernel, dtypes, ndims, call):
+    """The plans of the mHC records for CPU torch tensors (decode: one call per token
+    and layer from ``mhc_array.torch`` under ``no_grad``), or None: the C kernels on
+    the tensors' own memory (``data_ptr``), no DLPack round trip. Streams of a
+    narrower float dtype (bfloat16, float16) are computed in float32 (one copy of the
+    streams, and h_in / x_next converted back, as the general path does); the
+    parameters and coefficients must be contiguous tensors of the computing dtype.
+    Returns ``run(arrays, options, state) -> (result, bytes copied) or None`` (None:
+    declined, the general path serves the call)."""
+    import torch
+    if kernel not in ("mhc_pre", "mhc_post", "mhc_post_pre"):
+        return None
+    cdt = {torch.float64: np.dtype(np.float64)}.get(dtypes[0], np.dtype(np.float32))
+    if dtypes[0] not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        return None
+    kernels = _KERNELS[cdt]
+    tdt = torch.float64 if cdt == np.float64 else torch.float32
+    ptr_type, cast, empty = kernels.ctype[1], ffi.cast, torch.empty
+    code, threads = resolve_isa(call.isa), call.threads
+
+    Tensor = torch.Tensor
+
+    def ready(*ts):
+        return all(isinstance(t, Tensor) and t.dtype is tdt and t.is_contiguous()
+                   and t.device.type == "cpu" and not t.requires_grad for t in ts)
+
+    def streams(x):
+        """x in the computing dtype, contiguous, on the CPU (a copy counted), or None."""
+        if (not isinstance(x, Tensor) or x.device.type != "cpu" or x.requires_grad
+                or x.ndim < 2 or not 1 <= x.shape[-2] <= MAX_STREAMS):
+            return None, 0
+        if x.dtype is tdt and x.is_contiguous():
+            return x, 0
+        if not x.dtype.is_floating_point or x.dtype is torch.float64 and tdt is torch.float32:
+            return None, 0
+        return x.to(tdt, memory_format=torch.contiguous_format), x.numel() * x.element_size()
+
+    def p(t):
+        return cast(ptr_type, t.data_ptr())
+
+    def pre_params(n, C, phi, bias, alpha, v4):
+        K = (2 + n) * n
+        return (ready(phi, bias, alpha) and bias.shape == (K,) and alpha.shape == (3,)
+                and phi.shape == ((K, n * C) if v4 else (n * C, K)))
+
+    def run_pre(arrays, options, state):
+        x, phi, bias, alpha = arrays
+        xc, copied = streams(x)
+        if xc is None:
+            return None
+        n, C = x.shape[-2], x.shape[-1]
+        v4 = options["variant"] != "paper"
+        if not C or not pre_params(n, C, phi, bias, alpha, v4):
+            return None
+        batch = x.shape[:-2]
+        tokens = math.prod(batch)
+        h_in, h_pre, h_post = empty(batch + (C,), dtype=tdt), empty(batch + (n,), dtype=tdt), \
+            empty(batch + (n,), dtype=tdt)
+        h_res = empty(batch + (n, n), dtype=tdt)
+        if tokens and kernels.hc_pre(
+                p(xc), n * C, tokens, n, C, p(phi), phi.shape[1], p(bias), p(alpha),
+                _VARIANT[options["variant"]], options["iterations"], options["norm_eps"],
+                options["hc_eps"], p(h_in), p(h_pre), p(h_post), p(h_res), _workspace(state),
+                code, threads):
+            return None
+        if h_in.dtype is not x.dtype:
+            h_in = h_in.to(x.dtype)
+        return (h_in, h_pre, h_post, h_res), copied
+
+    def post_operands(x, f_out, h_post, h_res):
+        xc, copied = streams(x)
+        if xc is None:
+            return None
+        n, C = x.shape[-2], x.shape[-1]
+        batch = x.shape[:-2]
+        if (f_out.shape != batch + (C,) or h_post.shape != batch + (n,)
+                or h_res.shape != batch + (n, n) or not C or not ready(h_post, h_res)):
+            return None
+        fc, more = streams(f_out.unsqueeze(-2))
+        if fc is None:
+            return None
+        return xc, fc, copied + more, n, C, batch
+
+    def run_post(arrays, options, state):
+        ops = post_operands(*arrays)
+        if ops is None:
+            return None
+        xc, fc, copied, n, C, batch = ops
+        res = empty(batch + (n, C), dtype=tdt)
+        tokens = math.prod(batch)
+        if tokens and kernels.hc_post(p(xc), n * C, p(fc), C, p(arrays[2]), p(arrays[3]),
+                                      p(res), n * C, tokens, n, C, code, threads):
+            return None
+        x = arrays[0]
+        if res.dtype is not x.dtype:
+            res = res.to(x.dtype)
+        return res, copied
+
+    def run_post_pre(arrays, options, state):
+        ops = post_operands(*arrays[:4])
+        if ops is None:
+            return None
+        xc, fc, copied, n, C, batch = ops
+        phi, bias, alpha = arrays[4:]
+        v4 = options["variant"] != "paper"
+        if not pre_params(n, C, phi, bias, alpha, v4):
+            return None
+        tokens = math.prod(batch)
+        nxt = empty(batch + (n, C), dtype=tdt)
+        h_in, h_pre, h_post = empty(batch + (C,), dtype=tdt), empty(batch + (n,), dtype=tdt), \
+            empty(batch + (n,), dtype=tdt)
+        h_res = empty(batch + (n, n), dtype=tdt)
+        if tokens and kernels.hc_post_pre(
+                p(xc), n * C, p(fc), C, p(arrays[2]), p(arrays[3]), p(nxt), n * C, tokens, n,
+                C, p(phi), phi.shape[1], p(bias), p(alpha), _VARIANT[options["variant"]],
+                options["iterations"], options["norm_eps"], options["hc_eps"], p(h_in),
+                p(h_pre), p(h_post), p(h_res), _workspace(state), code, threads):
+            return None
+        x = arrays[0]
+        if nxt.dtype is not x.dtype:
+            nxt, h_in = nxt.to(x.dtype), h_in.to(x.dtype)
+        return (nxt, h_in, h_pre, h_post, h_res), copied
+    return {"mhc_pre": run_pre, "mhc_post": run_post, "mhc_post_pre": run_post_pre}[kernel]
+
+
 # ---------------------------------------------------------------- curvature
 
 def ot_w1(xp, cost, mu, mv, rptr, cptr, *, reg, iterations, tolerance, relax, call):

@@ -83,6 +83,40 @@ class _LastPlan(NamedTuple):
 _NO_PLAN = _LastPlan(None, None, None, -1, None, None, -1, None)  # matches no call
 
 
+class _Counted:
+    """The seconds queue of a plan that counts its own calls in ``stats()`` (the
+    torch plans: a copy of narrower streams is counted as one): takes nothing."""
+    __slots__ = ()
+
+    def append(self, seconds):
+        pass
+
+    def __len__(self):
+        return 0
+
+
+_COUNTED = _Counted()
+
+
+def _counting(plan, function, backend):
+    """A plan that reports ``(result, bytes copied)`` as one that counts its calls:
+    zero-copy ones like the other plans, the others as copies (``stats()``)."""
+    queue = _stats.zero_copy_queue(function, backend)
+
+    def run(arrays, options, state):
+        t0 = _perf()
+        done = plan(arrays, options, state)
+        if done is None:
+            return None
+        res, copied = done
+        if copied:
+            _stats.record(function, backend, 1, copied, _perf() - t0)
+        else:
+            queue.append(_perf() - t0)
+        return res
+    return run
+
+
 def record(name):
     """The record of the public function ``name`` (what an Op unpickles to)."""
     if name not in _RECORDS:
@@ -249,6 +283,13 @@ class Op:
         if requested not in ("auto", "native") or "native" not in self.backends:
             return False
         x = arrays[0]
+        if type(x).__module__ == "torch" and all(type(a) is type(x) for a in arrays):
+            native = _dispatch.backend("native")   # CPU tensors (the plan checks the device)
+            if native.UNAVAILABLE is not None:
+                return False
+            fn = native.torch_plan(self.kernel, [a.dtype for a in arrays],
+                                   [a.ndim for a in arrays], Call(self.name, isa, threads))
+            return False if fn is None else (_counting(fn, self.name, native.NAME), _COUNTED)
         if any(type(a).__module__ != "numpy" or a.dtype.kind != "f"
                or (spec.checked and a.ndim < len(spec.core))
                for a, spec in zip(arrays, self.arrays)):

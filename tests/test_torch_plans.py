@@ -1,0 +1,143 @@
+"""The decode path of mhc_array.torch: eager calls without gradients on CPU tensors
+run the C kernels on the tensors' memory through cached plans (backends/native.py
+``torch_plan``). Checked against the float64 equations (tests/reference.py), with
+stats() showing which path served, and the calls the plans decline (other
+layouts, dtypes, gradients) still correct through the general path."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import mhc_array as mx  # noqa: E402
+import mhc_array.torch as mt  # noqa: E402
+import reference as ref  # noqa: E402
+from conftest import cpu_supports, native_available  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not native_available(), reason="the native backend is not built")
+
+
+def _params(variant, n, C, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    K = (2 + n) * n
+    phi = torch.randn((n * C, K) if variant == "paper" else (K, n * C), generator=g,
+                      dtype=torch.float64) * 0.05
+    bias = torch.randn(K, generator=g, dtype=torch.float64) * 0.3
+    alpha = torch.tensor([0.7, 0.4, 0.9], dtype=torch.float64)
+    return phi.to(dtype), bias.to(dtype), alpha.to(dtype)
+
+
+def _np64(*ts):
+    return [t.detach().to(torch.float64).numpy() for t in ts]
+
+
+def _ref_pre(x, phi, bias, alpha, variant):
+    xs, p, b, a = _np64(x, phi, bias, alpha)
+    return ref.mhc_pre(xs, p, b, a, variant=variant)
+
+
+def _native_calls(name):
+    return mx.stats().get(name, {}).get("native", {"calls": 0})
+
+
+@pytest.mark.parametrize("variant", ["paper", "deepseek-v4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_pre_under_no_grad_matches_the_equations(variant, dtype):
+    n, C = 4, 40
+    params = _params(variant, n, C, dtype=torch.float64 if dtype == torch.float64
+                     else torch.float32)
+    x = torch.randn(2, 3, n, C, dtype=torch.float64).to(dtype)
+    x_before = x.clone()
+    mx.reset_stats()
+    with torch.no_grad():
+        out = mt.mhc_pre(x, *params, variant=variant)
+    want = _ref_pre(x, *params, variant)
+    assert out[0].dtype == dtype and out[0].shape == (2, 3, C)
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    assert all(o.dtype == cdt for o in out[1:])
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    for got, w in zip(out, want):
+        np.testing.assert_allclose(got.to(torch.float64).numpy(), w, rtol=tol, atol=tol)
+    assert torch.equal(x, x_before)
+    s = _native_calls("mhc_pre")
+    assert s["calls"] == 1
+    # a bfloat16 call copies its streams into float32 once: counted as a copy
+    assert s["zero_copy_calls"] == (0 if dtype == torch.bfloat16 else 1)
+
+
+@pytest.mark.parametrize("variant", ["paper", "deepseek-v4"])
+def test_post_and_post_pre_under_no_grad_in_bfloat16(variant):
+    n, C = 4, 24
+    params = _params(variant, n, C)
+    x = torch.randn(5, n, C).to(torch.bfloat16)
+    f_out = torch.randn(5, C).to(torch.bfloat16)
+    h_post = torch.rand(5, n) * 2
+    h_res = torch.rand(5, n, n)
+    xs, fs, hp, hr = _np64(x, f_out, h_post, h_res)
+    want_next = ref.mhc_post(xs, fs, hp, hr)
+    with torch.no_grad():
+        nxt = mt.mhc_post(x, f_out, h_post, h_res)
+        fused = mt.mhc_post_pre(x, f_out, h_post, h_res, *params, variant=variant)
+    assert nxt.dtype == torch.bfloat16 and fused[0].dtype == torch.bfloat16
+    np.testing.assert_allclose(nxt.double().numpy(), want_next, rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(fused[0].double().numpy(), want_next, rtol=1e-2, atol=1e-2)
+    # the pre step of the fused call sees x_next in float32, before its bfloat16 rounding
+    want = ref.mhc_pre(want_next, *_np64(*params), variant=variant)
+    for got, w in zip(fused[1:], want):
+        np.testing.assert_allclose(got.double().numpy(), w, rtol=2e-2, atol=2e-2)
+
+
+def test_declined_calls_are_still_right():
+    """Layouts and dtypes the plans do not take go the general way, with the same
+    results: a transposed (non-contiguous) projection, float64 parameters beside
+    float32 streams, and parameters that require gradients outside no_grad."""
+    n, C = 4, 16
+    phi, bias, alpha = _params("paper", n, C)
+    x = torch.randn(3, n, C)
+    want = _ref_pre(x, phi, bias, alpha, "paper")
+    with torch.no_grad():
+        strided = mt.mhc_pre(x, phi.T.contiguous().T, bias, alpha)
+        mixed = mt.mhc_pre(x, phi.double(), bias.double(), alpha.double())
+    phi_g = phi.clone().requires_grad_(True)
+    graded = mt.mhc_pre(x, phi_g, bias, alpha)
+    graded[0].sum().backward()
+    assert phi_g.grad is not None
+    for out in (strided, mixed, graded):
+        for got, w in zip(out, want):
+            np.testing.assert_allclose(got.detach().double().numpy(), w, rtol=1e-5, atol=1e-5)
+
+
+def test_module_decode_matches_the_equations_and_follows_its_parameters():
+    n, C = 4, 32
+    m = mt.DeepseekV4Connection(n, C, init=True)
+    x = torch.randn(1, 1, n, C).to(torch.bfloat16)
+    with torch.no_grad():
+        post, comb, collapsed = m(x)
+        m.fn.mul_(1.5)                     # in place: the next call must see it
+        post2, comb2, collapsed2 = m(x)
+    for got, p in (((post, comb, collapsed), m.fn / 1.5), ((post2, comb2, collapsed2), m.fn)):
+        h_in, h_pre, h_post, h_res = _ref_pre(x, p, m.base, m.scale, "deepseek-v4")
+        np.testing.assert_allclose(got[0].numpy(), h_post, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got[1].numpy(), np.swapaxes(h_res, -1, -2), rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_allclose(got[2].double().numpy(), h_in, rtol=1e-2, atol=1e-2)
+    assert not torch.allclose(post, post2)
+
+
+def test_forced_backends_and_levels_are_honoured():
+    """The plans are keyed by the configuration: array_api forced computes in torch
+    (no native call), each ISA level forced gives the same values."""
+    n, C = 4, 20
+    params = _params("paper", n, C)
+    x = torch.randn(4, n, C)
+    want = _ref_pre(x, *params, "paper")
+    mx.reset_stats()
+    with torch.no_grad(), mx.use_backend("array_api"):
+        out = mt.mhc_pre(x, *params)
+    assert _native_calls("mhc_pre")["calls"] == 0
+    np.testing.assert_allclose(out[0].double().numpy(), want[0], rtol=1e-5, atol=1e-5)
+    for level in ("avx512", "avx2", "sse", "portable"):
+        if not cpu_supports(level):
+            continue
+        with torch.no_grad(), mx.use_isa(level):
+            out = mt.mhc_pre(x, *params)
+        np.testing.assert_allclose(out[0].double().numpy(), want[0], rtol=1e-5, atol=1e-5)
