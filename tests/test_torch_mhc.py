@@ -374,7 +374,8 @@ def test_replace_hyper_connections_same_parameters_and_outputs(v4_pair):
     before = {k: v.clone() for k, v in ours.state_dict().items()}
     ids_before = {k: id(p) for k, p in ours.named_parameters()}
     originals = {n: m for n, m in ours.named_modules() if "Hyper" in type(m).__name__}
-    assert mt.replace_hyper_connections(ours) == 5          # 2 layers x (attn, ffn) + head
+    # 2 layers x (attn, ffn) + head, and the 2 layers given the fused forward
+    assert mt.replace_hyper_connections(ours) == 7
     assert mt.replace_hyper_connections(ours) == 0
     assert {k: id(p) for k, p in ours.named_parameters()} == ids_before
     after = ours.state_dict()
@@ -413,31 +414,42 @@ def test_v4_model_logits_and_gradients(v4_pair):
 
 
 def test_v4_model_bfloat16(v4_pair):
+    """bfloat16: logits and loss as the model's own; gradients as close to the float32
+    model's as the model's own bfloat16 ones are. (The fused layers compute the post
+    steps in float32 and round once where transformers rounds post and comb to
+    bfloat16 first: the two bfloat16 models differ by rounding, and some gradients --
+    the head's few scale and bias entries -- are ill-conditioned in bfloat16, off the
+    float32 ones by 10-70 % in transformers' own model depending on the batch.)"""
     model, _ = v4_pair
     mb = copy.deepcopy(model).to(torch.bfloat16)
     ours = copy.deepcopy(mb)
-    assert mt.replace_hyper_connections(ours) == 5
+    assert mt.replace_hyper_connections(ours) == 7
     ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         a = mb(ids).logits.float()
         b = ours(ids).logits.float()
     torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-2 * float(a.abs().max()))
-    mb.train()
-    ours.train()
-    o1 = mb(ids, labels=ids)
-    o2 = ours(ids, labels=ids)
+    f32 = copy.deepcopy(model)
+    for m in (f32, mb, ours):
+        m.train()
+        m.zero_grad()
+    o0, o1, o2 = (m(ids, labels=ids) for m in (f32, mb, ours))
     assert abs(float(o1.loss) - float(o2.loss)) <= 1e-2 * abs(float(o1.loss))
-    o1.loss.backward()
-    o2.loss.backward()
-    g1 = dict(mb.named_parameters())
-    hc = [(k, p.grad, g1[k].grad) for k, p in ours.named_parameters()
+    for o in (o0, o1, o2):
+        o.loss.backward()
+    g0, g1 = dict(f32.named_parameters()), dict(mb.named_parameters())
+    hc = [(k, p.grad, g1[k].grad, g0[k].grad) for k, p in ours.named_parameters()
           if ".hc_" in k or k.endswith((".fn", ".base", ".scale"))]
     assert len(hc) == 15    # 4 connections and the head, 3 parameters each
-    for k, g2, g in hc:
+
+    def err(g, want):
+        return float((g.float() - want).norm() / want.norm())
+    for k, g2, g, want in hc:
         assert g2.dtype == torch.bfloat16 and torch.isfinite(g2.float()).all(), k
-        # bf16 parameters' gradients: equal to the model's own to bf16 resolution
-        torch.testing.assert_close(g2.float(), g.float(), rtol=3e-2,
-                                   atol=3e-2 * float(g.float().abs().max()), msg=k)
+        if "hc_head" not in k:      # the layers' connections: well-conditioned
+            assert err(g2, want) <= 2 * err(g, want) + 2e-2, k
+    cat = [torch.cat([t.float().flatten() for t in ts]) for ts in zip(*[h[1:] for h in hc])]
+    assert err(cat[0], cat[2]) <= 2 * err(cat[1], cat[2]) + 1e-2
 
 
 def test_v4_modules_load_checkpoint_state_dict(v4_pair):
@@ -459,3 +471,42 @@ def test_replace_rejects_non_modules():
     with pytest.raises(TypeError, match="model"):
         mt.replace_hyper_connections("not a model")
     assert mt.replace_hyper_connections(torch.nn.Linear(2, 2)) == 0
+
+
+def test_fused_layer_forward_runs_the_boundary_as_one_call(v4_pair):
+    """Each decoder layer's attention -> MLP boundary is one mhc_post_pre and its MLP's
+    post step one mhc_post (counted in stats()); a layer of another structure keeps
+    its own forward and is not counted; a deep copy keeps the fused forward, bound to
+    the copy."""
+    model, _ = v4_pair
+    ours = copy.deepcopy(model)
+    odd = ours.model.layers[1]
+    odd.extra = torch.nn.Identity()
+    odd.mlp, mlp = None, odd.mlp           # not the expected structure
+    assert mt.replace_hyper_connections(ours) == 5 + 1
+    assert "forward" in vars(ours.model.layers[0]) and "forward" not in vars(odd)
+    odd.mlp = mlp
+    assert mt.replace_hyper_connections(ours) == 1            # now it is
+    twin = copy.deepcopy(ours)
+    assert twin.model.layers[0].forward.__self__ is twin.model.layers[0]
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(4))
+    mx.reset_stats()
+    with torch.no_grad():
+        got = twin(ids).logits
+    s = mx.stats()
+    assert sum(v["calls"] for v in s["mhc_post_pre"].values()) == 2     # one per layer
+    assert sum(v["calls"] for v in s["mhc_post"].values()) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_model_under_torch_compile(v4_pair):
+    model, _ = v4_pair
+    ours = copy.deepcopy(model)
+    mt.replace_hyper_connections(ours)
+    ids = torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(5))
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(ids).logits, model(ids).logits, rtol=1e-5,
+                                   atol=1e-5)
