@@ -769,21 +769,30 @@ def torch_plan(kernel, dtypes, ndims, call):
         n, C = x.shape[-2], x.shape[-1]
         batch = x.shape[:-2]
         if (f_out.shape != batch + (C,) or h_post.shape != batch + (n,)
-                or h_res.shape != batch + (n, n) or not C or not ready(h_post, h_res)):
+                or h_res.shape != batch + (n, n) or not C):
             return None
         fc, more = streams(f_out.unsqueeze(-2))
         if fc is None:
             return None
-        return xc, fc, copied + more, n, C, batch
+        coef = []
+        for h in (h_post, h_res):    # small: another layout (comb transposed) is copied
+            if not ready(h):
+                if not (isinstance(h, Tensor) and h.dtype is tdt and h.device.type == "cpu"
+                        and not h.requires_grad):
+                    return None
+                h = h.contiguous()
+                more += h.numel() * h.element_size()
+            coef.append(h)
+        return xc, fc, copied + more, n, C, batch, coef[0], coef[1]
 
     def run_post(arrays, options, state):
         ops = post_operands(*arrays)
         if ops is None:
             return None
-        xc, fc, copied, n, C, batch = ops
+        xc, fc, copied, n, C, batch, hp, hr = ops
         res = empty(batch + (n, C), dtype=tdt)
         tokens = math.prod(batch)
-        if tokens and kernels.hc_post(p(xc), n * C, p(fc), C, p(arrays[2]), p(arrays[3]),
+        if tokens and kernels.hc_post(p(xc), n * C, p(fc), C, p(hp), p(hr),
                                       p(res), n * C, tokens, n, C, code, threads):
             return None
         x = arrays[0]
@@ -795,7 +804,7 @@ def torch_plan(kernel, dtypes, ndims, call):
         ops = post_operands(*arrays[:4])
         if ops is None:
             return None
-        xc, fc, copied, n, C, batch = ops
+        xc, fc, copied, n, C, batch, hp, hr = ops
         phi, bias, alpha = arrays[4:]
         v4 = options["variant"] != "paper"
         if not pre_params(n, C, phi, bias, alpha, v4):
@@ -806,7 +815,7 @@ def torch_plan(kernel, dtypes, ndims, call):
             empty(batch + (n,), dtype=tdt)
         h_res = empty(batch + (n, n), dtype=tdt)
         if tokens and kernels.hc_post_pre(
-                p(xc), n * C, p(fc), C, p(arrays[2]), p(arrays[3]), p(nxt), n * C, tokens, n,
+                p(xc), n * C, p(fc), C, p(hp), p(hr), p(nxt), n * C, tokens, n,
                 C, p(phi), phi.shape[1], p(bias), p(alpha), _VARIANT[options["variant"]],
                 options["iterations"], options["norm_eps"], options["hc_eps"], p(h_in),
                 p(h_pre), p(h_post), p(h_res), _workspace(state), code, threads):

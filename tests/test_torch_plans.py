@@ -141,3 +141,21 @@ def test_forced_backends_and_levels_are_honoured():
         with torch.no_grad(), mx.use_isa(level):
             out = mt.mhc_pre(x, *params)
         np.testing.assert_allclose(out[0].double().numpy(), want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_post_with_comb_transposed_is_served_and_right():
+    """The fused layer forward passes V4's comb transposed (a view): the plan copies
+    the small coefficient tensor (counted) instead of declining the call."""
+    n, C = 4, 40
+    x = torch.randn(3, n, C).to(torch.bfloat16)
+    f_out = torch.randn(3, C).to(torch.bfloat16)
+    post, comb = torch.rand(3, n) * 2, torch.rand(3, n, n)
+    h_res = comb.transpose(-1, -2)
+    assert not h_res.is_contiguous()
+    mx.reset_stats()
+    with torch.no_grad():
+        got = mt.mhc_post(x, f_out, post, h_res)
+    want = ref.mhc_post(*_np64(x, f_out, post, h_res))
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-2, atol=1e-2)
+    s = _native_calls("mhc_post")
+    assert s["calls"] == 1 and s["copies"] == 1
