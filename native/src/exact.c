@@ -71,6 +71,29 @@ static void sp_release(sp_ws *w)
     mhc_free(w->i);
 }
 
+/* min_j (c[j] + p[j]), branch-free with four accumulators (x < y ? x : y is one
+ * minsd); an entry that is not a number is skipped */
+static inline double rowmin(const double *c, const double *p, int m)
+{
+    double m0 = INFINITY, m1 = INFINITY, m2 = INFINITY, m3 = INFINITY;
+    int j = 0;
+    for (; j + 4 <= m; j += 4) {
+        const double r0 = c[j] + p[j], r1 = c[j + 1] + p[j + 1];
+        const double r2 = c[j + 2] + p[j + 2], r3 = c[j + 3] + p[j + 3];
+        m0 = r0 < m0 ? r0 : m0;
+        m1 = r1 < m1 ? r1 : m1;
+        m2 = r2 < m2 ? r2 : m2;
+        m3 = r3 < m3 ? r3 : m3;
+    }
+    for (; j < m; j++) {
+        const double r0 = c[j] + p[j];
+        m0 = r0 < m0 ? r0 : m0;
+    }
+    m0 = m1 < m0 ? m1 : m0;
+    m2 = m3 < m2 ? m3 : m2;
+    return m2 < m0 ? m2 : m0;
+}
+
 /* Network simplex for the transportation problem: exact W1 of the n x m problem
  * (costs c, row-major, finite; row masses a, column masses b, > 0, equal totals up
  * to rounding) in w's buffers. Sets *ok = 0 (and returns 0) when it gives up (the
@@ -78,8 +101,10 @@ static void sp_release(sp_ws *w)
  *
  * The basis is a spanning tree of the n + m nodes (rows 0..n-1, columns n..n+m-1)
  * with n + m - 1 arcs (row, column), rooted at node n; each node x != root keeps
- * the flow on the arc to its parent (flow[x]) and a potential (rows u_i, columns
- * v_j, u_i + v_j = c_ij on the tree's arcs). The tree is stored as a preorder:
+ * the flow on the arc to its parent (flow[x]); pot[] holds the duals, u_i for
+ * the rows and -v_j for the columns (u_i + v_j = c_ij on the tree's arcs; the
+ * reduced cost is c_ij - pot[i] + pot[n + j], and a subtree's duals move by one
+ * amount). The tree is stored as a preorder:
  * ord[] the nodes, pos[x] x's place, size[x] its subtree (ord[pos[x] ..
  * pos[x] + size[x]) ), so that "a is an ancestor of b" is two comparisons and a
  * subtree is a contiguous block: the cycle is found by climbing parents, and a
@@ -106,20 +131,21 @@ static double ns_solve(int n, int m, const double *c, const double *a, const dou
         cmax = fabs(c[k]) > cmax ? fabs(c[k]) : cmax;
     memcpy(ra, a, (size_t)n * sizeof(double));
     memcpy(cb, b, (size_t)m * sizeof(double));
-    /* the start: cells (ei, ej) carrying ef */
+    /* the start: cells (ei, ej) carrying ef; pen[j] = +inf once column j is
+     * retired, so that a row's cheapest column left is a branch-free minimum */
     int *ei = pa, *ej = pb, cells = 0;
     {
-        int *act = scr, na = m;     /* the columns with demand left */
+        double *pen = pot;      /* scratch until the tree is built */
+        int na = m;             /* the columns with demand left */
         for (int j = 0; j < m; j++)
-            act[j] = j;
+            pen[j] = 0;
         for (int i = 0; i < n - 1; i++) {
             const double *cr = c + (size_t)i * m;
             for (;;) {
-                int kb = 0;
-                for (int k = 1; k < na; k++)
-                    if (cr[act[k]] < cr[act[kb]])
-                        kb = k;
-                const int j = act[kb];
+                const double lo = rowmin(cr, pen, m);
+                int j = 0;
+                while (j < m - 1 && cr[j] + pen[j] != lo)
+                    j++;
                 if (na == 1 || ra[i] <= cb[j]) {    /* the row is done */
                     cb[j] = cb[j] - ra[i] > 0 ? cb[j] - ra[i] : 0;
                     ei[cells] = i;
@@ -131,14 +157,16 @@ static double ns_solve(int n, int m, const double *c, const double *a, const dou
                 ei[cells] = i;
                 ej[cells] = j;
                 ef[cells++] = cb[j];
-                act[kb] = act[--na];
+                pen[j] = INFINITY;
+                na--;
             }
         }
-        for (int k = 0; k < na; k++) {              /* the last row: what is left */
-            ei[cells] = n - 1;
-            ej[cells] = act[k];
-            ef[cells++] = cb[act[k]];
-        }
+        for (int j = 0; j < m; j++)                 /* the last row: what is left */
+            if (pen[j] == 0) {
+                ei[cells] = n - 1;
+                ej[cells] = j;
+                ef[cells++] = cb[j];
+            }
     }
     /* the tree from the cells: adjacency by counting, preorder by a stack */
     {
@@ -172,7 +200,8 @@ static double ns_solve(int n, int m, const double *c, const double *a, const dou
                     continue;
                 parent[y] = x;
                 flow[y] = ef[k];
-                pot[y] = c[(size_t)ei[k] * m + ej[k]] - pot[x];
+                pot[y] = x < n ? pot[x] - c[(size_t)ei[k] * m + ej[k]]
+                               : pot[x] + c[(size_t)ei[k] * m + ej[k]];
                 stk[sp++] = y;
             }
         }
@@ -189,33 +218,17 @@ static double ns_solve(int n, int m, const double *c, const double *a, const dou
     const double *pv = pot + n;
     int row = 0;
     for (int64_t pivots = 0;; pivots++) {
-        /* pricing: each row's minimum of c_ij - v_j (branch-free, four
-         * accumulators), its column looked up only when it beats the best */
+        /* pricing: each row's minimum of c_ij + pot[n + j] (branch-free), its
+         * column looked up only when it beats the best */
         int bi = -1, bj = -1, i = row;
         double best = -tol, cnt = 0;
         for (int rows = 0; rows < n; rows++) {
-            const double *cr = c + (size_t)i * m;
-            double m0 = INFINITY, m1 = INFINITY, m2 = INFINITY, m3 = INFINITY;
-            int j = 0;
-            for (; j + 4 <= m; j += 4) {
-                const double r0 = cr[j] - pv[j], r1 = cr[j + 1] - pv[j + 1];
-                const double r2 = cr[j + 2] - pv[j + 2], r3 = cr[j + 3] - pv[j + 3];
-                m0 = r0 < m0 ? r0 : m0;
-                m1 = r1 < m1 ? r1 : m1;
-                m2 = r2 < m2 ? r2 : m2;
-                m3 = r3 < m3 ? r3 : m3;
-            }
-            for (; j < m; j++) {
-                const double r0 = cr[j] - pv[j];
-                m0 = r0 < m0 ? r0 : m0;
-            }
-            m0 = m1 < m0 ? m1 : m0;
-            m2 = m3 < m2 ? m3 : m2;
-            m0 = m2 < m0 ? m2 : m0;
-            if (m0 - pot[i] < best) {
-                best = m0 - pot[i];
-                for (j = 0; j < m - 1 && cr[j] - pv[j] != m0; j++)
-                    ;
+            const double *cr = c + (size_t)i * m, lo = rowmin(cr, pv, m);
+            if (lo - pot[i] < best) {
+                int j = 0;
+                while (j < m - 1 && cr[j] + pv[j] != lo)
+                    j++;
+                best = lo - pot[i];
                 bi = i;
                 bj = j;
             }
@@ -324,10 +337,11 @@ static double ns_solve(int n, int m, const double *c, const double *a, const dou
         memcpy(ord + dst, tmp, (size_t)S * sizeof(int));
         for (int k = lo; k < hi; k++)
             pos[ord[k]] = k;
-        /* potentials: the entering arc's reduced cost to 0, S's rows + d, columns - d */
+        /* potentials: the entering arc's reduced cost to 0, S's rows + d and
+         * columns - d (pot[] holds -v_j: + d too) */
         const double d = path[0] < n ? best : -best;
         for (int k = dst; k < dst + S; k++)
-            pot[ord[k]] += ord[k] < n ? d : -d;
+            pot[ord[k]] += d;
     }
     double W = 0;
     for (int x = 0; x < V; x++)
