@@ -896,7 +896,7 @@ def point_costs(xp, points, X, xptr, Y, yptr, *, manifold, curvature, call):
 
 def ot_exact(xp, cost, mu, mv, rptr, cptr, *, metric, call):
     """Exact W1 of a ragged batch of small transport problems by ``mhc_ot_exact_f64``
-    (successive shortest paths with potentials on real masses) -> w (g,); the
+    (a network simplex on real masses) -> w (g,); the
     arrays as for ``ot_w1``."""
     g = rptr.shape[0] - 1
     w = np.empty(g)

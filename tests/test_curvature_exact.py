@@ -58,12 +58,28 @@ def knn_graph_weighted(seed=3, n=30, k=4):
     return knn_adjacency(pts, k)
 
 
+def hypercube(dim):
+    n = 1 << dim
+    A = np.zeros((n, n))
+    for v in range(n):
+        for b in range(dim):
+            A[v, v ^ (1 << b)] = 1
+    return A
+
+
+def complete_bipartite(p, q):
+    A = np.zeros((p + q, p + q))
+    A[:p, p:] = 1
+    return A + A.T
+
+
 MORE = dict(GRAPHS, **{
     "cycle5": cycle(5), "grid34": grid(3, 4), "tree_big": adjacency(binary_tree_edges(12, 4)),
     "complete7": np.ones((7, 7)) - np.eye(7), "weighted2": weighted_random(15, 7),
     "geometric": random_geometric(40, 0.3, 1), "knn": knn_graph_weighted(),
     "disconnected": disconnected(), "constant_length": 2.5 * grid(3, 3),
-    "star": adjacency(np.array([(0, i) for i in range(1, 9)]))})
+    "star": adjacency(np.array([(0, i) for i in range(1, 9)])),
+    "hypercube4": hypercube(4), "bipartite35": complete_bipartite(3, 5)})
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 0.9])
@@ -157,6 +173,51 @@ def test_ot_exact_random_problems_match_emd():
         with mx.use_backend(backend):
             w = OT_EXACT(args, (False,))
         np.testing.assert_allclose(w, want, rtol=0, atol=1e-12)
+
+
+def _random_problems(rng, count, most):
+    """Degenerate transport problems: costs with many ties (integers 0..3, or few
+    distinct values), masses with zeros and equal values, sides of 1 to ``most``."""
+    costs, mus, mvs, rp, cp = [], [], [], [0], [0]
+    for _ in range(count):
+        n, m = rng.integers(1, most + 1, 2)
+        if rng.random() < 0.5:
+            C = rng.integers(0, 4, (n, m)).astype(float)
+        else:
+            C = np.round(rng.random((n, m)) * 10, int(rng.integers(0, 3)))
+        a = rng.integers(0, 3, n).astype(float) if rng.random() < 0.5 else rng.random(n)
+        b = rng.integers(0, 3, m).astype(float) if rng.random() < 0.5 else rng.random(m)
+        a[0] += a.sum() == 0
+        b[-1] += b.sum() == 0
+        costs.append(C.ravel())
+        mus.append(a / a.sum())
+        mvs.append(b / b.sum())
+        rp.append(rp[-1] + n)
+        cp.append(cp[-1] + m)
+    return (np.concatenate(costs), np.concatenate(mus), np.concatenate(mvs), np.array(rp),
+            np.array(cp))
+
+
+@pytest.mark.skipif(not native_available(), reason="native backend unavailable")
+@pytest.mark.parametrize("most", [3, 12, 40, 150])
+def test_ot_exact_degenerate_problems_match_emd(most):
+    """The network simplex on ties, zero masses, equal masses, one-row and
+    one-column problems and (150) problems of a few hundred nodes, against ot.emd2."""
+    from mhc_array.curvature._kernels import OT_EXACT
+    rng = np.random.default_rng(most)
+    args = _random_problems(rng, 400 if most < 100 else 40, most)
+    cost, mu, mv, rp, cp = args
+    want, off = [], 0
+    for e in range(len(rp) - 1):
+        n, m = rp[e + 1] - rp[e], cp[e + 1] - cp[e]
+        want.append(ot.emd2(mu[rp[e]:rp[e + 1]], mv[cp[e]:cp[e + 1]],
+                            cost[off:off + n * m].reshape(n, m), numItermax=10 ** 7))
+        off += n * m
+    with mx.use_backend("native"):
+        w = OT_EXACT(args, (False,))
+    np.testing.assert_allclose(w, want, rtol=0, atol=1e-12)
+    with mx.use_num_threads(2), mx.use_backend("native"):
+        np.testing.assert_array_equal(OT_EXACT(args, (False,)), w)
 
 
 @pytest.mark.skipif(not native_available(), reason="native backend unavailable")

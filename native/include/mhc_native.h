@@ -340,9 +340,9 @@ int mhc_point_costs_f64(int manifold, const double *points, int64_t n, int64_t d
 /* mhc_ot_exact_f64: exact W1 of a ragged batch of transport problems, laid out
  * as in mhc_ot_w1_f64 (masses finite, >= 0, equal totals within 1e-6 relative,
  * costs finite where both masses are > 0; else MHC_ERR_DOMAIN, nothing written,
- * err_index = the problem). w[b] = min over plans P of <P, C>, by successive
- * shortest paths with potentials on real masses (optimal up to rounding; rows
- * and columns of zero mass left out). metric 1: the costs are a (pseudo)metric
+ * err_index = the problem). w[b] = min over plans P of <P, C>, by a network
+ * simplex on real masses (successive shortest paths where it gives up; optimal
+ * up to rounding; rows and columns of zero mass left out). metric 1: the costs are a (pseudo)metric
  * between the rows' and columns' points, so a zero-cost pair is one point and its
  * shared mass is cancelled before solving (W1 unchanged); 0: no such assumption.
  * A problem whose n + m exceeds 2^20 is MHC_ERR_OUT_OF_MEMORY; W1 beyond the

@@ -3,15 +3,16 @@
  * (mhc_ot_exact_f64, mhc_unit_w1_f64, see mhc_native.h). Scalar code (no ISA
  * variants): the solver is branchy and works on problems of a few dozen entries.
  *
- * The solver: successive shortest paths on the bipartite transport network
- * (rows -> columns, cost c_ij, unbounded; columns -> rows where the plan is > 0,
- * cost -c_ij) with node potentials (reduced costs >= 0), one dense Dijkstra
- * search (array scan, no heap: the problems are small and dense) from every row
- * with mass left, stopped at the first column with demand left; the path carries
- * the most it can (the row's mass, the column's demand, the plan on its backward
- * arcs). Masses are real numbers: no scaling to integers, any alpha. The result
- * is optimal up to rounding (the plan's marginals are exact to ~1e-15 of the
- * total mass).
+ * The solver: a network simplex for the transportation problem (ns_solve: a
+ * spanning-tree basis kept as a preorder array, a row-minimum start, block
+ * pricing over whole rows, Cunningham's leaving rule against degenerate cycling),
+ * on real masses (no scaling to integers, any alpha). Where it gives up (a pivot
+ * limit of 64 (n + m) + 1000, not reached on the benchmark graphs' 66,255
+ * problems; or flows that are not numbers) successive shortest paths
+ * (sp_solve: node potentials, dense Dijkstra searches by array scan, a greedy
+ * start) solve the problem instead. Either result is optimal up to rounding (the
+ * plan's marginals exact to ~1e-15 of the total mass; reduced costs >= -1e-12 of
+ * the largest cost, so W1 within 1e-12 of it times the mass).
  *
  * mhc_unit_w1_f64 fuses the curvature of a unit-length graph: per edge (u, v)
  * the two measures' shared mass cancelled (m_u - m_v, vertex by vertex), the
@@ -28,31 +29,38 @@
 
 #define MIS(p, type) (((uintptr_t)(const void *)(p)) % sizeof(type) != 0)
 
-/* ---- the solver ----------------------------------------------------------- */
+/* ---- the solvers --------------------------------------------------------- */
 
-/* A solver workspace, grown on demand: doubles and ints for an n x m problem. */
+/* A solver workspace, grown on demand: doubles and ints for an n x m problem,
+ * enough for either solver (ns_solve: 5 (n + m) doubles, 11 (n + m) + 1 ints;
+ * sp_solve: n m + 4 (n + m) doubles, 2 (n + m) ints). */
 typedef struct {
     double *d;
     int *i;
     size_t dcap, icap;
 } sp_ws;
 
+/* 0 when the sizes overflow or the allocation fails (n, m >= 1, n + m <= 2^20) */
 static int sp_reserve(sp_ws *w, int64_t n, int64_t m)
 {
-    const size_t nd = (size_t)(n * m + 4 * (n + m) + n * m), ni = (size_t)(2 * (n + m));
-    if (nd > w->dcap) {
-        double *p = mhc_realloc(w->d, nd * sizeof(double));
+    int64_t nm, nd, ni;
+    if (__builtin_mul_overflow(n, m, &nm) || __builtin_add_overflow(nm, 5 * (n + m), &nd) ||
+        __builtin_add_overflow(11 * (n + m), 1, &ni) ||
+        (uint64_t)nd > SIZE_MAX / sizeof(double) || (uint64_t)ni > SIZE_MAX / sizeof(int))
+        return 0;
+    if ((size_t)nd > w->dcap) {
+        double *p = mhc_realloc(w->d, (size_t)nd * sizeof(double));
         if (!p)
             return 0;
         w->d = p;
-        w->dcap = nd;
+        w->dcap = (size_t)nd;
     }
-    if (ni > w->icap) {
-        int *p = mhc_realloc(w->i, ni * sizeof(int));
+    if ((size_t)ni > w->icap) {
+        int *p = mhc_realloc(w->i, (size_t)ni * sizeof(int));
         if (!p)
             return 0;
         w->i = p;
-        w->icap = ni;
+        w->icap = (size_t)ni;
     }
     return 1;
 }
@@ -63,10 +71,293 @@ static void sp_release(sp_ws *w)
     mhc_free(w->i);
 }
 
-/* Exact W1 of the n x m problem with costs c (row-major, stride m), row masses a
- * and column masses b (> 0, equal totals up to rounding), in w's buffers (which
- * hold at least what sp_reserve(w, n, m) gives; c may lie in them, at their
- * end). Returns sum_ij P_ij c_ij of an optimal plan P. */
+/* min_j (c[j] + p[j]), branch-free with four accumulators (x < y ? x : y is one
+ * minsd); an entry that is not a number is skipped */
+static inline double rowmin(const double *c, const double *p, int m)
+{
+    double m0 = INFINITY, m1 = INFINITY, m2 = INFINITY, m3 = INFINITY;
+    int j = 0;
+    for (; j + 4 <= m; j += 4) {
+        const double r0 = c[j] + p[j], r1 = c[j + 1] + p[j + 1];
+        const double r2 = c[j + 2] + p[j + 2], r3 = c[j + 3] + p[j + 3];
+        m0 = r0 < m0 ? r0 : m0;
+        m1 = r1 < m1 ? r1 : m1;
+        m2 = r2 < m2 ? r2 : m2;
+        m3 = r3 < m3 ? r3 : m3;
+    }
+    for (; j < m; j++) {
+        const double r0 = c[j] + p[j];
+        m0 = r0 < m0 ? r0 : m0;
+    }
+    m0 = m1 < m0 ? m1 : m0;
+    m2 = m3 < m2 ? m3 : m2;
+    return m2 < m0 ? m2 : m0;
+}
+
+/* Network simplex for the transportation problem: exact W1 of the n x m problem
+ * (costs c, row-major, finite; row masses a, column masses b, > 0, equal totals up
+ * to rounding) in w's buffers. Sets *ok = 0 (and returns 0) when it gives up (the
+ * pivot limit, or flows that are not numbers): the caller then runs sp_solve.
+ *
+ * The basis is a spanning tree of the n + m nodes (rows 0..n-1, columns n..n+m-1)
+ * with n + m - 1 arcs (row, column), rooted at node n; each node x != root keeps
+ * the flow on the arc to its parent (flow[x]); pot[] holds the duals, u_i for
+ * the rows and -v_j for the columns (u_i + v_j = c_ij on the tree's arcs; the
+ * reduced cost is c_ij - pot[i] + pot[n + j], and a subtree's duals move by one
+ * amount). The tree is stored as a preorder:
+ * ord[] the nodes, pos[x] x's place, size[x] its subtree (ord[pos[x] ..
+ * pos[x] + size[x]) ), so that "a is an ancestor of b" is two comparisons and a
+ * subtree is a contiguous block: the cycle is found by climbing parents, and a
+ * pivot moves one block (re-rooted by copying segments) instead of walking
+ * pointers.
+ *
+ * Start: row minimum (each row ships to its cheapest columns with demand left;
+ * every step retires a row or a column, the last both: n + m - 1 cells, a tree).
+ * Pricing: block search over whole rows (at least sqrt(n m) reduced costs per
+ * block, from where the last one stopped; the most negative c_ij - u_i - v_j of
+ * the first block that has one below -1e-12 max|c| enters). Leaving arc: the last
+ * blocking arc met going round the cycle from its apex (Cunningham's rule). */
+static double ns_solve(int n, int m, const double *c, const double *a, const double *b,
+                       const sp_ws *w, int *ok)
+{
+    const int V = n + m;
+    const int64_t E = (int64_t)n * m;
+    int *parent = w->i, *pos = parent + V, *size = pos + V, *ord = size + V, *tmp = ord + V;
+    int *pa = tmp + V, *pb = pa + V, *scr = pb + V;                     /* scr: 4 V + 1 */
+    double *pot = w->d, *flow = pot + V, *ra = flow + V, *cb = ra + V, *ef = cb + V;
+    double cmax = 0;
+    *ok = 0;
+    for (int64_t k = 0; k < E; k++)
+        cmax = fabs(c[k]) > cmax ? fabs(c[k]) : cmax;
+    memcpy(ra, a, (size_t)n * sizeof(double));
+    memcpy(cb, b, (size_t)m * sizeof(double));
+    /* the start: cells (ei, ej) carrying ef; pen[j] = +inf once column j is
+     * retired, so that a row's cheapest column left is a branch-free minimum */
+    int *ei = pa, *ej = pb, cells = 0;
+    {
+        double *pen = pot;      /* scratch until the tree is built */
+        int na = m;             /* the columns with demand left */
+        for (int j = 0; j < m; j++)
+            pen[j] = 0;
+        for (int i = 0; i < n - 1; i++) {
+            const double *cr = c + (size_t)i * m;
+            for (;;) {
+                const double lo = rowmin(cr, pen, m);
+                int j = 0;
+                while (j < m - 1 && cr[j] + pen[j] != lo)
+                    j++;
+                if (na == 1 || ra[i] <= cb[j]) {    /* the row is done */
+                    cb[j] = cb[j] - ra[i] > 0 ? cb[j] - ra[i] : 0;
+                    ei[cells] = i;
+                    ej[cells] = j;
+                    ef[cells++] = ra[i];
+                    break;
+                }
+                ra[i] -= cb[j];                      /* the column is done */
+                ei[cells] = i;
+                ej[cells] = j;
+                ef[cells++] = cb[j];
+                pen[j] = INFINITY;
+                na--;
+            }
+        }
+        for (int j = 0; j < m; j++)                 /* the last row: what is left */
+            if (pen[j] == 0) {
+                ei[cells] = n - 1;
+                ej[cells] = j;
+                ef[cells++] = cb[j];
+            }
+    }
+    /* the tree from the cells: adjacency by counting, preorder by a stack */
+    {
+        int *off = scr, *adj = off + V + 1, *fill = adj + 2 * V, *stk = tmp, sp = 0, cnt = 0;
+        for (int v = 0; v <= V; v++)
+            off[v] = 0;
+        for (int k = 0; k < cells; k++) {
+            off[ei[k] + 1]++;
+            off[n + ej[k] + 1]++;
+        }
+        for (int v = 0; v < V; v++) {
+            off[v + 1] += off[v];
+            fill[v] = off[v];
+            parent[v] = -2;
+        }
+        for (int k = 0; k < cells; k++) {
+            adj[fill[ei[k]]++] = k;
+            adj[fill[n + ej[k]]++] = k;
+        }
+        stk[sp++] = n;
+        parent[n] = -1;
+        pot[n] = 0;
+        flow[n] = 0;
+        while (sp) {
+            const int x = stk[--sp];
+            pos[x] = cnt;
+            ord[cnt++] = x;
+            for (int t = off[x]; t < off[x + 1]; t++) {
+                const int k = adj[t], y = x < n ? n + ej[k] : ei[k];
+                if (parent[y] != -2)
+                    continue;
+                parent[y] = x;
+                flow[y] = ef[k];
+                pot[y] = x < n ? pot[x] - c[(size_t)ei[k] * m + ej[k]]
+                               : pot[x] + c[(size_t)ei[k] * m + ej[k]];
+                stk[sp++] = y;
+            }
+        }
+        if (cnt != V)           /* cannot happen: the start gives a tree */
+            return 0;
+        for (int v = 0; v < V; v++)
+            size[v] = 1;
+        for (int k = V - 1; k > 0; k--)
+            size[parent[ord[k]]] += size[ord[k]];
+    }
+    const double tol = 1e-12 * cmax;
+    const double block = sqrt((double)E);
+    const int64_t maxpiv = 64 * (int64_t)V + 1000;
+    const double *pv = pot + n;
+    int row = 0;
+    for (int64_t pivots = 0;; pivots++) {
+        /* pricing: each row's minimum of c_ij + pot[n + j] (branch-free), its
+         * column looked up only when it beats the best */
+        int bi = -1, bj = -1, i = row;
+        double best = -tol, cnt = 0;
+        for (int rows = 0; rows < n; rows++) {
+            const double *cr = c + (size_t)i * m, lo = rowmin(cr, pv, m);
+            if (lo - pot[i] < best) {
+                int j = 0;
+                while (j < m - 1 && cr[j] + pv[j] != lo)
+                    j++;
+                best = lo - pot[i];
+                bi = i;
+                bj = j;
+            }
+            if (++i == n)
+                i = 0;
+            cnt += m;
+            if (cnt >= block) {
+                if (bi >= 0)
+                    break;
+                cnt = 0;
+            }
+        }
+        if (bi < 0)
+            break;              /* no reduced cost below -tol: optimal */
+        if (pivots >= maxpiv)
+            return 0;
+        row = i;
+        const int cj = n + bj;
+        /* the cycle: the row's side (pa, from the row up, below the apex), then the
+         * column's (pb); the flow goes down the row's side, through the entering
+         * arc, up the column's side: the arcs against it (under a row on the
+         * row's side, under a column on the column's) bound theta */
+        int u = bi, nu = 0, nv = 0;
+        while (!(pos[u] <= pos[cj] && pos[cj] < pos[u] + size[u])) {
+            pa[nu++] = u;
+            u = parent[u];
+        }
+        const int apex = u;
+        for (int v = cj; v != apex; v = parent[v])
+            pb[nv++] = v;
+        double theta = INFINITY;
+        for (int t = 0; t < nu; t++)
+            if (pa[t] < n && flow[pa[t]] < theta)
+                theta = flow[pa[t]];
+        for (int t = 0; t < nv; t++)
+            if (pb[t] >= n && flow[pb[t]] < theta)
+                theta = flow[pb[t]];
+        /* leaving: the last blocking arc from the apex (the column's side top
+         * down, then the row's side bottom up) */
+        int out = -1, side = 0;
+        for (int t = nv - 1; t >= 0 && out < 0; t--)
+            if (pb[t] >= n && flow[pb[t]] == theta) {
+                out = t;
+                side = 1;
+            }
+        for (int t = 0; t < nu && out < 0; t++)
+            if (pa[t] < n && flow[pa[t]] == theta)
+                out = t;
+        if (out < 0)
+            return 0;           /* flows that are not numbers */
+        if (theta > 0) {
+            for (int t = 0; t < nu; t++)
+                flow[pa[t]] += pa[t] < n ? -theta : theta;
+            for (int t = 0; t < nv; t++)
+                flow[pb[t]] += pb[t] >= n ? -theta : theta;
+        }
+        /* S, the subtree under the leaving arc, is re-rooted at path[0] (the
+         * entering arc's end on its side) and hung from the other end, newp */
+        const int *path = side ? pb : pa;
+        const int newp = side ? bi : cj, oldp = parent[path[out]];
+        const int S = size[path[out]], s0 = pos[path[out]];
+        int len = 0;
+        for (int t = 0; t <= out; t++) {    /* S's new preorder into tmp */
+            const int p = path[t], beg = pos[p] + 1, end = pos[p] + size[p];
+            tmp[len++] = p;
+            if (t == 0) {
+                memcpy(tmp + len, ord + beg, (size_t)(end - beg) * sizeof(int));
+                len += end - beg;
+            } else {    /* p's block less p and the block of the path's node below */
+                const int q = path[t - 1], qb = pos[q], qe = pos[q] + size[q];
+                memcpy(tmp + len, ord + beg, (size_t)(qb - beg) * sizeof(int));
+                len += qb - beg;
+                memcpy(tmp + len, ord + qe, (size_t)(end - qe) * sizeof(int));
+                len += end - qe;
+            }
+        }
+        double carry = theta;   /* the path's arcs turn round: flows move down it */
+        for (int t = 0; t <= out; t++) {
+            const double f = flow[path[t]];
+            flow[path[t]] = carry;
+            carry = f;
+        }
+        for (int t = out; t > 0; t--) {
+            size[path[t]] = S - size[path[t - 1]];
+            parent[path[t]] = path[t - 1];
+        }
+        size[path[0]] = S;
+        parent[path[0]] = newp;
+        for (int v = oldp; v != apex; v = parent[v])
+            size[v] -= S;
+        for (int v = newp; v != apex; v = parent[v])
+            size[v] += S;
+        /* S's block moves to just after newp; what lies between shifts over */
+        const int P = pos[newp];
+        int lo, hi, dst;
+        if (s0 > P) {
+            memmove(ord + P + 1 + S, ord + P + 1, (size_t)(s0 - P - 1) * sizeof(int));
+            lo = dst = P + 1;
+            hi = s0 + S;
+        } else {
+            memmove(ord + s0, ord + s0 + S, (size_t)(P - s0 - S + 1) * sizeof(int));
+            lo = s0;
+            dst = P - S + 1;
+            hi = P + 1;
+        }
+        memcpy(ord + dst, tmp, (size_t)S * sizeof(int));
+        for (int k = lo; k < hi; k++)
+            pos[ord[k]] = k;
+        /* potentials: the entering arc's reduced cost to 0, S's rows + d and
+         * columns - d (pot[] holds -v_j: + d too) */
+        const double d = path[0] < n ? best : -best;
+        for (int k = dst; k < dst + S; k++)
+            pot[ord[k]] += d;
+    }
+    double W = 0;
+    for (int x = 0; x < V; x++)
+        if (x != n) {
+            const int p = parent[x], i = x < n ? x : p, j = x < n ? p - n : x - n;
+            W += flow[x] * c[(size_t)i * m + j];
+        }
+    *ok = 1;
+    return W;
+}
+
+/* Successive shortest paths (the fallback of ns_solve, and the solver measured
+ * before it): exact W1 of the n x m problem with costs c (row-major, stride m),
+ * row masses a and column masses b (> 0, equal totals up to rounding), in w's
+ * buffers (which hold at least what sp_reserve(w, n, m) gives). Returns
+ * sum_ij P_ij c_ij of an optimal plan P. */
 /* 1: rows reduced and zero-reduced-cost arcs filled before the searches (measured
  * faster: docs/curvature.md); 0: cold start, kept for measurements */
 static const int greedy = 1;
@@ -201,6 +492,15 @@ static double sp_solve(int n, int m, const double *c, const double *a, const dou
     return W;
 }
 
+/* Exact W1: the network simplex, or successive shortest paths where it gives up. */
+static double w1_solve(int n, int m, const double *c, const double *a, const double *b,
+                       const sp_ws *w)
+{
+    int ok;
+    const double W = ns_solve(n, m, c, a, b, w, &ok);
+    return ok ? W : sp_solve(n, m, c, a, b, w);
+}
+
 /* ---- mhc_ot_exact_f64: given cost matrices ---------------------------------- */
 
 typedef struct {
@@ -266,10 +566,13 @@ static int ex_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
             s->w[b] = 0;
             continue;
         }
-        for (int64_t i = 0; i < nr; i++) {   /* compact the kept problem */
+        /* compact the kept problem, the smaller side as the rows (the network
+         * simplex's start then needs fewer pivots: measured, docs/curvature.md) */
+        const int flip = nc < nr;
+        for (int64_t i = 0; i < nr; i++) {
             ra[i] = ra[ri[i]];
             for (int64_t j = 0; j < nc; j++)
-                cc[i * nc + j] = C[ri[i] * m + ci[j]];
+                cc[flip ? j * nr + i : i * nc + j] = C[ri[i] * m + ci[j]];
         }
         for (int64_t j = 0; j < nc; j++)
             cb[j] = cb[ci[j]];
@@ -277,7 +580,8 @@ static int ex_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
             st = MHC_ERR_OUT_OF_MEMORY;
             break;
         }
-        s->w[b] = sp_solve((int)nr, (int)nc, cc, ra, cb, &ws);
+        s->w[b] = flip ? w1_solve((int)nc, (int)nr, cc, cb, ra, &ws)
+                       : w1_solve((int)nr, (int)nc, cc, ra, cb, &ws);
     }
     mhc_free(buf);
     sp_release(&ws);
@@ -321,7 +625,7 @@ int mhc_ot_exact_f64(const double *cost, const double *mu, const double *mv, con
         return MHC_OK;
     if ((!mu && rptr[batch] > 0) || (!mv && cptr[batch] > 0) || (!cost && total > 0))
         return MHC_ERR_NULL_POINTER;
-    /* the solver indexes with int; its workspace: ~2 n m + 4 (n + m) doubles */
+    /* the solvers index with int; their workspace: ~n m + 5 (n + m) doubles */
     if (maxside > (1 << 20) || (uint64_t)batch > SIZE_MAX / sizeof(int64_t) - 1)
         return MHC_ERR_OUT_OF_MEMORY;
     int64_t *coff = mhc_malloc(((size_t)batch + 1) * sizeof(int64_t));
@@ -473,6 +777,16 @@ static int uw_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
             s->w[e] = 0;
             continue;
         }
+        const double *ra = ma, *cb = mb;
+        if (nc < nr) {      /* the smaller side as the rows (the costs are symmetric) */
+            int64_t *t = rows, nt = nr;
+            rows = cols;
+            cols = t;
+            nr = nc;
+            nc = nt;
+            ra = mb;
+            cb = ma;
+        }
         if ((size_t)(nr * nc) > ccap) {
             double *p = mhc_realloc(cost, (size_t)(nr * nc) * sizeof(double));
             if (!p) {
@@ -508,7 +822,7 @@ static int uw_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
             st = MHC_ERR_OUT_OF_MEMORY;
             goto out;
         }
-        s->w[e] = sp_solve((int)nr, (int)nc, cost, ma, mb, &ws);
+        s->w[e] = w1_solve((int)nr, (int)nc, cost, ra, cb, &ws);
     }
 out:
     mhc_free(net);
