@@ -28,6 +28,26 @@ def _workloads(quick, rng, threads, compile_peers):
 
 def run(*, quick=False, json_path=None, plot_path=None, only=None, threads=1,
         compile_peers=None):
+    """One benchmark run (see the module docstring): NumPy's BLAS held at ``threads``
+    threads for the run (threadpoolctl, in the bench extra), as torch is: a BLAS left
+    at every core would time NumPy's candidates at more threads than the table says,
+    and its workers, spinning after each call, slow the candidate measured next."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        limiter, blas = None, "not limited (threadpoolctl is not installed)"
+    else:
+        limiter, blas = threadpool_limits(limits=threads), f"{threads} (threadpoolctl)"
+    try:
+        return _measured(blas, quick=quick, json_path=json_path, plot_path=plot_path,
+                         only=only, threads=threads, compile_peers=compile_peers)
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
+
+
+def _measured(blas, *, quick=False, json_path=None, plot_path=None, only=None, threads=1,
+        compile_peers=None):
     rng = np.random.default_rng(0)
     if compile_peers is None:
         compile_peers = not quick
@@ -44,7 +64,8 @@ def run(*, quick=False, json_path=None, plot_path=None, only=None, threads=1,
     machine_line = machine()
     print(f"mhc_array bench ({'quick' if quick else 'full'}): {machine_line}")
     print(f"float32, {threads} thread(s) unless the label says x2, median of {rounds} "
-          "interleaved rounds; 'of floor' = floor time / candidate time")
+          f"interleaved rounds; 'of floor' = floor time / candidate time; NumPy's BLAS "
+          f"threads: {blas}")
     native = _dispatch.backend("native")
     print(f"native: {'best ISA ' + native.BEST_ISA if native.lib else native.UNAVAILABLE}")
     results = []
@@ -63,7 +84,7 @@ def run(*, quick=False, json_path=None, plot_path=None, only=None, threads=1,
     for r in results:
         _print_workload(r)
     data = {"machine": machine_line, "quick": quick, "threads": threads, "rounds": rounds,
-            "results": results}
+            "blas_threads": blas, "results": results}
     if json_path:
         with open(json_path, "w") as f:
             json.dump(data, f, indent=2)
