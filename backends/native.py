@@ -106,7 +106,7 @@ def resolve_isa(level):
     back to the best one it has, with one warning per level)."""
     best = ISA_CODES[BEST_ISA]
     if level == "auto":
-        return best
+        return -1   # the best level, with this CPU's per-kernel rules (mhc_auto_rules)
     code = ISA_CODES[level]
     if code > best:
         with _warn_lock:
@@ -127,8 +127,18 @@ def describe():
     names = {k: k.lower().replace("sse41", "sse4_1") for k in _constants("MHC_CPU_")}
     features = {names[k]: bool(bits & v) for k, v in
                 sorted(_constants("MHC_CPU_").items(), key=lambda kv: kv[1])}
+    rules = lib.mhc_auto_rules()   # what each rule of `auto` is (native/src/dispatch.c)
+    auto = [text for bit, text in (
+        (lib.MHC_RULE_SK_LARGE_AVX2, "Sinkhorn of large matrices at avx2 (AVX-512 runs on "
+                                     "256-bit units here, and AVX2's kernel is faster)"),)
+        if rules & bit]
     return {"isa_best": BEST_ISA, "build": ffi.string(lib.mhc_build_info()).decode(),
-            "cpu_features": features}
+            "cpu_features": features, "auto_rules": auto}
+
+
+def level_in_use(level):
+    """The name of the level a requested level name runs at ("auto": the best)."""
+    return ISA_NAMES[lib.mhc_resolve_isa(resolve_isa(level))]
 
 
 # ---------------------------------------------------------------- layout

@@ -51,11 +51,12 @@ def config():
         "backend": _config.get_backend(),
         "backends": backends,
         "isa_requested": isa_req,
-        "isa": None if nat.lib is None else nat.ISA_NAMES[nat.resolve_isa(isa_req)],
+        "isa": None if nat.lib is None else nat.level_in_use(isa_req),
         "isa_best": native["isa_best"],
         "num_threads": _config.get_num_threads(),
         "cpu_features": native["cpu_features"],
         "native_build": native["build"],
+        "native_auto_rules": native.get("auto_rules", []),
         "cuda": _cuda_info(),
         "versions": _versions(),
     }
@@ -114,6 +115,8 @@ def show_config(file=None):
     print(f"threads: {info['num_threads']}", file=out)
     print(f"CUDA: {info['cuda']}", file=out)
     print(f"native build: {info['native_build']}", file=out)
+    for rule in info.get("native_auto_rules", []):
+        print(f"auto rule: {rule}", file=out)
     found = [f"{k} {v}" for k, v in info["versions"].items() if v is not None]
     print(f"libraries: {', '.join(found) if found else '(none of the optional ones)'}",
           file=out)

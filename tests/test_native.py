@@ -3,11 +3,14 @@ values, threads, and concurrent calls from many Python threads. Every result
 is compared with the float64 references of tests/reference.py."""
 
 
+import re
+
 import numpy as np
 import pytest
 
 import mhc_array as mx
 import reference as ref
+from mhc_array.backends import native
 from conftest import cpu_supports, native_available, run_in_threads
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native backend not built")
@@ -516,3 +519,40 @@ def test_sinkhorn_domain_error_index_with_threads(dtype):
             mx.sinkhorn_knopp(x)
     assert info.value.index == (3000, 1, 1)
     np.testing.assert_array_equal(x, keep)
+
+
+def _amd_family_19h():
+    """AMD family 19h (Zen 3/4), read from /proc/cpuinfo, independently of the library."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return None
+    vendor = re.search(r"^vendor_id\s*:\s*(\S+)", text, re.M)
+    family = re.search(r"^cpu family\s*:\s*(\d+)", text, re.M)
+    if not (vendor and family):
+        return None
+    return vendor.group(1) == "AuthenticAMD" and int(family.group(1)) == 0x19
+
+
+def test_auto_rules_follow_the_cpu():
+    """`auto` takes the large-matrix Sinkhorn from AVX2 exactly on AVX-512 CPUs whose
+    units are 256 bits wide (AMD family 19h), where AVX2's kernel was measured faster:
+    there auto's results are AVX2's, bit for bit; elsewhere no rule applies."""
+    if not native_available():
+        pytest.skip("the native backend is not built")
+    zen4 = _amd_family_19h()
+    if zen4 is None:
+        pytest.skip("no /proc/cpuinfo vendor and family to check against")
+    lib = native.lib
+    half = bool(zen4 and cpu_supports("avx512"))
+    assert bool(lib.mhc_avx512_half_width()) == half
+    assert bool(lib.mhc_auto_rules() & lib.MHC_RULE_SK_LARGE_AVX2) == half
+    assert bool(mx.config()["native_auto_rules"]) == half
+    x = np.random.default_rng(0).random((3, 40, 70)).astype(np.float32)
+    with mx.use_isa("auto"):
+        got = mx.sinkhorn_knopp(x, iterations=7)
+    want_level = "avx2" if half else mx.config()["isa_best"]
+    with mx.use_isa(want_level):
+        want = mx.sinkhorn_knopp(x, iterations=7)
+    np.testing.assert_array_equal(got, want)

@@ -69,6 +69,13 @@ typedef enum {
 uint32_t mhc_cpu_feature_bits(void);  /* detected once, then constant */
 int mhc_best_isa(void);               /* best mhc_isa usable here */
 int mhc_resolve_isa(int requested);   /* min(requested, best); <0 -> best */
+/* A negative `isa` (auto) runs the best level's kernels, except where a rule of
+ * this CPU takes a kernel family from a narrower level that is measured faster on
+ * it; mhc_auto_rules() says which rules apply (0: none). */
+#define MHC_RULE_SK_LARGE_AVX2 1   /* Sinkhorn of large matrices: AVX2's kernels */
+int mhc_auto_rules(void);
+/* 1 when this CPU runs AVX-512 on 256-bit units (AMD family 19h, Zen 4) */
+int mhc_avx512_half_width(void);
 const char *mhc_build_info(void);     /* compiler and flags, static string */
 const char *mhc_version(void);        /* package version compiled in */
 /* Elements of elem_bytes bytes (4: float, 8: double) in one vector of the

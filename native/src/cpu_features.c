@@ -50,8 +50,27 @@ static uint32_t detect(void)
 static uint32_t detect(void) { return 0; }
 #endif
 
+#if MHC_X86
+/* AMD family 19h with AVX-512 (Zen 4): its 512-bit operations run on 256-bit units */
+static int detect_half_width(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d))
+        return 0;
+    const int amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  /* AuthenticAMD */
+    if (!amd || !__get_cpuid(1, &a, &b, &c, &d))
+        return 0;
+    unsigned family = (a >> 8) & 0xF;
+    if (family == 0xF)
+        family += (a >> 20) & 0xFF;
+    return family == 0x19;
+}
+#else
+static int detect_half_width(void) { return 0; }
+#endif
+
 static uint32_t g_features;
-static int g_best;
+static int g_best, g_half_width;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void init_features(void)
@@ -61,6 +80,7 @@ static void init_features(void)
                             MHC_CPU_AVX512VL | MHC_CPU_OS_AVX512;
     uint32_t f = detect();
     g_features = f;
+    g_half_width = detect_half_width();
     if ((f & avx512) == avx512)
         g_best = MHC_ISA_AVX512;
     else if ((f & avx2) == avx2)
@@ -81,6 +101,12 @@ int mhc_best_isa(void)
 {
     pthread_once(&g_once, init_features);
     return g_best;
+}
+
+int mhc_avx512_half_width(void)
+{
+    pthread_once(&g_once, init_features);
+    return g_best == MHC_ISA_AVX512 && g_half_width;
 }
 
 int mhc_resolve_isa(int requested)

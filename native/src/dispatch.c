@@ -8,6 +8,7 @@
  *   mhc_abi_t.inc       mhc_hc_pre_*, mhc_hc_post_*
  * and, double only, ot_abi.inc (mhc_ot_w1_f64, optimal transport for curvature).
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include "mhc_internal.h"
 #include "checked.h"
@@ -35,7 +36,42 @@ static const mhc_kernel_table g_tables[4] = {
 #endif
 };
 
-static const mhc_kernel_table *table_for(int isa) { return &g_tables[mhc_resolve_isa(isa)]; }
+/* auto (a negative level): the best level's table, with the kernel families that
+ * lose to a narrower level on this CPU taken from that level (rules measured and
+ * recorded in docs/performance.md). On AVX-512 executed on 256-bit units (AMD
+ * Zen 4) the large-matrix Sinkhorn, a stream over the matrices with a few FMAs per
+ * element, ran 15-24 % slower at AVX-512 than at AVX2 (8 x 512 x 1024, 10
+ * iterations: 6.6-7.2 ms against 5.6-6.1 ms): it runs AVX2's there. */
+static mhc_kernel_table g_auto;
+static int g_auto_rules;
+static pthread_once_t g_auto_once = PTHREAD_ONCE_INIT;
+
+static void init_auto(void)
+{
+    g_auto = g_tables[mhc_best_isa()];
+#if MHC_X86
+    if (mhc_avx512_half_width()) {
+        g_auto.sk_large_f32 = g_tables[MHC_ISA_AVX2].sk_large_f32;
+        g_auto.sk_large_f64 = g_tables[MHC_ISA_AVX2].sk_large_f64;
+        g_auto_rules |= MHC_RULE_SK_LARGE_AVX2;
+    }
+#endif
+}
+
+int mhc_auto_rules(void)
+{
+    pthread_once(&g_auto_once, init_auto);
+    return g_auto_rules;
+}
+
+static const mhc_kernel_table *table_for(int isa)
+{
+    if (isa < 0) {
+        pthread_once(&g_auto_once, init_auto);
+        return &g_auto;
+    }
+    return &g_tables[mhc_resolve_isa(isa)];
+}
 
 int mhc_vector_lanes(int isa, int elem_bytes)
 {
