@@ -114,9 +114,8 @@ def show_config(file=None):
     print(f"CPU features: {' '.join(feats) if feats else '(unknown)'}", file=out)
     print(f"threads: {info['num_threads']}", file=out)
     print(f"CUDA: {info['cuda']}", file=out)
-    print(f"native build: {info['native_build']}", file=out)
-    for rule in info.get("native_auto_rules", []):
-        print(f"auto rule: {rule}", file=out)
+    rules = "".join(f"; auto rule: {r}" for r in info.get("native_auto_rules", []))
+    print(f"native build: {info['native_build']}{rules}", file=out)
     found = [f"{k} {v}" for k, v in info["versions"].items() if v is not None]
     print(f"libraries: {', '.join(found) if found else '(none of the optional ones)'}",
           file=out)
