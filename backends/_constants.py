@@ -86,6 +86,7 @@ CLIP_MARGIN = _value("CLIP_MARGIN")
 # the mHC connection: variant codes, the most streams, mhc.cu's sums per round
 HC_PAPER = _value("HC_PAPER")
 HC_DEEPSEEK_V4 = _value("HC_DEEPSEEK_V4")
+HC_ROWS = _value("HC_ROWS")      # flag: V4's projection given in the rows layout (n*C, K)
 HC_MAX_STREAMS = _value("HC_MAX_STREAMS")
 CUDA_HC_CHUNK = _value("CUDA_HC_CHUNK")
 # curvature: the regularisation epsilon scaling starts at (relative to the cost range)

@@ -703,7 +703,7 @@ def _mhc_plan(kernel, kernels, dt, code, threads):
     return run_post
 
 
-def torch_plan(kernel, dtypes, ndims, call):
+def torch_plan(kernel, dtypes, ndims, call, rows=False):
     """The plans of the mHC records for CPU torch tensors (decode: one call per token
     and layer from ``mhc_array.torch`` under ``no_grad``), or None: the C kernels on
     the tensors' own memory (``data_ptr``), no DLPack round trip. Streams of a
@@ -711,7 +711,9 @@ def torch_plan(kernel, dtypes, ndims, call):
     streams, and h_in / x_next converted back, as the general path does); the
     parameters and coefficients must be contiguous tensors of the computing dtype.
     Returns ``run(arrays, options, state) -> (result, bytes copied) or None`` (None:
-    declined, the general path serves the call)."""
+    declined, the general path serves the call). ``rows``: DeepSeek-V4's projection
+    given in the paper's rows layout ``(n*C, K)`` (a module's prepared copy of ``fn``,
+    kernel flag MHC_HC_ROWS), for mhc_pre and mhc_post_pre."""
     import torch
     if kernel not in ("mhc_pre", "mhc_post", "mhc_post_pre"):
         return None
@@ -753,8 +755,12 @@ def torch_plan(kernel, dtypes, ndims, call):
 
     def pre_params(n, C, phi, bias, alpha, v4):
         K = (2 + n) * n
+        if rows and not v4:
+            return False
         return (ready(phi, bias, alpha) and bias.shape == (K,) and alpha.shape == (3,)
-                and phi.shape == ((K, n * C) if v4 else (n * C, K)))
+                and phi.shape == ((K, n * C) if v4 and not rows else (n * C, K)))
+
+    rows_flag = lib.MHC_HC_ROWS if rows else 0
 
     def run_pre(arrays, options, state):
         x, phi, bias, alpha = arrays
@@ -771,8 +777,9 @@ def torch_plan(kernel, dtypes, ndims, call):
         h_res = np_out(batch + (n, n))
         if tokens and kernels.hc_pre(
                 p(xc), n * C, tokens, n, C, p(phi), phi.shape[1], p(bias), p(alpha),
-                _VARIANT[options["variant"]], options["iterations"], options["norm_eps"],
-                options["hc_eps"], p(h_in), p(h_pre), p(h_post), p(h_res), _workspace(state),
+                _VARIANT[options["variant"]] | rows_flag, options["iterations"],
+                options["norm_eps"], options["hc_eps"], p(h_in), p(h_pre), p(h_post), p(h_res),
+                _workspace(state),
                 code, threads):
             return None
         if h_in.dtype is not x.dtype:
@@ -833,7 +840,8 @@ def torch_plan(kernel, dtypes, ndims, call):
         h_res = empty(batch + (n, n), dtype=tdt)
         if tokens and kernels.hc_post_pre(
                 p(xc), n * C, p(fc), C, p(hp), p(hr), p(nxt), n * C, tokens, n,
-                C, p(phi), phi.shape[1], p(bias), p(alpha), _VARIANT[options["variant"]],
+                C, p(phi), phi.shape[1], p(bias), p(alpha),
+                _VARIANT[options["variant"]] | rows_flag,
                 options["iterations"], options["norm_eps"], options["hc_eps"], p(h_in),
                 p(h_pre), p(h_post), p(h_res), _workspace(state), code, threads):
             return None

@@ -302,6 +302,32 @@ class Op:
         return False if fn is None else (fn, _stats.zero_copy_queue(self.name, native.NAME))
 
 
+_ROWS_PLANS = {}   # (record, configuration, x's dtype and ndim) -> counted plan or False
+
+
+def run_rows(op, arrays, options):
+    """``op`` (mhc_pre, mhc_post_pre; variant deepseek-v4) with the projection in the
+    paper's rows layout ``(n*C, K)`` -- a module's prepared copy of ``fn`` -- through the
+    native torch plan: the result, or None where that plan does not serve the call
+    (another backend forced, not CPU tensors, another dtype): the caller then makes
+    its usual call with ``fn`` itself."""
+    cfg = _current()
+    requested, isa, threads = cfg
+    x = arrays[0]
+    key = (op.name, cfg, x.dtype, x.ndim)
+    plan = _ROWS_PLANS.get(key)
+    if plan is None:
+        plan = False
+        native = _dispatch.backend("native")
+        if requested in ("auto", "native") and native.UNAVAILABLE is None:
+            fn = native.torch_plan(op.kernel, [x.dtype], [x.ndim], Call(op.name, isa, threads),
+                                   rows=True)
+            if fn is not None:
+                plan = _counting(fn, op.name, native.NAME)
+        _ROWS_PLANS[key] = plan
+    return plan(arrays, op._validated(options), None) if plan else None
+
+
 def run(op, arrays, options, out=None, state=None):
     """The general path of one call of ``op`` (see the module docstring)."""
     opts = op.validate(options)

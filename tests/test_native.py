@@ -556,3 +556,47 @@ def test_auto_rules_follow_the_cpu():
     with mx.use_isa(want_level):
         want = mx.sinkhorn_knopp(x, iterations=7)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_v4_projection_in_rows_layout(dtype):
+    """MHC_HC_ROWS: DeepSeek-V4's connection with its projection given as (n*C, K)
+    rows (a module's prepared copy of fn) gives V4's coefficients; the paper variant
+    and the backward refuse the flag."""
+    if not native_available():
+        pytest.skip("the native backend is not built")
+    ffi, lib = native.ffi, native.lib
+    sfx, ctype = ("f32", "float[]") if dtype == np.float32 else ("f64", "double[]")
+    rng = np.random.default_rng(3)
+    n, C, T, K = 4, 40, 7, 24
+    x = rng.standard_normal((T, n, C)).astype(dtype)
+    fn = (rng.standard_normal((K, n * C)) * 0.05).astype(dtype)
+    rows = np.zeros((n * C, K + 3), dtype)            # a row stride beyond K
+    rows[:, :K] = fn.T
+    b = (rng.standard_normal(K) * 0.3).astype(dtype)
+    a = np.array([0.7, 0.4, 0.9], dtype)
+    want = ref.mhc_pre(x.astype(np.float64), fn.astype(np.float64), b.astype(np.float64),
+                       a.astype(np.float64), variant="deepseek-v4")
+    outs = [np.empty((T, C), dtype), np.empty((T, n), dtype), np.empty((T, n), dtype),
+            np.empty((T, n, n), dtype)]
+    P = lambda v: ffi.from_buffer(ctype, v)       # noqa: E731
+    pre = getattr(lib, f"mhc_hc_pre_{sfx}")
+    for variant, ok in ((lib.MHC_HC_DEEPSEEK_V4 | lib.MHC_HC_ROWS, True),
+                        (lib.MHC_HC_PAPER | lib.MHC_HC_ROWS, False)):
+        st = pre(P(x), n * C, T, n, C, P(rows), K + 3, P(b), P(a), variant, 20, 1e-6, 1e-6,
+                 *[P(o) for o in outs], ffi.NULL, -1, 1)
+        if not ok:
+            assert st == lib.MHC_ERR_INVALID_DIMENSION
+            continue
+        assert st == lib.MHC_OK
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        for got, w in zip(outs, want):
+            np.testing.assert_allclose(got, w, rtol=tol, atol=tol)
+    g = [np.zeros_like(o) for o in outs]
+    gx = np.empty_like(x)
+    z = [np.empty((T, K), dtype) for _ in range(3)]
+    st = getattr(lib, f"mhc_hc_pre_backward_{sfx}")(
+        P(x), n * C, T, n, C, P(rows), K + 3, P(np.ascontiguousarray(fn)), P(b), P(a),
+        lib.MHC_HC_DEEPSEEK_V4 | lib.MHC_HC_ROWS, 20, 1e-6, 1e-6, *[P(v) for v in g],
+        P(gx), n * C, *[P(v) for v in z], -1, 1)
+    assert st == lib.MHC_ERR_INVALID_DIMENSION

@@ -159,3 +159,54 @@ def test_post_with_comb_transposed_is_served_and_right():
     np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-2, atol=1e-2)
     s = _native_calls("mhc_post")
     assert s["calls"] == 1 and s["copies"] == 1
+
+
+def test_v4_module_projects_from_its_prepared_rows_from_16_tokens():
+    """From ROWS_MIN_TOKENS tokens, eager and without gradients, DeepseekV4Connection
+    projects from fn transposed once per version of the Parameter (rows layout): the
+    same values as the equations, one native call, refreshed when fn changes in place
+    or is reassigned; the fused post_pre takes the same path."""
+    from mhc_array.torch._modules import ROWS_MIN_TOKENS
+    n, C, T = 4, 48, ROWS_MIN_TOKENS + 4
+    m = mt.DeepseekV4Connection(n, C, init=True)
+    with torch.no_grad():
+        m.base.normal_(0, 0.3)
+    x = torch.randn(2, T, n, C)
+
+    def check(out, fn):
+        h_in, h_pre, h_post, h_res = _ref_pre(x, fn, m.base, m.scale, "deepseek-v4")
+        np.testing.assert_allclose(out[0].double().numpy(), h_post, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out[1].double().numpy(), np.swapaxes(h_res, -1, -2),
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out[2].double().numpy(), h_in, rtol=1e-5, atol=1e-5)
+
+    mx.reset_stats()
+    with torch.no_grad():
+        first = m(x)
+    assert _native_calls("mhc_pre")["calls"] == 1
+    check(first, m.fn)
+    prepared = m.__dict__["_fn_rows"][1]
+    assert prepared.shape == (n * C, (2 + n) * n) and prepared.is_contiguous()
+    with torch.no_grad():
+        m.fn.mul_(-0.5)                   # in place: a new version
+        check(m(x), m.fn)
+        m.fn = torch.nn.Parameter(torch.randn_like(m.fn) * 0.05)    # reassigned
+        check(m(x), m.fn)
+    assert m.__dict__["_fn_rows"][1] is not prepared
+    # the fused boundary through the module, against post then pre in float64
+    f_out, post, comb = torch.randn(2, T, C), torch.rand(2, T, n) * 2, torch.rand(2, T, n, n)
+    with torch.no_grad():
+        nxt, post2, comb2, collapsed = m.post_pre(x, f_out, post, comb)
+    want_next = ref.mhc_post(*_np64(x, f_out, post, comb.transpose(-1, -2)))
+    np.testing.assert_allclose(nxt.double().numpy(), want_next, rtol=1e-5, atol=1e-5)
+    h_in, _, h_post, h_res = ref.mhc_pre(want_next, *_np64(m.fn, m.base, m.scale),
+                                         variant="deepseek-v4")
+    np.testing.assert_allclose(collapsed.double().numpy(), h_in, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(comb2.double().numpy(), np.swapaxes(h_res, -1, -2), rtol=1e-5,
+                               atol=1e-5)
+    # with gradients, and below ROWS_MIN_TOKENS tokens, the usual path (no prepared copy)
+    small = mt.DeepseekV4Connection(n, C, init=True)
+    with torch.no_grad():
+        small(x[:1, :ROWS_MIN_TOKENS - 1])
+    small(x)[2].sum().backward()
+    assert "_fn_rows" not in small.__dict__ and small.fn.grad is not None

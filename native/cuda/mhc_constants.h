@@ -43,6 +43,9 @@
  * shared memory: block size * MHC_CUDA_HC_CHUNK doubles) */
 #define MHC_HC_PAPER 0
 #define MHC_HC_DEEPSEEK_V4 1
+/* a flag on MHC_HC_DEEPSEEK_V4 (mhc_hc_pre, mhc_hc_post_pre): its projection given in
+ * the paper's rows layout (n*C, K), as a module prepares it once for many tokens */
+#define MHC_HC_ROWS 16
 #define MHC_HC_MAX_STREAMS 16
 #define MHC_CUDA_HC_CHUNK 8
 

@@ -289,14 +289,18 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
             arr_free(&o);
         return;
     }
-    const int variant = (int)pick(s, 0, 1);
+    /* paper, V4, or V4 with its projection in the rows layout (MHC_HC_ROWS; the
+     * backward refuses that flag: an error status, checked like the others) */
+    const int vpick = (int)pick(s, 0, 2);
+    const int variant = vpick == 2 ? (MHC_HC_DEEPSEEK_V4 | MHC_HC_ROWS) : vpick;
+    const int trans = variant == MHC_HC_DEEPSEEK_V4;
     /* the projection in the variant's layout: phi (n*C, K) or fn (K, n*C), rows of
      * stride Kp >= their length */
-    const int64_t K = (2 + n) * n, Kp = (variant ? n * C : K) + pick(s, 0, 3);
+    const int64_t K = (2 + n) * n, Kp = (trans ? n * C : K) + pick(s, 0, 3);
     const int64_t iters = pick(s, 0, 22);
     const int use_ws = (int)pick(s, 0, 1);
     arr_t x = arr_new(s, extent(tokens, xt, n * C), es, mis == 1, 0);
-    arr_t phi = arr_new(s, (variant ? K : n * C) * Kp, es, mis == 2, 0);
+    arr_t phi = arr_new(s, (trans ? K : n * C) * Kp, es, mis == 2, 0);
     arr_t b = arr_new(s, K, es, 0, 0), al = arr_new(s, 3, es, 0, 0);
     arr_t hin = arr_new(s, tokens * C, es, mis == 3, 0), hpre = arr_new(s, tokens * n, es, 0, 0);
     arr_t hpost = arr_new(s, tokens * n, es, 0, 0), hres = arr_new(s, tokens * n * n, es, 0, 0);
