@@ -6,13 +6,22 @@ import torch
 
 def fresh(res, *inputs):
     """``res`` as a contiguous tensor that shares no memory with ``inputs``."""
-    if not isinstance(res, torch.Tensor):
-        res = torch.as_tensor(res)
-    res = res.contiguous()
-    ptr = res.untyped_storage().data_ptr()
-    if any(t is not None and t.untyped_storage().data_ptr() == ptr for t in inputs):
-        res = res.clone()
-    return res
+    return fresh_all((res,), inputs)[0]
+
+
+def fresh_all(results, inputs):
+    """Each of ``results`` as a contiguous tensor that shares no memory with
+    ``inputs`` (their storages looked up once: this runs at every decode call)."""
+    taken = {t.untyped_storage().data_ptr() for t in inputs if t is not None}
+    out = []
+    for res in results:
+        if not isinstance(res, torch.Tensor):
+            res = torch.as_tensor(res)
+        res = res.contiguous()
+        if res.untyped_storage().data_ptr() in taken:
+            res = res.clone()
+        out.append(res)
+    return tuple(out)
 
 
 def plain(t):

@@ -35,7 +35,7 @@ import torch
 from .._mhc import (HC_EPS, MHC_POST, MHC_POST_BACKWARD, MHC_POST_PRE, MHC_PRE, MHC_PRE_BACKWARD,
                     NORM_EPS)
 from .._options import validated
-from ._common import check_points, fresh, plain, reduce_to
+from ._common import check_points, fresh, fresh_all, plain, reduce_to
 
 Tensor = torch.Tensor
 
@@ -51,7 +51,7 @@ def _mhc_pre_impl(x: Tensor, phi: Tensor, bias: Tensor, alpha: Tensor, iteration
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     res = MHC_PRE((plain(x), plain(phi), plain(bias), plain(alpha)),
                   (iterations, norm_eps, variant, hc_eps))
-    return tuple(fresh(r, x, phi, bias, alpha) for r in res)
+    return fresh_all(res, (x, phi, bias, alpha))
 
 
 _mhc_pre_op = torch.library.custom_op("mhc_array::mhc_pre", mutates_args=())(_mhc_pre_impl)
@@ -81,7 +81,7 @@ def _mhc_pre_backward_op(x: Tensor, phi: Tensor, bias: Tensor, alpha: Tensor,
     res = MHC_PRE_BACKWARD(tuple(plain(t) for t in (x, phi, bias, alpha, g_in, g_pre, g_post,
                                                      g_res)),
                            (iterations, norm_eps, variant, hc_eps))
-    return tuple(fresh(r, x, g_in) for r in res)
+    return fresh_all(res, (x, g_in))
 
 
 @_mhc_pre_backward_op.register_fake
@@ -143,7 +143,7 @@ def _mhc_post_setup(ctx, inputs, output):
 def _mhc_post_backward_op(x: Tensor, f_out: Tensor, h_post: Tensor, h_res: Tensor,
                           grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     res = MHC_POST_BACKWARD(tuple(plain(t) for t in (x, f_out, h_post, h_res, grad)))
-    return tuple(fresh(r, x, f_out, h_post, h_res, grad) for r in res)
+    return fresh_all(res, (x, f_out, h_post, h_res, grad))
 
 
 @_mhc_post_backward_op.register_fake
@@ -178,7 +178,7 @@ def _mhc_post_pre_impl(x: Tensor, f_out: Tensor, h_post: Tensor, h_res: Tensor, 
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     ins = (x, f_out, h_post, h_res, phi, bias, alpha)
     res = MHC_POST_PRE(tuple(plain(t) for t in ins), (iterations, norm_eps, variant, hc_eps))
-    return tuple(fresh(r, *ins) for r in res)
+    return fresh_all(res, ins)
 
 
 _mhc_post_pre_op = torch.library.custom_op("mhc_array::mhc_post_pre",
