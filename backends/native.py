@@ -798,8 +798,19 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
         fc, more = streams(f_out.unsqueeze(-2))
         if fc is None:
             return None
-        coef = []
-        for h in (h_post, h_res):    # small: another layout (comb transposed) is copied
+        coef = coefficients((h_post, h_res))   # small: another layout is copied
+        if coef is None:
+            return None
+        (hp, hr), extra = coef
+        return xc, fc, copied + more + extra, n, C, batch, hp, hr
+
+    bf16, u16 = torch.bfloat16, ffi.typeof("uint16_t *")
+
+    def coefficients(hs):
+        """h_post, h_res as contiguous float tensors (another layout copied) and the
+        bytes copied, or None."""
+        coef, more = [], 0
+        for h in hs:
             if not ready(h):
                 if not (isinstance(h, Tensor) and h.dtype is tdt and h.device.type == "cpu"
                         and not h.requires_grad):
@@ -807,9 +818,40 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
                 h = h.contiguous()
                 more += h.numel() * h.element_size()
             coef.append(h)
-        return xc, fc, copied + more, n, C, batch, coef[0], coef[1]
+        return coef, more
+
+    def post_bf16(x, f_out, h_post, h_res):
+        """bfloat16 streams and f_out: mhc_hc_post_bf16 reads and writes them as they
+        are (no float32 copies), or None."""
+        if not (isinstance(f_out, Tensor) and x.device.type == "cpu" and f_out.device.type == "cpu"
+                and not x.requires_grad and not f_out.requires_grad and x.ndim >= 2
+                and x.is_contiguous() and f_out.is_contiguous()):
+            return None
+        n, C = x.shape[-2], x.shape[-1]
+        batch = x.shape[:-2]
+        if (not 1 <= n <= MAX_STREAMS or not C or f_out.shape != batch + (C,)
+                or h_post.shape != batch + (n,) or h_res.shape != batch + (n, n)):
+            return None
+        coef = coefficients((h_post, h_res))
+        if coef is None:
+            return None
+        (hp, hr), copied = coef
+        res = torch.empty(batch + (n, C), dtype=bf16)
+        tokens = math.prod(batch)
+        if tokens and lib.mhc_hc_post_bf16(cast(u16, x.data_ptr()), n * C,
+                                           cast(u16, f_out.data_ptr()), C, p(hp), p(hr),
+                                           cast(u16, res.data_ptr()), n * C, tokens, n, C,
+                                           code, threads):
+            return None
+        return res, copied
 
     def run_post(arrays, options, state):
+        x = arrays[0]
+        if (tdt is torch.float32 and isinstance(x, Tensor) and x.dtype is bf16
+                and getattr(arrays[1], "dtype", None) is bf16):
+            done = post_bf16(*arrays)
+            if done is not None:
+                return done
         ops = post_operands(*arrays)
         if ops is None:
             return None

@@ -600,3 +600,85 @@ def test_v4_projection_in_rows_layout(dtype):
         lib.MHC_HC_DEEPSEEK_V4 | lib.MHC_HC_ROWS, 20, 1e-6, 1e-6, *[P(v) for v in g],
         P(gx), n * C, *[P(v) for v in z], -1, 1)
     assert st == lib.MHC_ERR_INVALID_DIMENSION
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "sse", "portable"])
+@pytest.mark.parametrize("C", [37, 64, 100])
+def test_hc_post_bf16_is_the_float_kernel_rounded_once(isa, C):
+    """mhc_hc_post_bf16 (bfloat16 streams read and written as they are) equals
+    mhc_hc_post_f32 on the streams widened to float32, rounded to bfloat16 by torch
+    (an independent conversion: nearest even, NaN kept), bit for bit; in place too;
+    and near the float64 equations."""
+    if not cpu_supports(isa):
+        pytest.skip(f"this CPU lacks {isa}")
+    torch = pytest.importorskip("torch")
+    ffi, lib = native.ffi, native.lib
+    g = torch.Generator().manual_seed(C)
+    T, n = 6, 4
+    x = torch.randn(T, n, C, generator=g).to(torch.bfloat16)
+    f = torch.randn(T, C, generator=g).to(torch.bfloat16)
+    x[0, 0, 0], x[1, 1, 3], f[2, 5] = float("nan"), float("inf"), 3e38
+    p, r = torch.rand(T, n, generator=g) * 2, torch.rand(T, n, n, generator=g)
+    U = lambda t: ffi.cast("uint16_t *", t.data_ptr())    # noqa: E731
+    F = lambda t: ffi.cast("float *", t.data_ptr())       # noqa: E731
+    code = native.ISA_CODES[isa]
+    out = torch.empty(T, n, C, dtype=torch.bfloat16)
+    x_before = x.clone()
+    assert lib.mhc_hc_post_bf16(U(x), n * C, U(f), C, F(p), F(r), U(out), n * C, T, n, C,
+                                code, 1) == lib.MHC_OK
+    assert torch.equal(x.view(torch.int16), x_before.view(torch.int16))
+    xf, ff, o32 = x.float(), f.float(), torch.empty(T, n, C)
+    assert lib.mhc_hc_post_f32(F(xf), n * C, F(ff), C, F(p), F(r), F(o32), n * C, T, n, C,
+                               code, 1) == lib.MHC_OK
+    want = o32.to(torch.bfloat16)
+    same = (out.view(torch.int16) == want.view(torch.int16)) | (out.isnan() & want.isnan())
+    assert bool(same.all())
+    inplace = x.clone()
+    assert lib.mhc_hc_post_bf16(U(inplace), n * C, U(f), C, F(p), F(r), U(inplace), n * C, T, n,
+                                C, code, 1) == lib.MHC_OK
+    assert bool(((inplace.view(torch.int16) == want.view(torch.int16))
+                 | (inplace.isnan() & want.isnan())).all())
+    fine = torch.isfinite(want.float())
+    ref64 = ref.mhc_post(*(t.double().numpy() for t in (x, f, p, r)))
+    np.testing.assert_allclose(out.float().numpy()[fine.numpy()], ref64[fine.numpy()],
+                               rtol=1e-2, atol=1e-2)
+
+
+def test_hc_post_bf16_refuses_bad_arguments():
+    if not native_available():
+        pytest.skip("the native backend is not built")
+    ffi, lib = native.ffi, native.lib
+    buf = np.zeros(64, np.uint16)
+    fl = np.ones(16, np.float32)
+    u = ffi.cast("uint16_t *", buf.ctypes.data)
+    odd = ffi.cast("uint16_t *", buf.ctypes.data + 1)
+    fp = ffi.cast("float *", fl.ctypes.data)
+    args = lambda x, f, o, n=1, C=4, ts=4: (x, ts, f, C, fp, fp, o, ts, 2, n, C, -1, 1)  # noqa
+    assert lib.mhc_hc_post_bf16(*args(ffi.NULL, u, u)) == lib.MHC_ERR_NULL_POINTER
+    assert lib.mhc_hc_post_bf16(*args(odd, u, u + 32)) == lib.MHC_ERR_MISALIGNED
+    assert lib.mhc_hc_post_bf16(*args(u, u + 40, u, n=0)) == lib.MHC_ERR_INVALID_DIMENSION
+    # out overlapping x without being x
+    assert lib.mhc_hc_post_bf16(*args(u, u + 40, u + 2)) == lib.MHC_ERR_INVALID_DIMENSION
+    assert lib.mhc_hc_post_bf16(*args(u, u + 40, u + 16)) == lib.MHC_OK
+
+
+def test_hc_post_bf16_rounds_ties_to_even():
+    """1 + 2^-8 and 1 + 3 * 2^-8 lie halfway between bfloat16 neighbours: nearest
+    even gives 1.0 and 1 + 2^-6 (0x3F80, 0x3F82); one stream, h_res = h_post = 1."""
+    if not native_available():
+        pytest.skip("the native backend is not built")
+    ffi, lib = native.ffi, native.lib
+    C = 40                                     # vector lanes and a scalar tail
+    x = np.full(C, 0x3F80, np.uint16)          # 1.0
+    f = np.where(np.arange(C) % 2 == 0, 0x3B80, 0x3C40).astype(np.uint16)  # 2^-8, 3 * 2^-8
+    one = np.ones(1, np.float32)
+    out = np.zeros(C, np.uint16)
+    U = lambda a: ffi.cast("uint16_t *", a.ctypes.data)   # noqa: E731
+    F = ffi.cast("float *", one.ctypes.data)
+    for isa in ("avx512", "avx2", "sse", "portable"):
+        if not cpu_supports(isa):
+            continue
+        assert lib.mhc_hc_post_bf16(U(x), C, U(f), C, F, F, U(out), C, 1, 1, C,
+                                    native.ISA_CODES[isa], 1) == lib.MHC_OK
+        want = np.where(np.arange(C) % 2 == 0, 0x3F80, 0x3F82)
+        np.testing.assert_array_equal(out, want, err_msg=isa)

@@ -210,3 +210,21 @@ def test_v4_module_projects_from_its_prepared_rows_from_16_tokens():
         small(x[:1, :ROWS_MIN_TOKENS - 1])
     small(x)[2].sum().backward()
     assert "_fn_rows" not in small.__dict__ and small.fn.grad is not None
+
+
+def test_post_on_bfloat16_streams_copies_nothing():
+    """bfloat16 streams and f_out go to the bfloat16 kernel as they are: a zero-copy
+    call, bfloat16 out, the float32 kernel's values rounded once."""
+    n, C = 4, 72
+    x = torch.randn(2, 3, n, C).to(torch.bfloat16)
+    f_out = torch.randn(2, 3, C).to(torch.bfloat16)
+    post, h_res = torch.rand(2, 3, n) * 2, torch.rand(2, 3, n, n)
+    mx.reset_stats()
+    with torch.no_grad():
+        got = mt.mhc_post(x, f_out, post, h_res)
+    s = _native_calls("mhc_post")
+    assert s["calls"] == 1 and s["zero_copy_calls"] == 1
+    assert got.dtype == torch.bfloat16
+    with torch.no_grad():
+        want = mt.mhc_post(x.float(), f_out.float(), post, h_res).to(torch.bfloat16)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))

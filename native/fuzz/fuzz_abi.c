@@ -72,7 +72,19 @@ static arr_t arr_new(src_t *s, int64_t count, int es, int mis, int nonneg)
     a.block = malloc(a.bytes + (mis ? 1 : 0) + 1);
     a.data = a.block + (mis ? 1 : 0);
     for (size_t i = 0; i < a.bytes; i += (size_t)es) {
-        if (es == 4) {
+        if (es == 2) {                  /* bfloat16: the high half of a float */
+            uint32_t b = (uint32_t)take(s, 1);
+            uint16_t h;
+            if (b < 200) {
+                float f = (float)(take(s, 1) % 64) / 8.0f - (nonneg ? 0.0f : 4.0f);
+                uint32_t bits;
+                memcpy(&bits, &f, 4);
+                h = (uint16_t)(bits >> 16);
+            } else {
+                h = (uint16_t)take(s, 2);
+            }
+            memcpy(a.data + i, &h, 2);
+        } else if (es == 4) {
             uint32_t b = (uint32_t)take(s, 1);
             float f;
             /* mostly ordinary values, sometimes raw bit patterns */
@@ -260,6 +272,25 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
         arr_same(&f, "f");
         arr_same(&hp, "h_post");
         arr_same(&hr, "h_res");
+        if (!f64) {   /* the same step on bfloat16 streams, float coefficients */
+            arr_t xb = arr_new(s, extent(tokens, xt, n * C), 2, mis == 1, 0);
+            arr_t fb = arr_new(s, extent(tokens, ft, C), 2, mis == 2, 0);
+            arr_t ob = inplace ? xb : arr_new(s, extent(tokens, ot, n * C), 2, mis == 3, 0);
+            int stb = mhc_hc_post_bf16((const uint16_t *)xb.data, xt, (const uint16_t *)fb.data,
+                                       ft, (const float *)hp.data, (const float *)hr.data,
+                                       (uint16_t *)ob.data, ot, tokens, n, C, isa, nth);
+            check_status(stb);
+            if (stb == MHC_ERR_DOMAIN)
+                FAIL("mhc_hc_post_bf16 returned a domain error");
+            if (!inplace || stb != MHC_OK)
+                arr_same(&xb, "x (bf16)");
+            arr_same(&fb, "f (bf16)");
+            arr_same(&hp, "h_post (bf16 step)");
+            arr_free(&xb);
+            arr_free(&fb);
+            if (!inplace)
+                arr_free(&ob);
+        }
         /* the backward of the same step */
         const int64_t gt = n * C + pick(s, 0, 3) * (pick(s, 0, 1) != 0);
         arr_t g = arr_new(s, extent(tokens, gt, n * C), es, 0, 0);
@@ -581,6 +612,15 @@ static void fuzz_bad_args(src_t *s, int isa)
     st = mhc_hc_post_f32(&one, 1, &one, 0, &one, &one, &one, 1, 1, neg, 1, isa, 1);
     if (st != MHC_ERR_INVALID_DIMENSION)
         FAIL("negative n accepted by hc_post (status %d)", st);
+    {
+        uint16_t h1 = 0x3F80;   /* 1.0 */
+        st = mhc_hc_post_bf16(&h1, 1, NULL, 0, &one, &one, &h1, 1, 1, 1, 1, isa, 1);
+        if (st != MHC_ERR_NULL_POINTER)
+            FAIL("NULL f accepted by hc_post_bf16 (status %d)", st);
+        st = mhc_hc_post_bf16(&h1, 1, &h1, 0, &one, &one, &h1, 1, 1, neg, 1, isa, 1);
+        if (st != MHC_ERR_INVALID_DIMENSION)
+            FAIL("negative n accepted by hc_post_bf16 (status %d)", st);
+    }
     st = mhc_hc_pre_f32(&one, 1, 1, 1, 1, NULL, 3, &one, &one, 0, 1, 1e-6, 1e-6, &one, &one,
                         &one, &one, NULL, isa, 1);
     if (st != MHC_ERR_NULL_POINTER)

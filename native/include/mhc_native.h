@@ -219,6 +219,13 @@ int mhc_hc_pre_f64(const double *x, int64_t x_tstride, int64_t tokens, int64_t n
 int mhc_hc_post_f32(const float *x, int64_t x_tstride, const float *f, int64_t f_tstride,
                     const float *h_post, const float *h_res, float *out, int64_t out_tstride,
                     int64_t tokens, int64_t n, int64_t C, int isa, int n_threads);
+/* mhc_hc_post on bfloat16 streams (x, f_out, out: the bfloat16 bits as uint16_t),
+ * float32 coefficients; each sum computed in float32 as mhc_hc_post_f32 does and
+ * rounded once to bfloat16 (to nearest even). Checks and strides as mhc_hc_post. */
+int mhc_hc_post_bf16(const uint16_t *x, int64_t x_tstride, const uint16_t *f,
+                     int64_t f_tstride, const float *h_post, const float *h_res, uint16_t *out,
+                     int64_t out_tstride, int64_t tokens, int64_t n, int64_t C, int isa,
+                     int n_threads);
 int mhc_hc_post_f64(const double *x, int64_t x_tstride, const double *f, int64_t f_tstride,
                     const double *h_post, const double *h_res, double *out, int64_t out_tstride,
                     int64_t tokens, int64_t n, int64_t C, int isa, int n_threads);

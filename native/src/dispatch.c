@@ -111,3 +111,61 @@ static int64_t manifold_cost(int manifold)
 #include "ot_abi.inc"
 #undef T
 #undef SFX
+
+/* ---- mhc_hc_post on bfloat16 streams ------------------------------------ */
+
+typedef struct {
+    const uint16_t *x; int64_t x_tstride; const uint16_t *f; int64_t f_tstride;
+    const float *h_post, *h_res; uint16_t *out; int64_t out_tstride, n, C;
+    const mhc_kernel_table *kt;
+} hc_post_bf16_ctx;
+
+static int hc_post_bf16_chunk(const void *vctx, int64_t lo, int64_t hi, int64_t *err)
+{
+    const hc_post_bf16_ctx *c = vctx;
+    (void)err;
+    c->kt->hc_post_bf16_f32(c->x + lo * c->x_tstride, c->x_tstride, c->f + lo * c->f_tstride,
+                            c->f_tstride, c->h_post + lo * c->n, c->h_res + lo * c->n * c->n,
+                            c->out + lo * c->out_tstride, c->out_tstride, hi - lo, c->n, c->C);
+    return MHC_OK;
+}
+
+int mhc_hc_post_bf16(const uint16_t *x, int64_t x_tstride, const uint16_t *f,
+                     int64_t f_tstride, const float *h_post, const float *h_res, uint16_t *out,
+                     int64_t out_tstride, int64_t tokens, int64_t n, int64_t C, int isa,
+                     int n_threads)
+{
+    int64_t L, ext, work;
+    if (!x || !f || !h_post || !h_res || !out)
+        return MHC_ERR_NULL_POINTER;
+    if (((uintptr_t)x | (uintptr_t)f | (uintptr_t)out) % sizeof(uint16_t) ||
+        ((uintptr_t)h_post | (uintptr_t)h_res) % sizeof(float))
+        return MHC_ERR_MISALIGNED;
+    if (tokens < 0 || n < 1 || n > MHC_HC_MAX_STREAMS || C < 1 || n_threads < 0 || f_tstride < 0)
+        return MHC_ERR_INVALID_DIMENSION;
+    if (__builtin_mul_overflow(n, C, &L))
+        return MHC_ERR_INVALID_DIMENSION;
+    if (tokens == 0)
+        return MHC_OK;
+    ext = L;
+    if (x_tstride < L || out_tstride < L || !add_extent(&ext, tokens, x_tstride))
+        return MHC_ERR_INVALID_DIMENSION;
+    ext = L;
+    if (!add_extent(&ext, tokens, out_tstride))
+        return MHC_ERR_INVALID_DIMENSION;
+    ext = C;
+    if ((f_tstride && f_tstride < C) || !add_extent(&ext, tokens, f_tstride) ||
+        __builtin_mul_overflow(tokens, n * n, &ext))
+        return MHC_ERR_INVALID_DIMENSION;
+    /* out is x itself (same strides) or apart from it, as for mhc_hc_post */
+    if (out != x && (const uint16_t *)out < x + (tokens - 1) * x_tstride + L &&
+        x < (const uint16_t *)out + (tokens - 1) * out_tstride + L)
+        return MHC_ERR_INVALID_DIMENSION;
+    if (out == x && out_tstride != x_tstride)
+        return MHC_ERR_INVALID_DIMENSION;
+    work = sat_mul(sat_mul(tokens, L), n + 1);
+    const hc_post_bf16_ctx ctx = {x, x_tstride, f, f_tstride, h_post, h_res, out, out_tstride,
+                                  n, C, table_for(isa)};
+    return mhc_run_chunks(hc_post_bf16_chunk, &ctx, tokens, 1,
+                          threads_for(n_threads, work, MHC_DIST_PAR_WORK), NULL);
+}

@@ -123,7 +123,11 @@ typedef struct {
     /* optimal transport of small problems (curvature), double only: ot_w1(a, b0, b1,      \
      * ws), problems [b0, b1) (ot_t.inc), ws holds MHC_OT_TEAM parts of a->ws_per         \
      * doubles, each MHC_OT_WS(max rows, max cols, 8) */                                   \
-    X(isa, ot_w1_f64, void, (const mhc_ot_args *, int64_t, int64_t, double *))
+    X(isa, ot_w1_f64, void, (const mhc_ot_args *, int64_t, int64_t, double *))            \
+    /* hc_post on bfloat16 streams (uint16_t bits), float coefficients (mhc_t.inc) */      \
+    X(isa, hc_post_bf16_f32, void,                                                         \
+      (const uint16_t *, int64_t, const uint16_t *, int64_t, const float *, const float *, \
+       uint16_t *, int64_t, int64_t, int64_t, int64_t))
 
 #define MHC_KERNEL_MEMBER(isa, name, ret, params) ret(*name) params;
 typedef struct {
