@@ -245,6 +245,23 @@ static void fuzz_distance(src_t *s, int f64, int isa, int nth, int mis, int pair
     arr_free(&o);
 }
 
+/* After a post step (mhc_hc_post_bf16, mhc_hc_post_pre): its status is one of the
+ * ABI's and not a domain error, x (unless written in place) and f are unchanged;
+ * x, f and, when it is another array, o are freed. */
+static void post_done(int st, const char *name, int inplace, arr_t *x, arr_t *f, arr_t *o)
+{
+    check_status(st);
+    if (st == MHC_ERR_DOMAIN)
+        FAIL("%s returned a domain error", name);
+    if (!inplace || st != MHC_OK)
+        arr_same(x, "x");
+    arr_same(f, "f");
+    arr_free(x);
+    arr_free(f);
+    if (!inplace)
+        arr_free(o);
+}
+
 static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
 {
     const int64_t tokens = pick(s, 0, 12), n = pick(s, 0, 17), C = pick(s, 0, 70);
@@ -279,17 +296,8 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
             int stb = mhc_hc_post_bf16((const uint16_t *)xb.data, xt, (const uint16_t *)fb.data,
                                        ft, (const float *)hp.data, (const float *)hr.data,
                                        (uint16_t *)ob.data, ot, tokens, n, C, isa, nth);
-            check_status(stb);
-            if (stb == MHC_ERR_DOMAIN)
-                FAIL("mhc_hc_post_bf16 returned a domain error");
-            if (!inplace || stb != MHC_OK)
-                arr_same(&xb, "x (bf16)");
-            arr_same(&fb, "f (bf16)");
             arr_same(&hp, "h_post (bf16 step)");
-            arr_free(&xb);
-            arr_free(&fb);
-            if (!inplace)
-                arr_free(&ob);
+            post_done(stb, "mhc_hc_post_bf16", inplace, &xb, &fb, &ob);
         }
         /* the backward of the same step */
         const int64_t gt = n * C + pick(s, 0, 3) * (pick(s, 0, 1) != 0);
@@ -373,16 +381,7 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
                                       (const float *)al.data, variant, iters, 1e-6, 1e-6,
                                       (float *)h2[0].data, (float *)h2[1].data,
                                       (float *)h2[2].data, (float *)h2[3].data, ws, isa, nth);
-        check_status(st2);
-        if (st2 == MHC_ERR_DOMAIN)
-            FAIL("mhc_hc_post_pre returned a domain error");
-        if (!inplace || st2 != MHC_OK)
-            arr_same(&xc, "x (post_pre)");
-        arr_same(&f, "f (post_pre)");
-        arr_free(&xc);
-        arr_free(&f);
-        if (!inplace)
-            arr_free(&o);
+        post_done(st2, "mhc_hc_post_pre", inplace, &xc, &f, &o);
         for (int i = 0; i < 4; i++)
             if (!(same_coef && i >= 2))
                 arr_free(&h2[i]);
