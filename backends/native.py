@@ -724,6 +724,7 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
     tdt = torch.float64 if cdt == np.float64 else torch.float32
     ptr_type, cast, empty = kernels.ctype[1], ffi.cast, torch.empty
     from_numpy, np_empty = torch.from_numpy, np.empty
+    code, threads = resolve_isa(call.isa), call.threads
 
     def np_out(shape):
         """The pre step's outputs on NumPy's allocator, whose freed blocks are reused
@@ -731,13 +732,17 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
         pages inside the threaded kernel at every call (T = 256, hidden 4096, two
         threads: 6.0 ms with torch.empty, 3.2 ms with this; one thread unchanged)."""
         return from_numpy(np_empty(shape, cdt))
-    code, threads = resolve_isa(call.isa), call.threads
 
     Tensor = torch.Tensor
+    bf16, u16 = torch.bfloat16, ffi.typeof("uint16_t *")
+
+    def usable(t):
+        """A CPU tensor of the computing dtype without gradients (any layout)."""
+        return (isinstance(t, Tensor) and t.dtype is tdt and t.device.type == "cpu"
+                and not t.requires_grad)
 
     def ready(*ts):
-        return all(isinstance(t, Tensor) and t.dtype is tdt and t.is_contiguous()
-                   and t.device.type == "cpu" and not t.requires_grad for t in ts)
+        return all(usable(t) and t.is_contiguous() for t in ts)
 
     def streams(x):
         """x in the computing dtype, contiguous, on the CPU (a copy counted), or None."""
@@ -779,63 +784,58 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
                 p(xc), n * C, tokens, n, C, p(phi), phi.shape[1], p(bias), p(alpha),
                 _VARIANT[options["variant"]] | rows_flag, options["iterations"],
                 options["norm_eps"], options["hc_eps"], p(h_in), p(h_pre), p(h_post), p(h_res),
-                _workspace(state),
-                code, threads):
+                _workspace(state), code, threads):
             return None
         if h_in.dtype is not x.dtype:
             h_in = h_in.to(x.dtype)
         return (h_in, h_pre, h_post, h_res), copied
 
+    def post_checked(x, f_out, h_post, h_res):
+        """The post step's shapes (x a CPU tensor of 2 or more dimensions, checked by
+        the caller) and its coefficients, contiguous (another layout -- V4's comb
+        transposed -- is copied: they are small): (n, C, batch, hp, hr, bytes
+        copied), or None."""
+        n, C = x.shape[-2], x.shape[-1]
+        batch = x.shape[:-2]
+        if (not isinstance(f_out, Tensor) or f_out.shape != batch + (C,)
+                or h_post.shape != batch + (n,) or h_res.shape != batch + (n, n) or not C):
+            return None
+        coef, copied = [], 0
+        for h in (h_post, h_res):
+            if not usable(h):
+                return None
+            if not h.is_contiguous():
+                h = h.contiguous()
+                copied += h.numel() * h.element_size()
+            coef.append(h)
+        return n, C, batch, coef[0], coef[1], copied
+
     def post_operands(x, f_out, h_post, h_res):
+        """x and f_out in the computing dtype and the checked post step, or None."""
         xc, copied = streams(x)
         if xc is None:
             return None
-        n, C = x.shape[-2], x.shape[-1]
-        batch = x.shape[:-2]
-        if (f_out.shape != batch + (C,) or h_post.shape != batch + (n,)
-                or h_res.shape != batch + (n, n) or not C):
+        checked = post_checked(x, f_out, h_post, h_res)
+        if checked is None:
             return None
+        n, C, batch, hp, hr, extra = checked
         fc, more = streams(f_out.unsqueeze(-2))
         if fc is None:
             return None
-        coef = coefficients((h_post, h_res))   # small: another layout is copied
-        if coef is None:
-            return None
-        (hp, hr), extra = coef
         return xc, fc, copied + more + extra, n, C, batch, hp, hr
-
-    bf16, u16 = torch.bfloat16, ffi.typeof("uint16_t *")
-
-    def coefficients(hs):
-        """h_post, h_res as contiguous float tensors (another layout copied) and the
-        bytes copied, or None."""
-        coef, more = [], 0
-        for h in hs:
-            if not ready(h):
-                if not (isinstance(h, Tensor) and h.dtype is tdt and h.device.type == "cpu"
-                        and not h.requires_grad):
-                    return None
-                h = h.contiguous()
-                more += h.numel() * h.element_size()
-            coef.append(h)
-        return coef, more
 
     def post_bf16(x, f_out, h_post, h_res):
         """bfloat16 streams and f_out: mhc_hc_post_bf16 reads and writes them as they
         are (no float32 copies), or None."""
-        if not (isinstance(f_out, Tensor) and x.device.type == "cpu" and f_out.device.type == "cpu"
-                and not x.requires_grad and not f_out.requires_grad and x.ndim >= 2
-                and x.is_contiguous() and f_out.is_contiguous()):
+        if not (x.device.type == "cpu" and not x.requires_grad and x.ndim >= 2
+                and 1 <= x.shape[-2] <= MAX_STREAMS and x.is_contiguous()
+                and f_out.device.type == "cpu" and not f_out.requires_grad
+                and f_out.is_contiguous()):
             return None
-        n, C = x.shape[-2], x.shape[-1]
-        batch = x.shape[:-2]
-        if (not 1 <= n <= MAX_STREAMS or not C or f_out.shape != batch + (C,)
-                or h_post.shape != batch + (n,) or h_res.shape != batch + (n, n)):
+        checked = post_checked(x, f_out, h_post, h_res)
+        if checked is None:
             return None
-        coef = coefficients((h_post, h_res))
-        if coef is None:
-            return None
-        (hp, hr), copied = coef
+        n, C, batch, hp, hr, copied = checked
         res = torch.empty(batch + (n, C), dtype=bf16)
         tokens = math.prod(batch)
         if tokens and lib.mhc_hc_post_bf16(cast(u16, x.data_ptr()), n * C,
@@ -846,9 +846,9 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
         return res, copied
 
     def run_post(arrays, options, state):
-        x = arrays[0]
+        x, f_out = arrays[0], arrays[1]
         if (tdt is torch.float32 and isinstance(x, Tensor) and x.dtype is bf16
-                and getattr(arrays[1], "dtype", None) is bf16):
+                and isinstance(f_out, Tensor) and f_out.dtype is bf16):
             done = post_bf16(*arrays)
             if done is not None:
                 return done
@@ -861,7 +861,6 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
         if tokens and kernels.hc_post(p(xc), n * C, p(fc), C, p(hp), p(hr),
                                       p(res), n * C, tokens, n, C, code, threads):
             return None
-        x = arrays[0]
         if res.dtype is not x.dtype:
             res = res.to(x.dtype)
         return res, copied
