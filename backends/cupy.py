@@ -33,7 +33,7 @@ import re
 import numpy as np
 
 from ..errors import DomainError, NativeError
-from ._constants import (CUDA_HC_CHUNK, CUDA_SK_SMALL_MAX, DOM_CLIP, DOM_NAN, DOM_RAISE,
+from ._constants import (CUDA_HC_CHUNK, CUDA_SK_SCRATCH, CUDA_SK_SMALL_MAX, DOM_CLIP, DOM_NAN, DOM_RAISE,
                          EUCLIDEAN, HC_DEEPSEEK_V4, HC_MAX_STREAMS, HC_PAPER, POINCARE,
                          SK_COLS_FIRST, SK_LOGITS, SOURCE_DIRS, SPHERICAL)
 
@@ -249,11 +249,12 @@ def _sinkhorn(eng, x, rs, cs, *, iterations, tau, logits, order, out, call):
         name = "mhc_sk_4x4" if (n, m) == (4, 4) else "mhc_sk_small"
         eng.launch(name + sfx, eng.grid(-(-count // B)), B, common, 0)
         return res
-    shared = (B + n + m) * 8
+    # shared: the reductions' scratch, then the row and column scalings
+    shared = (CUDA_SK_SCRATCH * B + n + m) * 8
     ws = _NULL
     if shared > SHARED_LIMIT:                  # the scalings in global memory
         ws = xp.empty(count * (n + m), np.float64)
-        shared = B * 8
+        shared = CUDA_SK_SCRATCH * B * 8
     eng.launch("mhc_sk_block" + sfx, eng.grid(count), B, common + [ws], shared)
     return res
 
@@ -294,10 +295,17 @@ def _sinkhorn_backward(eng, x, rs, cs, g, *, iterations, tau, logits, order, cal
         name = "mhc_sk_4x4_bwd" if (n, m) == (4, 4) else "mhc_sk_small_bwd"
         eng.launch(name + _suffix(x.dtype), eng.grid(-(-count // B)), B, args + [ws], 0)
         return res
+    # shared: the reductions' scratch, then a line's accumulators -- in the
+    # workspace, after the matrix's other entries, where they do not fit
     per = n * m + (2 * iterations + 1) * (n + m)
+    shared = (CUDA_SK_SCRATCH * B + max(n, m)) * 8
+    acc_global = shared > SHARED_LIMIT
+    if acc_global:
+        per += max(n, m)
+        shared = CUDA_SK_SCRATCH * B * 8
     ws = xp.empty(count * per, np.float64)
-    eng.launch("mhc_sk_bwd" + _suffix(x.dtype), eng.grid(count), B, args + [ws],
-               (B + max(n, m)) * 8)
+    eng.launch("mhc_sk_bwd" + _suffix(x.dtype), eng.grid(count), B,
+               args + [ws, np.int32(acc_global)], shared)
     return res
 
 

@@ -187,16 +187,48 @@ def test_sinkhorn_targets_tau_zero_lines_and_nan(harness, shape, dtype):
 
 
 def test_sinkhorn_scalings_in_global_memory(harness, monkeypatch):
-    """Matrices whose scaling vectors do not fit in shared memory keep them in a
-    workspace: the same results."""
-    monkeypatch.setattr(cb, "SHARED_LIMIT", 64 * 8)
+    """Matrices whose scaling vectors (forward) or line accumulators (backward) do
+    not fit in shared memory keep them in a workspace: the same results, and the
+    launches stay within the (lowered) limit."""
+    monkeypatch.setattr(cb, "SHARED_LIMIT", (cb.CUDA_SK_SCRATCH * 32 + 16) * 8)
     rng = rng_for("cuda-sk-ws")
     x = rng.uniform(0, 1, (3, 20, 30))
     for order in ("rows-first", "cols-first"):
-        got = cb._sinkhorn(engine(harness), x, None, None, iterations=10, tau=0.1,
-                           logits=False, order=order, out=None, call=Call())
-        np.testing.assert_allclose(got, ref.sinkhorn(x, iterations=10, tau=0.1, order=order),
-                                   **SINK_TOL["float64"])
+        for logits in (False, True):
+            got = cb._sinkhorn(engine(harness), x, None, None, iterations=10, tau=0.1,
+                               logits=logits, order=order, out=None, call=Call())
+            want = ref.sinkhorn(x, iterations=10, tau=0.1, logits=logits, order=order)
+            np.testing.assert_allclose(got, want, **SINK_TOL["float64"])
+    x, up = x[:2, :9, :21], rng.standard_normal((2, 9, 21))
+    kw = dict(iterations=3, tau=0.05, logits=True, order="cols-first")
+    got = cb._sinkhorn_backward(engine(harness), x, None, None, up, call=Call(), **kw)
+    np.testing.assert_allclose(got, _numeric_grad(x, up, **kw), rtol=1e-6, atol=1e-8)
+
+
+def _launch_raw(lib, name, grid, block, shared, args):
+    held = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else _CTYPES[type(a)](a)
+            for a in args]
+    ptrs = (ctypes.c_void_p * len(held))(*[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p)
+                                           for h in held])
+    return lib.mhc_harness_launch(name.encode(), grid, block, shared, ptrs)
+
+
+@pytest.mark.parametrize("shared_doubles", [32, 2 * 32 + 22])
+def test_harness_catches_shared_memory_written_past_its_allocation(harness, shared_doubles):
+    """The harness's canary: the block Sinkhorn from logits reduces three values per
+    thread (CUDA_SK_SCRATCH); launched with less shared memory than that needs (the
+    allocation the launches once made: the scratch of one value per thread, or 2B
+    plus the scalings), the launch reports the overflow (-4) instead of passing."""
+    B, n, m = 32, 9, 13
+    x = rng_for("cuda-canary").standard_normal((1, n, m))
+    out = np.empty_like(x)
+    args = [x, out, cb._NULL, np.int64(0), cb._NULL, np.int64(0), np.int64(1), np.int32(n),
+            np.int32(m), np.int32(2), np.float64(0.0), np.int32(cb.SK_LOGITS), cb._NULL]
+    assert _launch_raw(harness, "mhc_sk_block_f64", 1, B, shared_doubles * 8, args) == -4
+    need = (cb.CUDA_SK_SCRATCH * B + n + m) * 8
+    assert _launch_raw(harness, "mhc_sk_block_f64", 1, B, need, args) == 0
+    np.testing.assert_allclose(out, ref.sinkhorn(x, iterations=2, logits=True),
+                               **SINK_TOL["float64"])
 
 
 _numeric_grad = ref.sinkhorn_grad_numeric
@@ -725,3 +757,61 @@ def test_mhc_post_backward(harness, n, C, dtype):
         assert eng.launches == [f"mhc_post_bwd_{dtype[0]}{dtype[-2:]}"]
         for gv, wv in zip(got, _post_bwd_reference(x, *args, g)):
             _close(gv, wv, dtype)
+
+
+# ---------------------------------------------------------------- the GPU's block size
+
+@pytest.mark.parametrize("family", ["sinkhorn", "distances", "mhc"])
+def test_every_kernel_at_the_block_size_the_gpu_runs(harness, family):
+    """The launches a GPU makes (cb.BLOCK threads per block; the tests above use 32 to
+    reach every path of the reductions with small inputs): the same results, and no
+    kernel writes shared memory past what its launch allocates (the canary)."""
+    rng = rng_for("cuda-gpu-block", family)
+    eng = engine(harness, block=cb.BLOCK, max_grid=2)
+    assert eng.block == 256
+    if family == "sinkhorn":
+        for shape in ((3, 4, 4), (2, 3, 7), (2, 12, 10), (1, 40, 30)):
+            x = rng.standard_normal(shape)
+            got = cb._sinkhorn(eng, x, None, None, iterations=6, tau=0.0, logits=True,
+                               order="cols-first", out=None, call=Call())
+            np.testing.assert_allclose(got, ref.sinkhorn(x, iterations=6, logits=True,
+                                                         order="cols-first"),
+                                       **SINK_TOL["float64"])
+            up = rng.standard_normal(shape)
+            kw = dict(iterations=3, tau=0.0, logits=True, order="rows-first")
+            got = cb._sinkhorn_backward(eng, x, None, None, up, call=Call(), **kw)
+            np.testing.assert_allclose(got, _numeric_grad(x, up, **kw), rtol=1e-6, atol=1e-8)
+    elif family == "distances":
+        for manifold in MANIFOLDS:
+            for d in (3, 300, 1100):
+                x = _points(manifold, rng, (5,), d)
+                c = _points(manifold, rng, (), d)
+                got = cb._distance_call(eng, x, c, manifold, 1.0, "raise", Call())
+                want = ref.distance(manifold, x, c)
+                np.testing.assert_allclose(got, want, **DIST_TOL["float64"])
+    else:
+        for variant in ("paper", "deepseek-v4"):
+            n, C = 4, 300
+            x = rng.standard_normal((3, n, C))
+            w, b, a = _mhc_params(rng, n, C, variant, "float64")
+            got = cb._mhc_pre(eng, x, w, b, a, iterations=20, norm_eps=1e-6, variant=variant,
+                              hc_eps=1e-6, call=Call())
+            want = ref.mhc_pre(x, w, b, a, iterations=20, variant=variant)
+            for g, wv in zip(got, want):
+                np.testing.assert_allclose(g, wv, **MHC_TOL["float64"])
+            gs = _upstream(rng, (3,), n, C, "float64")
+            got = cb._mhc_pre_backward(eng, x, w, b, a, *gs, call=Call(), iterations=20,
+                                       norm_eps=1e-6, variant=variant, hc_eps=1e-6)
+            want = _pre_bwd_array_api(x, w, b, a, gs, iterations=20, norm_eps=1e-6,
+                                      variant=variant, hc_eps=1e-6)
+            for g, wv in zip(got, want):
+                if wv is not None:
+                    _close(g, wv, "float64")
+        f, hp = rng.standard_normal((3, C)), rng.uniform(0, 2, (3, n))
+        hr = rng.uniform(0, 1, (3, n, n))
+        np.testing.assert_allclose(cb._mhc_post(eng, x, f, hp, hr, out=None, call=Call()),
+                                   ref.mhc_post(x, f, hp, hr), **MHC_TOL["float64"])
+        g = rng.standard_normal(x.shape)
+        for gv, wv in zip(cb._mhc_post_backward(eng, x, f, hp, hr, g, call=Call()),
+                          _post_bwd_reference(x, f, hp, hr, g)):
+            _close(gv, wv, "float64")

@@ -26,6 +26,10 @@
  * thread per matrix (sinkhorn.cu, and its backward) */
 #define MHC_SK_SMALL_MAX 256
 #define MHC_CUDA_SK_SMALL_MAX 64
+/* the block-per-matrix Sinkhorn kernels (sinkhorn.cu) reduce up to this many
+ * values per thread at once (the maximum, a NaN seen, its index): their shared
+ * memory starts with block size * MHC_CUDA_SK_SCRATCH doubles of scratch */
+#define MHC_CUDA_SK_SCRATCH 3
 
 /* Distances: the manifold codes and the on_domain_error modes */
 #define MHC_EUCLIDEAN 0

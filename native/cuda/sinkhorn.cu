@@ -158,9 +158,9 @@ static __device__ __forceinline__ void sk_block(const T *x, T *out, const T *rs,
     const i64 nm = (i64)n * m;
     const int B = blockDim.x;
     const double cdef = (double)n / (double)m;
-    double *scratch = mhc_smem;                       /* B doubles */
+    double *scratch = mhc_smem;                       /* MHC_CUDA_SK_SCRATCH B doubles */
     for (i64 b = blockIdx.x; b < count; b += gridDim.x) {
-        double *r = ws ? ws + b * (n + m) : mhc_smem + B, *c = r + n;
+        double *r = ws ? ws + b * (n + m) : mhc_smem + MHC_CUDA_SK_SCRATCH * B, *c = r + n;
         const T *xb = x + b * nm;
         T *ob = out + b * nm;
         const T *K = xb;
@@ -203,22 +203,25 @@ static __device__ __forceinline__ void sk_block(const T *x, T *out, const T *rs,
 
 /* ---- backward: one block per matrix ----------------------------------------
  * ws per matrix (doubles): G nm | RH (iters+1) n | CH (iters+1) m | DR iters n |
- * DC iters m; shared: B scratch + m column accumulators. */
+ * DC iters m [| max(n, m) line accumulators where they do not fit in shared
+ * memory: acc_global]; shared: MHC_CUDA_SK_SCRATCH B scratch [+ the max(n, m)
+ * accumulators]. */
 template <typename T>
 static __device__ __forceinline__ void sk_bwd(const T *x, const T *g, T *gx, const T *rs,
                                               i64 rs_b, const T *cs, i64 cs_b, i64 count, int n,
                                               int m, int iters, double tau, int flags,
-                                              double *ws)
+                                              double *ws, int acc_global)
 {
     const i64 nm = (i64)n * m;
     const int B = blockDim.x;
     const int cols_first = (flags & MHC_SK_COLS_FIRST) != 0;
     const double cdef = (double)n / (double)m;
-    const i64 per = nm + (i64)(2 * iters + 1) * (n + m);
-    double *scratch = mhc_smem, *acc = mhc_smem + B;
+    const i64 per = nm + (i64)(2 * iters + 1) * (n + m) + (acc_global ? (n > m ? n : m) : 0);
+    double *scratch = mhc_smem;
     for (i64 b = blockIdx.x; b < count; b += gridDim.x) {
         double *G = ws + b * per, *RH = G + nm, *CH = RH + (i64)(iters + 1) * n;
         double *DR = CH + (i64)(iters + 1) * m, *DC = DR + (i64)iters * n;
+        double *acc = acc_global ? DC + (i64)iters * m : mhc_smem + MHC_CUDA_SK_SCRATCH * B;
         const T *xb = x + b * nm, *gb = g + b * nm;
         T *ob = gx + b * nm;
         const T *K = xb;
@@ -371,9 +374,10 @@ static __device__ __forceinline__ void sk_thread_bwd(const T *x, const T *g, T *
     extern "C" __global__ void mhc_sk_bwd##SUF(const T *x, const T *g, T *gx, const T *rs,     \
                                                i64 rs_b, const T *cs, i64 cs_b, i64 count,     \
                                                int n, int m, int iters, double tau, int flags, \
-                                               double *ws)                                     \
+                                               double *ws, int acc_global)                     \
     {                                                                                           \
-        sk_bwd<T>(x, g, gx, rs, rs_b, cs, cs_b, count, n, m, iters, tau, flags, ws);           \
+        sk_bwd<T>(x, g, gx, rs, rs_b, cs, cs_b, count, n, m, iters, tau, flags, ws,            \
+                  acc_global);                                                                  \
     }                                                                                           \
     extern "C" __global__ void mhc_sk_small_bwd##SUF(const T *x, const T *g, T *gx,             \
                                                      const T *rs, i64 rs_b, const T *cs,        \

@@ -8,7 +8,10 @@
  *   mhc_harness_launch(name, grid, block, shared_bytes, args)
  * where args[k] points at the k-th kernel argument (a pointer's value, an
  * int, a double, ...). Returns 0, or -1 for an unknown kernel name, -2 for
- * more shared memory than the harness has, -3 for a block size of 0.
+ * more shared memory than the harness has, -3 for a block size of 0, -4 when
+ * the kernel wrote shared memory past the launch's allocation (every byte of
+ * mhc_smem after shared_bytes holds a canary during the launch; a GPU would
+ * fault or corrupt a neighbouring block's memory there).
  * mhc_harness_kernels() lists the names, space-separated.
  */
 #include "cuda_cpu.h"
@@ -45,6 +48,8 @@ Invoker invoker(void (*f)(A...))
 {
     return [f](void **args) { call_with(f, args, std::index_sequence_for<A...>{}); };
 }
+
+constexpr unsigned char CANARY = 0xa5;
 
 #define MHC_K(name) {#name, invoker(name)}
 
@@ -83,7 +88,9 @@ extern "C" int mhc_harness_launch(const char *name, unsigned grid, unsigned bloc
     mhc_block_barrier = &bar;
     gridDim = {grid, 1, 1};
     blockDim = {block, 1, 1};
-    std::memset(mhc_smem, 0xff, shared_bytes);  /* garbage, as a GPU's shared memory is */
+    unsigned char *smem = reinterpret_cast<unsigned char *>(mhc_smem);
+    std::memset(smem, 0xff, shared_bytes);  /* garbage, as a GPU's shared memory is */
+    std::memset(smem + shared_bytes, CANARY, sizeof mhc_smem - shared_bytes);
     std::vector<std::thread> threads;
     threads.reserve(block);
     for (unsigned t = 0; t < block; t++)
@@ -98,6 +105,9 @@ extern "C" int mhc_harness_launch(const char *name, unsigned grid, unsigned bloc
     for (auto &th : threads)
         th.join();
     mhc_block_barrier = nullptr;
+    for (std::size_t b = shared_bytes; b < sizeof mhc_smem; b++)
+        if (smem[b] != CANARY)
+            return -4;
     return 0;
 }
 
