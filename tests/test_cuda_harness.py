@@ -9,13 +9,17 @@ so the launch code -- kernel choice, argument lists, grid and shared-memory
 sizes -- is exercised too. Results are compared with the float64 references
 of tests/reference.py at the tolerances of the native tests; small blocks and
 grids make the kernels' grid-stride loops and segmented reductions take every
-path they take on a GPU.
+path they take on a GPU; every family also runs at the GPU's block size. The
+harness fails a launch that writes shared memory past its allocation (a canary),
+and a ThreadSanitizer build of it checks that the threads share memory only
+across barriers (and reports the races of a barrier broken on purpose).
 """
 
 import ctypes
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -31,6 +35,12 @@ HARNESS = os.path.join(CUDA, "harness")
 MHC_TOL = {"float32": dict(rtol=2e-5, atol=2e-6), "float64": dict(rtol=1e-10, atol=1e-12)}
 
 
+#: extra compiler flags for the harness: test_harness_under_thread_sanitizer runs
+#: tests of this file again in a process with ThreadSanitizer loaded, the harness
+#: built with -fsanitize=thread
+TSAN_FLAGS = "MHC_HARNESS_CXXFLAGS"
+
+
 @pytest.fixture(scope="session")
 def harness(tmp_path_factory):
     cxx = shutil.which("g++")
@@ -39,7 +49,8 @@ def harness(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("cuda_cpu") / "libmhc_cuda_cpu.so")
     cmd = [cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-Wall", "-Werror",
            "-Wno-unused-function", "-I", CUDA, "-include", os.path.join(HARNESS, "cuda_cpu.h"),
-           os.path.join(HARNESS, "harness.cpp"), "-o", out, "-pthread"]
+           os.path.join(HARNESS, "harness.cpp"), "-o", out, "-pthread",
+           *os.environ.get(TSAN_FLAGS, "").split()]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     lib = ctypes.CDLL(out)
@@ -815,3 +826,41 @@ def test_every_kernel_at_the_block_size_the_gpu_runs(harness, family):
         for gv, wv in zip(cb._mhc_post_backward(eng, x, f, hp, hr, g, call=Call()),
                           _post_bwd_reference(x, f, hp, hr, g)):
             _close(gv, wv, "float64")
+
+
+# ---------------------------------------------------------------- ThreadSanitizer
+
+def _libtsan():
+    cxx = shutil.which("g++")
+    if cxx is None:
+        return None
+    path = subprocess.run([cxx, "-print-file-name=libtsan.so"], capture_output=True,
+                          text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+@pytest.mark.skipif(TSAN_FLAGS in os.environ, reason="already under ThreadSanitizer")
+@pytest.mark.parametrize("barrier", ["kept", "broken"])
+def test_harness_under_thread_sanitizer(barrier, tmp_path):
+    """The kernels' threads share memory only across barriers: every kernel family at
+    the GPU's block size runs again with the harness built with -fsanitize=thread
+    (ThreadSanitizer loaded into the interpreter) and no data race is reported; with
+    __syncthreads() broken on purpose, races are reported and the run fails."""
+    lib = _libtsan()
+    if lib is None:
+        pytest.skip("ThreadSanitizer's runtime (libtsan) is not installed with g++")
+    flags = "-fsanitize=thread -g" + (" -DMHC_HARNESS_BROKEN_BARRIER" if barrier == "broken"
+                                     else "")
+    select = "gpu_runs" if barrier == "kept" else "gpu_runs and sinkhorn"
+    log = tmp_path / "tsan"      # the reports (pytest's capture would swallow them)
+    env = dict(os.environ, LD_PRELOAD=lib, **{TSAN_FLAGS: flags},
+               TSAN_OPTIONS=f"halt_on_error=1 exitcode=66 log_path={log}")
+    p = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-k", select,
+                        "-p", "no:cacheprovider"], capture_output=True, text=True, env=env,
+                       timeout=600, cwd=ROOT)
+    out = p.stdout + p.stderr + "".join(f.read_text() for f in tmp_path.glob("tsan*"))
+    if barrier == "kept":
+        assert p.returncode == 0 and "ThreadSanitizer" not in out, out[-4000:]
+        assert "3 passed" in out, out[-4000:]
+    else:
+        assert p.returncode == 66 and "WARNING: ThreadSanitizer: data race" in out, out[-4000:]

@@ -36,7 +36,13 @@ extern thread_local mhc_dim3 threadIdx, blockIdx;
 extern mhc_dim3 blockDim, gridDim;
 extern std::barrier<> *mhc_block_barrier;
 
+#ifdef MHC_HARNESS_BROKEN_BARRIER
+/* tests only: a barrier broken on purpose, which ThreadSanitizer must report
+ * (tests/test_cuda_harness.py: test_harness_under_thread_sanitizer) */
+inline void __syncthreads() {}
+#else
 inline void __syncthreads() { mhc_block_barrier->arrive_and_wait(); }
+#endif
 
 inline double __longlong_as_double(long long v)
 {
