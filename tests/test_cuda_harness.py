@@ -127,7 +127,24 @@ def test_every_kernel_is_in_the_harness(harness):
         for base in re.findall(r'extern "C" __global__ void (\w+)##SUF', text):
             names |= {base + "_f32", base + "_f64"}
     assert len(names) == 28
-    assert names == set(harness.mhc_harness_kernels().decode().split())
+    listed = set(harness.mhc_harness_kernels().decode().split())
+    assert names == {k for k in listed if not k.startswith("mhc_harness_")}
+
+
+@pytest.mark.parametrize("block,grid", [(32, 1), (64, 3)])
+def test_warp_shuffles(harness, block, grid):
+    """The harness's warp shuffles give what CUDA's do: an xor butterfly sums the
+    warp in every lane, shuffles down sum it into lane 0, a broadcast reads lane 0;
+    each warp of a block on its own."""
+    x = rng_for("cuda-shfl", block).integers(-1000, 1000, grid * block).astype(np.float64)
+    out = np.full((grid * block, 3), np.nan)
+    assert _launch_raw(harness, "mhc_harness_shfl_check", grid, block, 0, [x, out]) == 0
+    warps = x.reshape(-1, 32)
+    np.testing.assert_array_equal(out[:, 0].reshape(-1, 32),
+                                  np.repeat(warps.sum(1)[:, None], 32, 1))
+    np.testing.assert_array_equal(out[::32, 1], warps.sum(1))
+    np.testing.assert_array_equal(out[:, 2].reshape(-1, 32),
+                                  np.repeat(warps[:, :1], 32, 1))
 
 
 # ---------------------------------------------------------------- Sinkhorn
@@ -851,7 +868,7 @@ def test_harness_under_thread_sanitizer(barrier, tmp_path):
         pytest.skip("ThreadSanitizer's runtime (libtsan) is not installed with g++")
     flags = "-fsanitize=thread -g" + (" -DMHC_HARNESS_BROKEN_BARRIER" if barrier == "broken"
                                      else "")
-    select = "gpu_runs" if barrier == "kept" else "gpu_runs and sinkhorn"
+    select = "gpu_runs or shuffles" if barrier == "kept" else "gpu_runs and sinkhorn"
     log = tmp_path / "tsan"      # the reports (pytest's capture would swallow them)
     env = dict(os.environ, LD_PRELOAD=lib, **{TSAN_FLAGS: flags},
                TSAN_OPTIONS=f"halt_on_error=1 exitcode=66 log_path={log}")
@@ -861,6 +878,6 @@ def test_harness_under_thread_sanitizer(barrier, tmp_path):
     out = p.stdout + p.stderr + "".join(f.read_text() for f in tmp_path.glob("tsan*"))
     if barrier == "kept":
         assert p.returncode == 0 and "ThreadSanitizer" not in out, out[-4000:]
-        assert "3 passed" in out, out[-4000:]
+        assert "5 passed" in out, out[-4000:]
     else:
         assert p.returncode == 66 and "WARNING: ThreadSanitizer: data race" in out, out[-4000:]

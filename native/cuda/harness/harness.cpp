@@ -8,7 +8,8 @@
  *   mhc_harness_launch(name, grid, block, shared_bytes, args)
  * where args[k] points at the k-th kernel argument (a pointer's value, an
  * int, a double, ...). Returns 0, or -1 for an unknown kernel name, -2 for
- * more shared memory than the harness has, -3 for a block size of 0, -4 when
+ * more shared memory than the harness has, -3 for a block size of 0 or over
+ * 1024, -4 when
  * the kernel wrote shared memory past the launch's allocation (every byte of
  * mhc_smem after shared_bytes holds a canary during the launch; a GPU would
  * fault or corrupt a neighbouring block's memory there).
@@ -18,6 +19,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -27,11 +29,29 @@
 thread_local mhc_dim3 threadIdx, blockIdx;
 mhc_dim3 blockDim, gridDim;
 std::barrier<> *mhc_block_barrier;
+thread_local std::barrier<> *mhc_warp_barrier;
+unsigned long long mhc_shfl_slots[1024];  /* one per thread of the largest block */
 alignas(64) double mhc_smem[1 << 16]; /* 512 KiB: larger than any GPU's block */
 
 #include "../distance.cu"
 #include "../mhc.cu"
 #include "../sinkhorn.cu"
+
+/* the harness's own check of its warp shuffles (tests/test_cuda_harness.py):
+ * per thread t of a warp w, out[3 t .. 3 t + 2] = the warp's sum by an xor
+ * butterfly, the sum by shuffles down (meaningful in lane 0), lane 0's value */
+extern "C" __global__ void mhc_harness_shfl_check(const double *in, double *out)
+{
+    const unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
+    double a = in[t], b = in[t];
+    for (int s = 16; s > 0; s >>= 1) {
+        a += __shfl_xor_sync(0xffffffffu, a, s);
+        b += __shfl_down_sync(0xffffffffu, b, (unsigned)s);
+    }
+    out[3 * t] = a;
+    out[3 * t + 1] = b;
+    out[3 * t + 2] = __shfl_sync(0xffffffffu, in[t], 0);
+}
 
 namespace {
 
@@ -65,7 +85,7 @@ const std::map<std::string, Invoker> &kernels()
         MHC_K(mhc_pre_bwd_sums_f32), MHC_K(mhc_pre_bwd_sums_f64), MHC_K(mhc_pre_bwd_coef_f32),
         MHC_K(mhc_pre_bwd_coef_f64), MHC_K(mhc_pre_bwd_gx_f32), MHC_K(mhc_pre_bwd_gx_f64),
         MHC_K(mhc_post_bwd_f32), MHC_K(mhc_post_bwd_f64), MHC_K(mhc_pre_bwd_coef4_f32),
-        MHC_K(mhc_pre_bwd_coef4_f64),
+        MHC_K(mhc_pre_bwd_coef4_f64), MHC_K(mhc_harness_shfl_check),
     };
     return table;
 }
@@ -81,7 +101,7 @@ extern "C" int mhc_harness_launch(const char *name, unsigned grid, unsigned bloc
         return -1;
     if (shared_bytes > sizeof mhc_smem)
         return -2;
-    if (block == 0)
+    if (block == 0 || block > 1024)
         return -3;
     const Invoker &run = it->second;
     std::barrier<> bar((std::ptrdiff_t)block);
@@ -91,11 +111,17 @@ extern "C" int mhc_harness_launch(const char *name, unsigned grid, unsigned bloc
     unsigned char *smem = reinterpret_cast<unsigned char *>(mhc_smem);
     std::memset(smem, 0xff, shared_bytes);  /* garbage, as a GPU's shared memory is */
     std::memset(smem + shared_bytes, CANARY, sizeof mhc_smem - shared_bytes);
+    const unsigned warp = block < 32 ? block : 32, warps = (block + 31) / 32;
+    std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
+    for (unsigned w = 0; w < warps; w++)
+        warp_bars.push_back(std::make_unique<std::barrier<>>(
+            (std::ptrdiff_t)(w + 1 < warps ? warp : block - w * 32)));
     std::vector<std::thread> threads;
     threads.reserve(block);
     for (unsigned t = 0; t < block; t++)
         threads.emplace_back([&, t] {
             threadIdx = {t, 0, 0};
+            mhc_warp_barrier = warp_bars[t / 32].get();
             for (unsigned b = 0; b < grid; b++) {
                 blockIdx = {b, 0, 0};
                 run(args);
