@@ -123,7 +123,8 @@ def silent_reason(why):
 
 class Engine:
     """What the kernels run with: ``xp`` allocates (CuPy, or NumPy for the CPU
-    harness), ``launch(name, grid, block, args, shared_mem)`` runs a kernel."""
+    harness), ``launch(name, grid, block, args, shared_mem)`` runs a kernel
+    (``grid``: the blocks, or a tuple ``(x, y)`` of them)."""
 
     def __init__(self, xp, launch, block=BLOCK, max_grid=MAX_GRID):
         self.xp, self.launch, self.block, self.max_grid = xp, launch, block, max_grid
@@ -148,7 +149,8 @@ def _cupy_engine():
             if mod is None:
                 mod = _modules[fname] = cupy.RawModule(code=source(fname),
                                                        options=NVRTC_OPTIONS)
-            mod.get_function(name)((grid,), (block,), args, shared_mem=shared_mem)
+            grid = grid if isinstance(grid, tuple) else (grid,)
+            mod.get_function(name)(grid, (block,), args, shared_mem=shared_mem)
         _engine = Engine(cupy, launch)
     return _engine
 
@@ -422,25 +424,113 @@ def pairwise(xp, x, y, *, manifold, curvature, on_domain_error, call):
 
 # ---------------------------------------------------------------- the mHC connection
 
-def _mhc_pre(eng, x, w, b, al, *, iterations, norm_eps, variant, hc_eps, call):
+#: the CTAs a launch of the connection's forward aims for (two per SM of an
+#: H100's 132) when its tokens alone give fewer: the columns are split further
+GRID_TARGET = 264
+
+
+def _hc_pad(v):
+    """mhc.cu's hc_pad: v rounded up to a multiple of 4 whose quarter is odd."""
+    v = -(-v // 4) * 4
+    return v + 4 if (v // 4) % 2 == 0 else v
+
+
+def _split(eng, units, chunk, blocks):
+    """Columns per CTA (a multiple of ``chunk``) and the CTAs over ``units``
+    columns (the grid's y, at most 65535) for a grid that already has ``blocks``
+    CTAs along the tokens."""
+    want = max(1, min(-(-units // chunk), -(-GRID_TARGET // blocks), eng.max_grid, 65535))
+    per = -(-(-(-units // want)) // chunk) * chunk
+    return per, -(-units // per)
+
+
+def _project(eng, x, w, variant, post, call):
+    """mhc.cu's mhc_proj over x (tokens, n, C): the partials ``(G, tokens, K+1)``
+    of the projection and the sums of squares; with ``post = (f, f_ts, hp, hp_ts,
+    hr, hr_ts, xo)`` x_next = post(x) is written to xo and projected."""
+    xp = eng.xp
+    n, C = x.shape[-2], x.shape[-1]
+    tokens = math.prod(x.shape[:-2])
+    K = (2 + n) * n
+    KG = -(-K // 8)
+    B = eng.block
+    S = min(16, B)                              # slices per tile: lanes of one warp
+    TG = max(1, min((B // S) // KG, -(-tokens // 4)))   # 4-token groups per tile
+    TM, XS, KS, item = 4 * TG, _hc_pad(4 * TG), _hc_pad(8 * KG), x.itemsize
+    TC = 32
+    while TC > 1 and n * TC * (XS + KS + (TM if post else 0)) * item > SHARED_LIMIT:
+        TC //= 2
+    shared = n * TC * (XS + KS + (TM if post else 0)) * item
+    gx = eng.grid(-(-tokens // TM))
+    Cg, G = _split(eng, C, TC, gx)
+    part = xp.empty((G, tokens, K + 1), x.dtype)
+    f, f_ts, hp, hp_ts, hr, hr_ts, xo = post or (_NULL, np.int64(0), _NULL, np.int64(0),
+                                                 _NULL, np.int64(0), _NULL)
+    eng.launch("mhc_proj" + _suffix(x.dtype), (gx, G), B,
+               [x, f, np.int64(f_ts), hp, np.int64(hp_ts), hr, np.int64(hr_ts), xo,
+                np.int64(tokens), np.int32(n), np.int32(C), _contiguous(eng, w, call),
+                np.int32(_VARIANT[variant]), np.int32(TG), np.int32(S), np.int32(TC),
+                np.int32(Cg), part], shared)
+    return part
+
+
+def _mix(eng, x, part, b, al, *, iterations, norm_eps, variant, hc_eps, call):
+    """mhc.cu's mhc_mix over x (tokens, n, C) and the projection's partials:
+    ``(h_in, h_pre, h_post, h_res)``."""
     xp = eng.xp
     n, C = x.shape[-2], x.shape[-1]
     batch = tuple(x.shape[:-2])
     tokens = math.prod(batch)
-    K = (2 + n) * n
-    dt = x.dtype
+    K, dt = (2 + n) * n, x.dtype
     outs = (xp.empty(batch + (C,), dt), xp.empty(batch + (n,), dt),
             xp.empty(batch + (n,), dt), xp.empty(batch + (n, n), dt))
-    if tokens:
-        B = eng.block
-        shared = (B * CUDA_HC_CHUNK + 2 * K + 2 * n + n * n + 3) * 8  # mhc.cu's hc_pre
-        eng.launch("mhc_pre" + _suffix(dt), eng.grid(tokens), B,
-                   [_contiguous(eng, x, call), np.int64(tokens), np.int32(n), np.int32(C),
-                    _contiguous(eng, w, call), _contiguous(eng, b, call),
-                    _contiguous(eng, al, call), np.int32(_VARIANT[variant]),
-                    np.int32(iterations), np.float64(norm_eps), np.float64(hc_eps), *outs],
-                   shared)
+    four = n == 4                               # the coefficients in registers
+    TM2 = min(32 if four else 8, eng.block)
+    slab = 0 if four else TM2 * (K + 1 + 2 * n + n * n)
+    gx = eng.grid(-(-tokens // TM2))
+    Cg2, G2 = _split(eng, C, 32, gx)
+    eng.launch(("mhc_mix4" if four else "mhc_mix") + _suffix(dt), (gx, G2), eng.block,
+               [x, np.int64(tokens), np.int32(n), np.int32(C), part, np.int32(part.shape[0]),
+                _contiguous(eng, b, call), _contiguous(eng, al, call),
+                np.int32(_VARIANT[variant]), np.int32(iterations), np.float64(norm_eps),
+                np.float64(hc_eps), np.int32(TM2), np.int32(Cg2), *outs],
+               (TM2 * n + slab) * x.itemsize)
     return outs
+
+
+def _mhc_pre(eng, x, w, b, al, *, iterations, norm_eps, variant, hc_eps, call):
+    xp = eng.xp
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    dt = x.dtype
+    if not math.prod(batch):
+        return (xp.empty(batch + (C,), dt), xp.empty(batch + (n,), dt),
+                xp.empty(batch + (n,), dt), xp.empty(batch + (n, n), dt))
+    xc = _contiguous(eng, x, call)
+    part = _project(eng, xc, w, variant, None, call)
+    return _mix(eng, xc, part, b, al, iterations=iterations, norm_eps=norm_eps,
+                variant=variant, hc_eps=hc_eps, call=call)
+
+
+def _mhc_post_pre(eng, x, f, hp, hr, w, b, al, *, iterations, norm_eps, variant, hc_eps,
+                  out, call):
+    """The layer boundary: x_next (into ``out`` when given, which may be x) projected
+    as it is written, then the coefficients and h_in from x_next."""
+    xp = eng.xp
+    n, C = x.shape[-2], x.shape[-1]
+    batch = tuple(x.shape[:-2])
+    dt = x.dtype
+    res = out if out is not None else xp.empty(tuple(x.shape), dt)
+    if not math.prod(batch):
+        return (res, xp.empty(batch + (C,), dt), xp.empty(batch + (n,), dt),
+                xp.empty(batch + (n,), dt), xp.empty(batch + (n, n), dt))
+    fb, f_ts = _rows(eng, f, batch, (C,), call)
+    pb, p_ts = _rows(eng, hp, batch, (n,), call)
+    rb, r_ts = _rows(eng, hr, batch, (n, n), call)
+    part = _project(eng, _contiguous(eng, x, call), w, variant,
+                    (fb, f_ts, pb, p_ts, rb, r_ts, res), call)
+    return (res, *_mix(eng, res, part, b, al, iterations=iterations, norm_eps=norm_eps,
+                       variant=variant, hc_eps=hc_eps, call=call))
 
 
 def _mhc_post(eng, x, f, hp, hr, *, out, call):
@@ -454,9 +544,12 @@ def _mhc_post(eng, x, f, hp, hr, *, out, call):
         pb, p_ts = _rows(eng, hp, batch, (n,), call)
         rb, r_ts = _rows(eng, hr, batch, (n, n), call)
         B = eng.block
-        eng.launch("mhc_post" + _suffix(x.dtype), eng.grid(-(-(tokens * C) // B)), B,
+        four = n == 4                          # x's column in registers, else shared
+        eng.launch(("mhc_post4" if four else "mhc_post") + _suffix(x.dtype),
+                   eng.grid(-(-(tokens * C) // B)), B,
                    [_contiguous(eng, x, call), fb, np.int64(f_ts), pb, np.int64(p_ts), rb,
-                    np.int64(r_ts), res, np.int64(tokens), np.int32(n), np.int32(C)], 0)
+                    np.int64(r_ts), res, np.int64(tokens), np.int32(n), np.int32(C)],
+                   0 if four else B * n * x.itemsize)
     return res
 
 

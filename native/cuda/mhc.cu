@@ -2,21 +2,17 @@
  * mhc.cu -- the mHC connection on the GPU (SPEC 2.3), float and double: the
  * math of native/src/mhc_t.inc and backends/array_api.py.
  *
- * mhc_pre_<T>(x, tokens, n, C, w, b, alpha, variant, iters, norm_eps, hc_eps,
- *             h_in, h_pre, h_post, h_res)
- *   one block per token (grid-stride); x (tokens, n, C) contiguous;
- *   variant MHC_HC_PAPER: w = phi (nC, K), y = (v . phi) rsqrt(mean(v^2) +
- *     eps),
+ * The forward, mhc_pre = mhc_proj + mhc_mix (below: the tiles, the grid):
+ *   x (tokens, n, C) contiguous, L = n C, K = (2 + n) n, n <= MHC_HC_MAX_STREAMS;
+ *   variant MHC_HC_PAPER: w = phi (L, K), y = (v . phi) rsqrt(mean(v^2) + eps),
  *     h_pre = sigmoid(a0 y + b), h_post = 2 sigmoid(a1 y + b),
  *     h_res = sinkhorn(a2 y + b, logits, cols-first, iters);
- *   variant MHC_HC_DEEPSEEK_V4: w = fn (K, nC), mix = (v rsqrt(...)) . fn,
- *     pre = sigmoid(...) + hc_eps, post = 2 sigmoid(...), comb = row softmax
- *     + hc_eps, column, then (row, column) x (iters - 1), denominators
- *     sum + hc_eps; h_res = comb^T;
+ *   variant MHC_HC_DEEPSEEK_V4: w = fn (K, L), pre = sigmoid(...) + hc_eps,
+ *     post = 2 sigmoid(...), comb = row softmax + hc_eps, column, then (row,
+ *     column) x (iters - 1), denominators sum + hc_eps; h_res = comb^T;
  *   h_in = sum_i h_pre[i] x[i, :].
- *   K = (2 + n) n, n <= MHC_HC_MAX_STREAMS. The projection's terms are split
- *   over the block and summed in double by a fixed tree; the coefficients are
- *   computed in double by one thread.
+ * mhc_post_pre = mhc_proj with the post step fused (x_next written once,
+ *   projected from registers) + mhc_mix on x_next.
  *
  * mhc_post_<T>(x, f, f_ts, hp, hp_ts, hr, hr_ts, out, tokens, n, C)
  *   out[t, i, c] = sum_j hr[t, i, j] x[t, j, c] + hp[t, i] f[t, c]; token
@@ -51,82 +47,6 @@ static __device__ __forceinline__ void hc_row_softmax(const double *z, int n, do
         for (int j = 0; j < n; j++)
             p[i * n + j] = p[i * n + j] / s;
     }
-}
-
-/* the coefficients of one token from its projection y (K values, normalised):
- * into sh_pre (n), sh_post (n), sh_res (n n) */
-static __device__ void hc_coefficients(const double *y, int n, int variant, int iters,
-                                       double hc_eps, const double *bias, const double *alpha,
-                                       double *pre, double *post, double *res)
-{
-    for (int i = 0; i < n; i++) {
-        if (variant == MHC_HC_PAPER) {
-            pre[i] = hc_sig(alpha[0] * y[i] + bias[i]);
-            post[i] = 2 * hc_sig(alpha[1] * y[n + i] + bias[n + i]);
-        } else {
-            pre[i] = hc_sig(y[i] * alpha[0] + bias[i]) + hc_eps;
-            post[i] = 2 * hc_sig(y[n + i] * alpha[1] + bias[n + i]);
-        }
-    }
-    double *A = res;
-    for (int e = 0; e < n * n; e++)
-        A[e] = variant == MHC_HC_PAPER ? alpha[2] * y[2 * n + e] + bias[2 * n + e]
-                                       : y[2 * n + e] * alpha[2] + bias[2 * n + e];
-    if (variant == MHC_HC_PAPER) {       /* logits, cols-first, targets 1 */
-        double mx = A[0];
-        bool bad = A[0] != A[0];
-        for (int e = 1; e < n * n; e++) {
-            mx = A[e] > mx ? A[e] : mx;
-            bad |= A[e] != A[e];
-        }
-        if (bad)
-            mx = mhc_nan();
-        for (int e = 0; e < n * n; e++)
-            A[e] = exp(A[e] - mx);
-        for (int it = 0; it < iters; it++) {
-            for (int j = 0; j < n; j++) {
-                double s = A[j];
-                for (int i = 1; i < n; i++)
-                    s += A[i * n + j];
-                const double f = s != 0 ? 1 / s : 0;
-                for (int i = 0; i < n; i++)
-                    A[i * n + j] *= f;
-            }
-            for (int i = 0; i < n; i++) {
-                double s = A[i * n];
-                for (int j = 1; j < n; j++)
-                    s += A[i * n + j];
-                const double f = s != 0 ? 1 / s : 0;
-                for (int j = 0; j < n; j++)
-                    A[i * n + j] *= f;
-            }
-        }
-        return;
-    }
-    /* DeepSeek-V4: row softmax + eps, column, (row, column) x (iters - 1) */
-    hc_row_softmax(A, n, A);
-    for (int e = 0; e < n * n; e++)
-        A[e] += hc_eps;
-    const int passes = iters > 0 ? 2 * iters - 1 : 1;  /* the first column step always */
-    for (int p = 0; p < passes; p++) {
-        const int rows = p % 2 == 1;     /* column, then row, column, ... */
-        for (int k = 0; k < n; k++) {
-            double s = 0;
-            for (int q = 0; q < n; q++)
-                s += rows ? A[k * n + q] : A[q * n + k];
-            const double den = s + hc_eps;
-            for (int q = 0; q < n; q++) {
-                double &a = rows ? A[k * n + q] : A[q * n + k];
-                a = a / den;
-            }
-        }
-    }
-    for (int i = 0; i < n; i++)          /* comb^T */
-        for (int j = i + 1; j < n; j++) {
-            const double t = A[i * n + j];
-            A[i * n + j] = A[j * n + i];
-            A[j * n + i] = t;
-        }
 }
 
 /* The sums of one token's streams v (n x C, L = n C values), by the whole
@@ -169,68 +89,388 @@ static __device__ __forceinline__ void hc_sums(const T *v, int n, int C, const T
     }
 }
 
-/* shared memory: B * MHC_CUDA_HC_CHUNK scratch | y K | pre n | post n | res n n |
- * bias K | alpha 3 */
+/* ---- the forward: a tiled projection, then the coefficients and the collapse ----
+ *
+ * mhc_proj_<T>: the projection as a GEMM over a tile of tokens. CTA (bx, g) takes
+ * the tokens [bx TM, bx TM + TM) (grid-stride over tiles), TM = 4 TG, and the
+ * columns [g Cg, g Cg + Cg) of every stream. Per chunk of TC columns it stages
+ * x's tile (n TC values per token, transposed: xs[l][token], l = i TC + c) and
+ * the projection's tile (ws[l][k], k < KP = K rounded up to 8, zeros beyond K and
+ * beyond the last column) in shared memory -- read once per tile of tokens, not
+ * per token -- and each thread accumulates a 4 tokens x 8 outputs register tile
+ * over the lines l = s, s + S, ... of the chunk (slice s of S), with the sums of
+ * squares of its 4 tokens fused (threads of the first output group). The S
+ * slices of a tile are S consecutive lanes of a warp: a fixed butterfly of
+ * shuffles sums them (no atomics: the result does not depend on timing); lane 0
+ * writes part[(g tokens + t) (K + 1) + k] (k < K, and the sum of squares at K).
+ * Row strides of xs and ws are multiples of 4 whose quarter is odd (hc_pad):
+ * the 16-byte loads of a quarter-warp hit distinct banks. Where the tiles of
+ * the CTA (TG KG, KG = KP / 8) outnumber B / S, passes over the chunks take
+ * them in turn. Shared memory (T): xs LC XS | ws LC KS [| raw TM LC], LC = n TC.
+ *
+ *   With f (the post step fused, mhc_post_pre): the chunk of x is first staged
+ *   as it is (raw), then x_next = sum_j hr[i, j] x[j] + hp[i] f is written to xo
+ *   (which may be x: a CTA reads its columns of every stream before any is
+ *   written, and no other CTA touches them) and projected from registers --
+ *   x_next is never read back by this kernel.
+ *
+ * mhc_mix_<T> / mhc_mix4_<T> (n = 4: the coefficients in registers): CTA (bx, g)
+ * takes TM2 tokens; a thread per token sums its G partials in a fixed order,
+ * normalises (rsqrt(mean(v^2) + norm_eps)) and computes the coefficients (CTAs
+ * with g = 0 write h_pre, h_post, h_res), then the CTA writes h_in for the
+ * columns [g Cg2, g Cg2 + Cg2). NF = 0 keeps a coefficient thread's arrays in
+ * shared memory (slab per thread: y K+1 | pre n | post n | M n n), after
+ * h_pre's TM2 n values.
+ *
+ * mhc_post_<T> / mhc_post4_<T>: a thread per (token, column): the n values of x
+ * at that column in registers (n = 4) or in the thread's shared slab (B n), so
+ * that out may be x.
+ *
+ * The coefficients are computed in T (float32 for float32 input, SPEC 2.3).
+ */
+
+static __device__ __forceinline__ int hc_pad(int v)
+{
+    v = (v + 3) / 4 * 4;
+    return (v / 4) % 2 == 0 ? v + 4 : v;
+}
+
+static __device__ __forceinline__ void hc_ld4(const float *p, float (&r)[4])
+{
+    const float4 q = *reinterpret_cast<const float4 *>(p);
+    r[0] = q.x;
+    r[1] = q.y;
+    r[2] = q.z;
+    r[3] = q.w;
+}
+
+static __device__ __forceinline__ void hc_ld4(const double *p, double (&r)[4])
+{
+    const double2 a = *reinterpret_cast<const double2 *>(p);
+    const double2 b = *reinterpret_cast<const double2 *>(p + 2);
+    r[0] = a.x;
+    r[1] = a.y;
+    r[2] = b.x;
+    r[3] = b.y;
+}
+
+static __device__ __forceinline__ float hc_rsqrt(float v) { return 1.0f / sqrtf(v); }
+static __device__ __forceinline__ double hc_rsqrt(double v) { return 1.0 / sqrt(v); }
+
 template <typename T>
-static __device__ __forceinline__ void hc_pre(const T *x, i64 tokens, int n, int C, const T *w,
-                                              const T *bias, const T *alpha, int variant,
-                                              int iters, double norm_eps, double hc_eps,
+static __device__ __forceinline__ void hc_proj(const T *x, const T *f, i64 f_ts, const T *hp,
+                                               i64 hp_ts, const T *hr, i64 hr_ts, T *xo,
+                                               i64 tokens, int n, int C, const T *w,
+                                               int variant, int TG, int S, int TC, int Cg,
+                                               T *part)
+{
+    const int B = blockDim.x, tid = threadIdx.x, K = (2 + n) * n, KG = (K + 7) / 8;
+    const int KP = 8 * KG, TM = 4 * TG, LC = n * TC, XS = hc_pad(TM), KS = hc_pad(KP);
+    const int tiles = TG * KG, per_pass = B / S, s = tid % S;
+    const i64 L = (i64)n * C;
+    T *xs = (T *)mhc_smem, *ws = xs + LC * XS, *raw = ws + LC * KS;
+    const int cb = (int)blockIdx.y * Cg, ce = cb + Cg < C ? cb + Cg : C;
+    for (i64 t0 = (i64)blockIdx.x * TM; t0 < tokens; t0 += (i64)gridDim.x * TM) {
+        for (int tile0 = 0; tile0 < tiles; tile0 += per_pass) {
+            const int tile = tile0 + tid / S, tg = tile % TG, kg = tile / TG;
+            const bool active = tile < tiles;
+            /* the post step on the first pass; later passes read x_next back */
+            const bool post = f && tile0 == 0;
+            const T *src = f ? xo : x;
+            T acc[4][8], sq[4];
+#pragma unroll
+            for (int a = 0; a < 4; a++) {
+                sq[a] = 0;
+#pragma unroll
+                for (int b = 0; b < 8; b++)
+                    acc[a][b] = 0;
+            }
+            for (int c0 = cb; c0 < ce; c0 += TC) {
+                const int tc = ce - c0 < TC ? ce - c0 : TC;
+                /* x's tile (post fused: x_next's, written to xo on the first pass) */
+                if (post) {
+                    for (int e = tid; e < TM * LC; e += B) {
+                        const int tok = e / LC, l = e % LC, i = l / TC, cc = l % TC;
+                        const i64 t = t0 + tok;
+                        raw[e] = t < tokens && cc < tc ? x[t * L + (i64)i * C + c0 + cc] : (T)0;
+                    }
+                    __syncthreads();
+                }
+                for (int e = tid; e < TM * LC; e += B) {
+                    const int tok = e / LC, l = e % LC, i = l / TC, cc = l % TC;
+                    const i64 t = t0 + tok;
+                    T v = 0;
+                    if (t < tokens && cc < tc) {
+                        if (post) {
+                            const T *rt = hr + t * hr_ts + i * n, *rw = raw + tok * LC + cc;
+                            v = hp[t * hp_ts + i] * f[t * f_ts + c0 + cc];
+                            for (int j = 0; j < n; j++)
+                                v += rt[j] * rw[j * TC];
+                            xo[t * L + (i64)i * C + c0 + cc] = v;
+                        } else {
+                            v = src[t * L + (i64)i * C + c0 + cc];
+                        }
+                    }
+                    xs[l * XS + tok] = v;
+                }
+                /* the projection's tile: phi (L, K) rows, or fn (K, L) columns */
+                for (int e = tid; e < LC * KP; e += B) {
+                    const int paper = variant == MHC_HC_PAPER;
+                    const int l = paper ? e / KP : e % LC, k = paper ? e % KP : e / LC;
+                    const int i = l / TC, cc = l % TC;
+                    const i64 j = (i64)i * C + c0 + cc;
+                    T v = 0;
+                    if (k < K && cc < tc)
+                        v = paper ? w[j * K + k] : w[(i64)k * L + j];
+                    ws[l * KS + k] = v;
+                }
+                __syncthreads();
+                if (active)
+                    for (int l = s; l < LC; l += S) {
+                        T xv[4], wa[4], wb[4];
+                        hc_ld4(xs + l * XS + 4 * tg, xv);
+                        hc_ld4(ws + l * KS + 8 * kg, wa);
+                        hc_ld4(ws + l * KS + 8 * kg + 4, wb);
+#pragma unroll
+                        for (int a = 0; a < 4; a++) {
+#pragma unroll
+                            for (int b = 0; b < 4; b++) {
+                                acc[a][b] += xv[a] * wa[b];
+                                acc[a][4 + b] += xv[a] * wb[b];
+                            }
+                            if (kg == 0)
+                                sq[a] += xv[a] * xv[a];
+                        }
+                    }
+                __syncthreads();
+            }
+            for (int off = S / 2; off > 0; off >>= 1) {
+#pragma unroll
+                for (int a = 0; a < 4; a++) {
+                    sq[a] += __shfl_xor_sync(0xffffffffu, sq[a], off);
+#pragma unroll
+                    for (int b = 0; b < 8; b++)
+                        acc[a][b] += __shfl_xor_sync(0xffffffffu, acc[a][b], off);
+                }
+            }
+            if (active && s == 0)
+#pragma unroll
+                for (int a = 0; a < 4; a++) {
+                    const i64 t = t0 + 4 * tg + a;
+                    if (t >= tokens)
+                        continue;
+                    T *pt = part + ((i64)blockIdx.y * tokens + t) * (K + 1);
+#pragma unroll
+                    for (int b = 0; b < 8; b++)
+                        if (8 * kg + b < K)
+                            pt[8 * kg + b] = acc[a][b];
+                    if (kg == 0)
+                        pt[K] = sq[a];
+                }
+        }
+    }
+}
+
+template <typename T>
+static __device__ __forceinline__ T hc_sigm(T z) { return (T)1 / ((T)1 + mhc_exp(-z)); }
+
+/* The coefficients of one token from its projection partials (G of them, pt[g
+ * gs + k]): y (K + 1), pre, post (n) and M (the n x n h_res, paper orientation)
+ * are the caller's registers (NF) or shared slab (NF = 0). */
+template <typename T, int NF>
+static __device__ __forceinline__ void hc_coef(const T *pt, int G, i64 gs, int n_, int C,
+                                               const T *bias, const T *alpha, int variant,
+                                               int iters, T norm_eps, T hc_eps, T *y, T *pre,
+                                               T *post, T *M)
+{
+    const int n = NF ? NF : n_, K = (2 + n) * n, nn = n * n;
+#pragma unroll
+    for (int k = 0; k <= K; k++) {
+        T v = 0;
+        for (int g = 0; g < G; g++)
+            v += pt[g * gs + k];
+        y[k] = v;
+    }
+    const T rs = hc_rsqrt(y[K] / ((T)n * (T)C) + norm_eps);
+    const T a0 = alpha[0], a1 = alpha[1], a2 = alpha[2];
+    const int v4 = variant == MHC_HC_DEEPSEEK_V4;
+#pragma unroll
+    for (int i = 0; i < n; i++) {
+        pre[i] = hc_sigm<T>(a0 * (y[i] * rs) + bias[i]) + (v4 ? hc_eps : (T)0);
+        post[i] = 2 * hc_sigm<T>(a1 * (y[n + i] * rs) + bias[n + i]);
+    }
+#pragma unroll
+    for (int e = 0; e < nn; e++)
+        M[e] = a2 * (y[2 * n + e] * rs) + bias[2 * n + e];
+    if (!v4) {                          /* logits, cols-first, targets 1 */
+        T mx = M[0];
+        bool bad = false;
+#pragma unroll
+        for (int e = 0; e < nn; e++) {
+            mx = M[e] > mx ? M[e] : mx;
+            bad |= M[e] != M[e];
+        }
+        if (bad)
+            mx = (T)mhc_nan();
+#pragma unroll
+        for (int e = 0; e < nn; e++)
+            M[e] = mhc_exp(M[e] - mx);
+        for (int it = 0; it < iters; it++) {
+#pragma unroll
+            for (int j = 0; j < n; j++) {
+                T s = 0;
+#pragma unroll
+                for (int i = 0; i < n; i++)
+                    s += M[i * n + j];
+                const T r = s != 0 ? 1 / s : 0;
+#pragma unroll
+                for (int i = 0; i < n; i++)
+                    M[i * n + j] *= r;
+            }
+#pragma unroll
+            for (int i = 0; i < n; i++) {
+                T s = 0;
+#pragma unroll
+                for (int j = 0; j < n; j++)
+                    s += M[i * n + j];
+                const T r = s != 0 ? 1 / s : 0;
+#pragma unroll
+                for (int j = 0; j < n; j++)
+                    M[i * n + j] *= r;
+            }
+        }
+        return;
+    }
+    /* DeepSeek-V4: row softmax + eps, a column step, (row, column) x (iters - 1),
+     * every denominator sum + eps; h_res = comb^T */
+#pragma unroll
+    for (int i = 0; i < n; i++) {
+        T mx = M[i * n];
+#pragma unroll
+        for (int j = 1; j < n; j++)
+            mx = M[i * n + j] > mx ? M[i * n + j] : mx;
+        T s = 0;
+#pragma unroll
+        for (int j = 0; j < n; j++) {
+            M[i * n + j] = mhc_exp(M[i * n + j] - mx);
+            s += M[i * n + j];
+        }
+#pragma unroll
+        for (int j = 0; j < n; j++)
+            M[i * n + j] = M[i * n + j] / s + hc_eps;
+    }
+    const int passes = iters > 0 ? 2 * iters - 1 : 1;   /* the first column step always */
+    for (int p = 0; p < passes; p++) {
+        const bool rows = p % 2 == 1;
+#pragma unroll
+        for (int k = 0; k < n; k++) {
+            T s = 0;
+#pragma unroll
+            for (int q = 0; q < n; q++)
+                s += rows ? M[k * n + q] : M[q * n + k];
+            const T den = s + hc_eps;
+#pragma unroll
+            for (int q = 0; q < n; q++) {
+                T &a = rows ? M[k * n + q] : M[q * n + k];
+                a = a / den;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < n; i++)
+#pragma unroll
+        for (int j = i + 1; j < n; j++) {
+            const T t = M[i * n + j];
+            M[i * n + j] = M[j * n + i];
+            M[j * n + i] = t;
+        }
+}
+
+template <typename T, int NF>
+static __device__ __forceinline__ void hc_mix(const T *x, i64 tokens, int n_, int C,
+                                              const T *part, int G, const T *bias,
+                                              const T *alpha, int variant, int iters,
+                                              double norm_eps, double hc_eps, int TM2, int Cg2,
                                               T *h_in, T *h_pre, T *h_post, T *h_res)
 {
-    const int B = blockDim.x, K = (2 + n) * n;
+    const int n = NF ? NF : n_, K = (2 + n) * n, nn = n * n, B = blockDim.x;
     const i64 L = (i64)n * C;
-    double *scratch = mhc_smem, *y = scratch + B * MHC_CUDA_HC_CHUNK, *pre = y + K;
-    double *post = pre + n, *res = post + n, *sb = res + n * n, *sa = sb + K;
-    for (int k = threadIdx.x; k < K; k += B)
-        sb[k] = (double)bias[k];
-    if (threadIdx.x < 3)
-        sa[threadIdx.x] = (double)alpha[threadIdx.x];
-    for (i64 t = blockIdx.x; t < tokens; t += gridDim.x) {
-        const T *v = x + t * L;
-        hc_sums<T, false>(v, n, C, w, variant, (const T *)0, scratch, y);
-        if (threadIdx.x == 0) {
-            const double rs = 1 / sqrt(y[K] / (double)L + norm_eps);
-            for (int k = 0; k < K; k++)
-                y[k] *= rs;
-            hc_coefficients(y, n, variant, iters, hc_eps, sb, sa, pre, post, res);
-            for (int i = 0; i < n; i++) {
-                h_pre[t * n + i] = (T)pre[i];
-                h_post[t * n + i] = (T)post[i];
+    T *spre = (T *)mhc_smem;
+    const int cb = (int)blockIdx.y * Cg2, ce = cb + Cg2 < C ? cb + Cg2 : C, wc = ce - cb;
+    for (i64 t0 = (i64)blockIdx.x * TM2; t0 < tokens; t0 += (i64)gridDim.x * TM2) {
+        for (int j = threadIdx.x; j < TM2; j += B) {
+            const i64 t = t0 + j;
+            if (t >= tokens)
+                continue;
+            T yr[NF ? (2 + NF) * NF + 1 : 1], pr[NF ? NF : 1], po[NF ? NF : 1];
+            T Mr[NF ? NF * NF : 1];
+            T *y = yr, *pre = pr, *post = po, *M = Mr;
+            if constexpr (NF == 0) {
+                y = spre + TM2 * n + j * (K + 1 + 2 * n + nn);
+                pre = y + K + 1;
+                post = pre + n;
+                M = post + n;
             }
-            for (int e = 0; e < n * n; e++)
-                h_res[t * n * n + e] = (T)res[e];
+            hc_coef<T, NF>(part + t * (K + 1), G, tokens * (K + 1), n, C, bias, alpha, variant,
+                           iters, (T)norm_eps, (T)hc_eps, y, pre, post, M);
+#pragma unroll
+            for (int i = 0; i < n; i++)
+                spre[j * n + i] = pre[i];
+            if (blockIdx.y == 0) {
+#pragma unroll
+                for (int i = 0; i < n; i++) {
+                    h_pre[t * n + i] = pre[i];
+                    h_post[t * n + i] = post[i];
+                }
+#pragma unroll
+                for (int e = 0; e < nn; e++)
+                    h_res[t * nn + e] = M[e];
+            }
         }
         __syncthreads();
-        for (int c = threadIdx.x; c < C; c += B) {
-            double s = 0;
+        for (int e = threadIdx.x; e < TM2 * wc; e += B) {
+            const int j = e / wc, c = cb + e % wc;
+            const i64 t = t0 + j;
+            if (t >= tokens)
+                continue;
+            const T *v = x + t * L + c;
+            T s = 0;
+#pragma unroll
             for (int i = 0; i < n; i++)
-                s += pre[i] * (double)v[(i64)i * C + c];
-            h_in[t * C + c] = (T)s;
+                s += spre[j * n + i] * v[(i64)i * C];
+            h_in[t * C + c] = s;
         }
         __syncthreads();
     }
 }
 
-template <typename T>
+template <typename T, int NF>
 static __device__ __forceinline__ void hc_post(const T *x, const T *f, i64 f_ts, const T *hp,
                                                i64 hp_ts, const T *hr, i64 hr_ts, T *out,
-                                               i64 tokens, int n, int C)
+                                               i64 tokens, int n_, int C)
 {
+    const int n = NF ? NF : n_;
     const i64 total = tokens * C;
+    T xr[NF ? NF : 1];
+    T *xv = xr;
+    if constexpr (NF == 0)
+        xv = (T *)mhc_smem + threadIdx.x * n;
     for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (i64)gridDim.x * blockDim.x) {
         const i64 t = e / C;
         const int c = (int)(e % C);
         const T *xt = x + t * n * C, *rt = hr + t * hr_ts, *pt = hp + t * hp_ts;
-        T xs[MHC_HC_MAX_STREAMS];
+#pragma unroll
         for (int j = 0; j < n; j++)
-            xs[j] = xt[(i64)j * C + c];
+            xv[j] = xt[(i64)j * C + c];
         const T fv = f[t * f_ts + c];
         T *ot = out + t * n * C;
+#pragma unroll
         for (int i = 0; i < n; i++) {
             T s = pt[i] * fv;
+#pragma unroll
             for (int j = 0; j < n; j++)
-                s += rt[i * n + j] * xs[j];
+                s += rt[i * n + j] * xv[j];
             ot[(i64)i * C + c] = s;
         }
     }
@@ -464,20 +704,43 @@ static __device__ __forceinline__ void hc_bwd_coef_all(
     acc, tokens, n, C, bias, alpha, variant, iters, norm_eps, hc_eps, g_pre, g_post, g_res,    \
         has_g_in, gz, y, gp, aux, ws
 
+#define MHC_HC_MIX_PARAMS(T)                                                                   \
+    const T *x, i64 tokens, int n, int C, const T *part, int G, const T *bias, const T *alpha, \
+        int variant, int iters, double norm_eps, double hc_eps, int TM2, int Cg2, T *h_in,     \
+        T *h_pre, T *h_post, T *h_res
+#define MHC_HC_MIX_ARGS                                                                        \
+    x, tokens, n, C, part, G, bias, alpha, variant, iters, norm_eps, hc_eps, TM2, Cg2, h_in,   \
+        h_pre, h_post, h_res
+
 #define MHC_HC_KERNELS(T, SUF)                                                                 \
-    extern "C" __global__ void mhc_pre##SUF(const T *x, i64 tokens, int n, int C, const T *w, \
-                                            const T *bias, const T *alpha, int variant,       \
-                                            int iters, double norm_eps, double hc_eps,         \
-                                            T *h_in, T *h_pre, T *h_post, T *h_res)            \
+    extern "C" __global__ void mhc_proj##SUF(const T *x, const T *f, i64 f_ts, const T *hp,   \
+                                             i64 hp_ts, const T *hr, i64 hr_ts, T *xo,         \
+                                             i64 tokens, int n, int C, const T *w,             \
+                                             int variant, int TG, int S, int TC, int Cg,       \
+                                             T *part)                                          \
     {                                                                                          \
-        hc_pre<T>(x, tokens, n, C, w, bias, alpha, variant, iters, norm_eps, hc_eps, h_in,   \
-                  h_pre, h_post, h_res);                                                       \
+        hc_proj<T>(x, f, f_ts, hp, hp_ts, hr, hr_ts, xo, tokens, n, C, w, variant, TG, S, TC, \
+                   Cg, part);                                                                  \
+    }                                                                                          \
+    extern "C" __global__ void mhc_mix##SUF(MHC_HC_MIX_PARAMS(T))                             \
+    {                                                                                          \
+        hc_mix<T, 0>(MHC_HC_MIX_ARGS);                                                         \
+    }                                                                                          \
+    extern "C" __global__ void mhc_mix4##SUF(MHC_HC_MIX_PARAMS(T))                            \
+    {                                                                                          \
+        hc_mix<T, 4>(MHC_HC_MIX_ARGS);                                                         \
     }                                                                                          \
     extern "C" __global__ void mhc_post##SUF(const T *x, const T *f, i64 f_ts, const T *hp,   \
                                              i64 hp_ts, const T *hr, i64 hr_ts, T *out,        \
                                              i64 tokens, int n, int C)                         \
     {                                                                                          \
-        hc_post<T>(x, f, f_ts, hp, hp_ts, hr, hr_ts, out, tokens, n, C);                      \
+        hc_post<T, 0>(x, f, f_ts, hp, hp_ts, hr, hr_ts, out, tokens, n, C);                   \
+    }                                                                                          \
+    extern "C" __global__ void mhc_post4##SUF(const T *x, const T *f, i64 f_ts, const T *hp,  \
+                                              i64 hp_ts, const T *hr, i64 hr_ts, T *out,       \
+                                              i64 tokens, int n, int C)                        \
+    {                                                                                          \
+        hc_post<T, 4>(x, f, f_ts, hp, hp_ts, hr, hr_ts, out, tokens, n, C);                   \
     }                                                                                          \
     extern "C" __global__ void mhc_pre_bwd_sums##SUF(const T *x, i64 tokens, int n, int C,    \
                                                      const T *w, int variant, const T *g_in,  \

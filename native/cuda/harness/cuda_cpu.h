@@ -94,6 +94,14 @@ inline T __shfl_sync(unsigned, T v, int src, int width = 32)
 
 inline void __syncwarp(unsigned = 0xffffffffu) { mhc_warp_barrier->arrive_and_wait(); }
 
+/* CUDA's vector types the kernels load through (16-byte aligned, as on a GPU) */
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(16) double2 {
+    double x, y;
+};
+
 inline double __longlong_as_double(long long v)
 {
     double d;

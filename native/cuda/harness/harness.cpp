@@ -6,6 +6,7 @@
  *       native/cuda/harness/harness.cpp -o libmhc_cuda_cpu.so
  * and called through ctypes like cuLaunchKernel:
  *   mhc_harness_launch(name, grid, block, shared_bytes, args)
+ *   mhc_harness_launch2(name, grid_x, grid_y, block, shared_bytes, args)
  * where args[k] points at the k-th kernel argument (a pointer's value, an
  * int, a double, ...). Returns 0, or -1 for an unknown kernel name, -2 for
  * more shared memory than the harness has, -3 for a block size of 0 or over
@@ -79,8 +80,10 @@ const std::map<std::string, Invoker> &kernels()
         MHC_K(mhc_sk_small_f32), MHC_K(mhc_sk_small_f64), MHC_K(mhc_sk_4x4_f32),
         MHC_K(mhc_sk_4x4_f64),   MHC_K(mhc_sk_block_f32), MHC_K(mhc_sk_block_f64),
         MHC_K(mhc_sk_bwd_f32),   MHC_K(mhc_sk_bwd_f64),   MHC_K(mhc_dist_f32),
-        MHC_K(mhc_dist_f64),     MHC_K(mhc_pre_f32),      MHC_K(mhc_pre_f64),
-        MHC_K(mhc_post_f32),     MHC_K(mhc_post_f64),     MHC_K(mhc_sk_small_bwd_f32),
+        MHC_K(mhc_dist_f64),     MHC_K(mhc_proj_f32),     MHC_K(mhc_proj_f64),
+        MHC_K(mhc_mix_f32),      MHC_K(mhc_mix_f64),      MHC_K(mhc_mix4_f32),
+        MHC_K(mhc_mix4_f64),     MHC_K(mhc_post_f32),     MHC_K(mhc_post_f64),
+        MHC_K(mhc_post4_f32),    MHC_K(mhc_post4_f64),     MHC_K(mhc_sk_small_bwd_f32),
         MHC_K(mhc_sk_small_bwd_f64), MHC_K(mhc_sk_4x4_bwd_f32), MHC_K(mhc_sk_4x4_bwd_f64),
         MHC_K(mhc_pre_bwd_sums_f32), MHC_K(mhc_pre_bwd_sums_f64), MHC_K(mhc_pre_bwd_coef_f32),
         MHC_K(mhc_pre_bwd_coef_f64), MHC_K(mhc_pre_bwd_gx_f32), MHC_K(mhc_pre_bwd_gx_f64),
@@ -92,8 +95,8 @@ const std::map<std::string, Invoker> &kernels()
 
 } // namespace
 
-extern "C" int mhc_harness_launch(const char *name, unsigned grid, unsigned block,
-                                  unsigned long long shared_bytes, void **args)
+extern "C" int mhc_harness_launch2(const char *name, unsigned grid, unsigned grid_y,
+                                   unsigned block, unsigned long long shared_bytes, void **args)
 {
     const auto &table = kernels();
     const auto it = table.find(name);
@@ -106,7 +109,7 @@ extern "C" int mhc_harness_launch(const char *name, unsigned grid, unsigned bloc
     const Invoker &run = it->second;
     std::barrier<> bar((std::ptrdiff_t)block);
     mhc_block_barrier = &bar;
-    gridDim = {grid, 1, 1};
+    gridDim = {grid, grid_y, 1};
     blockDim = {block, 1, 1};
     unsigned char *smem = reinterpret_cast<unsigned char *>(mhc_smem);
     std::memset(smem, 0xff, shared_bytes);  /* garbage, as a GPU's shared memory is */
@@ -122,11 +125,12 @@ extern "C" int mhc_harness_launch(const char *name, unsigned grid, unsigned bloc
         threads.emplace_back([&, t] {
             threadIdx = {t, 0, 0};
             mhc_warp_barrier = warp_bars[t / 32].get();
-            for (unsigned b = 0; b < grid; b++) {
-                blockIdx = {b, 0, 0};
-                run(args);
-                bar.arrive_and_wait();  /* the block is done before the next starts */
-            }
+            for (unsigned by = 0; by < grid_y; by++)
+                for (unsigned b = 0; b < grid; b++) {
+                    blockIdx = {b, by, 0};
+                    run(args);
+                    bar.arrive_and_wait();  /* the block is done before the next starts */
+                }
         });
     for (auto &th : threads)
         th.join();
@@ -135,6 +139,12 @@ extern "C" int mhc_harness_launch(const char *name, unsigned grid, unsigned bloc
         if (smem[b] != CANARY)
             return -4;
     return 0;
+}
+
+extern "C" int mhc_harness_launch(const char *name, unsigned grid, unsigned block,
+                                  unsigned long long shared_bytes, void **args)
+{
+    return mhc_harness_launch2(name, grid, 1, block, shared_bytes, args);
 }
 
 extern "C" const char *mhc_harness_kernels()
