@@ -644,6 +644,24 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
     return _call(x, body)
 
 
+def mhc_post_pre(xp, x, f_out, h_post, h_res, phi, bias, alpha, *, iterations, norm_eps,
+                 variant, hc_eps, out, call):
+    def body(eng, cp):
+        a = cp(x)
+        dst = None
+        if out is not None:
+            o = cp(out)
+            if o.flags.c_contiguous and a.flags.c_contiguous and o.dtype == a.dtype and \
+                    (o.data.ptr == a.data.ptr or not eng.xp.may_share_memory(o, a)):
+                dst = o
+        res = _mhc_post_pre(eng, a, cp(f_out), cp(h_post), cp(h_res), cp(phi), cp(bias),
+                            cp(alpha), iterations=iterations, norm_eps=norm_eps,
+                            variant=variant, hc_eps=hc_eps, out=dst, call=call)
+        nxt = out if dst is not None else _back(xp, x, res[0])
+        return (nxt, *(_back(xp, x, r) for r in res[1:]))
+    return _call(x, body)
+
+
 def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, iterations,
                      norm_eps, variant, hc_eps, call):
     def body(eng, cp):

@@ -169,7 +169,7 @@ MHC_POST_PRE = Op("mhc_post_pre", kernel="mhc_post_pre",
                   results=(("n", "C"), ("C",), ("n",), ("n",), ("n", "n")),
                   options=MHC_PRE.options, names=_post_pre_names, dtype="coefficients",
                   shapes=_post_pre_shapes, restore=(0, 1), out=True,
-                  backends=("native", "array_api"), plan_arrays=1)
+                  backends=("native", "array_api", "cupy"), plan_arrays=1)
 
 
 def mhc_pre(x, phi, bias, alpha, /, *, iterations=20, norm_eps=NORM_EPS, variant="paper",

@@ -185,6 +185,36 @@ def test_mhc_pre_post(glib, variant, dtype):
                                **MHC_TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("variant", ["paper", "deepseek-v4"])
+def test_mhc_post_pre(glib, variant, dtype):
+    """The fused boundary on the GPU: x_next and the next pre step as post then pre
+    of the references; out= x updates the residual in place."""
+    rng = rng_for("gpu-post-pre", variant, dtype)
+    n, C = 4, 300
+    K = (2 + n) * n
+    x_np = rng.standard_normal((3, 5, n, C)).astype(dtype)
+    f = rng.standard_normal((3, 5, C)).astype(dtype)
+    hp, hr = rng.uniform(0, 2, (3, 5, n)).astype(dtype), rng.uniform(0, 1, (3, 5, n, n))
+    w = (rng.standard_normal((n * C, K) if variant == "paper" else (K, n * C)) * 0.1)
+    b, a = rng.standard_normal(K) * 0.1, np.array([0.8, 0.5, 1.3])
+    hr, w, b, a = (v.astype(dtype) for v in (hr, w, b, a))
+    nxt = ref.mhc_post(x_np, f, hp, hr)
+    want = (nxt, *ref.mhc_pre(nxt, w, b, a, variant=variant))
+    mx.reset_stats()
+    with mx.use_backend("cupy"):
+        xg = glib.asarray(x_np)
+        args = [glib.asarray(v) for v in (f, hp, hr, w, b, a)]
+        got = mx.mhc_post_pre(xg, *args, variant=variant)
+        np.testing.assert_array_equal(glib.to_numpy(xg), x_np)
+        inplace = mx.mhc_post_pre(xg, *args, variant=variant, out=xg)
+    _served_by_cupy("mhc_post_pre")
+    assert inplace[0] is xg
+    for res in (got, inplace):
+        for g, wv in zip(res, want):
+            np.testing.assert_allclose(glib.to_numpy(g), wv, **MHC_TOL[dtype])
+
+
 def _aa(name, *arrays, **kw):
     """The array_api backend's function in NumPy float64: the reference."""
     from mhc_array.backends import array_api as aa
