@@ -359,21 +359,31 @@ static __device__ __forceinline__ void hc_coef(const T *pt, int G, i64 gs, int n
         for (int j = 0; j < n; j++)
             M[i * n + j] = M[i * n + j] / s + hc_eps;
     }
-    const int passes = iters > 0 ? 2 * iters - 1 : 1;   /* the first column step always */
-    for (int p = 0; p < passes; p++) {
-        const bool rows = p % 2 == 1;
+    /* the first column step always, then (row, column) x (iters - 1); the indices
+     * are compile-time for NF (registers, no local memory) */
+    for (int it = 0; it < (iters > 0 ? iters : 1); it++) {
+        if (it > 0)
 #pragma unroll
-        for (int k = 0; k < n; k++) {
+            for (int i = 0; i < n; i++) {
+                T s = 0;
+#pragma unroll
+                for (int j = 0; j < n; j++)
+                    s += M[i * n + j];
+                const T den = s + hc_eps;
+#pragma unroll
+                for (int j = 0; j < n; j++)
+                    M[i * n + j] = M[i * n + j] / den;
+            }
+#pragma unroll
+        for (int j = 0; j < n; j++) {
             T s = 0;
 #pragma unroll
-            for (int q = 0; q < n; q++)
-                s += rows ? M[k * n + q] : M[q * n + k];
+            for (int i = 0; i < n; i++)
+                s += M[i * n + j];
             const T den = s + hc_eps;
 #pragma unroll
-            for (int q = 0; q < n; q++) {
-                T &a = rows ? M[k * n + q] : M[q * n + k];
-                a = a / den;
-            }
+            for (int i = 0; i < n; i++)
+                M[i * n + j] = M[i * n + j] / den;
         }
     }
 #pragma unroll
