@@ -560,9 +560,10 @@ def _mhc_pre_backward(eng, x, w, b, al, g_in, g_pre, g_post, g_res, *, iteration
                       variant, hc_eps, call):
     """The gradients of mhc_pre (upstream gradients None: zero) as
     ``backends/native.py``'s ``mhc_pre_backward``: ``(g_x, gz, y, gp)``, all per
-    token. Three launches: the projection's sums by a block per token, the
-    coefficients' gradients by a thread per token, the streams' gradient by a
-    thread per value; the intermediates in double, nothing summed over tokens."""
+    token. The forward's projection kernel for the sums (and, with g_in, a warp
+    per stream for x[i] . g_in), the coefficients' gradients by a thread per
+    token, the streams' gradient by a thread per value; in x's dtype, nothing
+    summed over tokens."""
     xp = eng.xp
     n, C = x.shape[-2], x.shape[-1]
     batch = tuple(x.shape[:-2])
@@ -579,21 +580,29 @@ def _mhc_pre_backward(eng, x, w, b, al, g_in, g_pre, g_post, g_res, *, iteration
     gi, gpre, gpost, gres = (_NULL if g is None else _contiguous(eng, g, call)
                              for g in (g_in, g_pre, g_post, g_res))
     B = eng.block
-    acc = xp.empty(tokens * (K + 1 + n), np.float64)
-    eng.launch("mhc_pre_bwd_sums" + sfx, eng.grid(tokens), B,
-               [xc, np.int64(tokens), np.int32(n), np.int32(C), wc, code, gi, acc],
-               B * CUDA_HC_CHUNK * 8)
+    part = _project(eng, xc, wc, variant, None, call)
+    dots = _NULL
+    if g_in is not None:
+        dots = xp.empty(tokens * n, dt)
+        eng.launch("mhc_pre_bwd_dots" + sfx, eng.grid(-(-(tokens * n) // (B // 32))), B,
+                   [xc, gi, np.int64(tokens), np.int32(n), np.int32(C), dots], 0)
     # the Sinkhorn steps whose denominators are kept (V4's first is the column step)
     steps = max(iterations - (variant != "paper"), 0) if g_res is not None else 0
-    ws = xp.empty(tokens * steps * 2 * n, np.float64) if steps else _NULL
-    aux = xp.empty(tokens * (1 + n + K), np.float64)
-    cb = min(B, COEF_BLOCK)
-    coef = "mhc_pre_bwd_coef4" if n == 4 else "mhc_pre_bwd_coef"    # 4: in registers
+    ws = xp.empty(tokens * steps * 2 * n, dt) if steps else _NULL
+    aux = xp.empty(tokens * (1 + n + K), dt)
+    if n == 4:                                  # the arrays in registers
+        coef, cb, shared = "mhc_pre_bwd_coef4", min(B, COEF_BLOCK), 0
+    else:                                       # in a shared slab per thread
+        slab = (K + 1 + 3 * n * n + n) * x.itemsize    # mhc.cu's hc_bwd_slab
+        cb = min(B, COEF_BLOCK)
+        while cb > 1 and cb * slab > SHARED_LIMIT:
+            cb //= 2
+        coef, shared = "mhc_pre_bwd_coef", cb * slab
     eng.launch(coef + sfx, eng.grid(-(-tokens // cb)), cb,
-               [acc, np.int64(tokens), np.int32(n), np.int32(C), _contiguous(eng, b, call),
-                _contiguous(eng, al, call), code, np.int32(iterations),
-                np.float64(norm_eps), np.float64(hc_eps), gpre, gpost, gres,
-                np.int32(g_in is not None), gz, y, gp, aux, ws], 0)
+               [part, np.int32(part.shape[0]), dots, np.int64(tokens), np.int32(n),
+                np.int32(C), _contiguous(eng, b, call), _contiguous(eng, al, call), code,
+                np.int32(iterations), np.float64(norm_eps), np.float64(hc_eps), gpre, gpost,
+                gres, gz, y, gp, aux, ws], shared)
     eng.launch("mhc_pre_bwd_gx" + sfx, eng.grid(-(-(tokens * n * C) // B)), B,
                [xc, np.int64(tokens), np.int32(n), np.int32(C), wc, code, gi, aux,
                 g_x], 0)

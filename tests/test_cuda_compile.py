@@ -1,5 +1,7 @@
 """Every CUDA source compiles, without a GPU: with nvcc to PTX for sm_80 and
-sm_90 (when nvcc is installed), and with NVRTC itself -- the compiler CuPy's
+sm_90 (when nvcc is installed) -- and to sm_90 machine code within the resource
+rules (``ptxas -v``: no spills; float32 kernels without a stack frame and within
+128 registers) -- and with NVRTC itself -- the compiler CuPy's
 RawModule uses -- from its pip package (nvidia-cuda-nvrtc-cu12, the ``test``
 extra), given exactly the text and options the cupy backend gives RawModule
 (``backends/cupy.py``: ``source(name)``, ``NVRTC_OPTIONS``). NVRTC refuses
@@ -41,6 +43,62 @@ def test_nvcc_ptx(name, arch, tmp_path):
     text = out.read_text()
     for kernel in _kernels(name):
         assert f".entry {kernel}(" in text, kernel
+
+
+#: the resource rules of float32 kernels on sm_90 (ptxas -v): registers at most
+#: this (two blocks of 256 threads per SM), no stack frame (no local memory)
+F32_MAX_REGISTERS = 128
+
+
+def ptxas_resources(nvcc, name, tmp_path):
+    """{kernel: (registers, stack bytes, spill stores, spill loads)} of one source
+    compiled for sm_90."""
+    import re
+    p = subprocess.run([nvcc, "-cubin", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-I",
+                        CUDA, os.path.join(CUDA, name), "-o", str(tmp_path / "k.cubin")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    found, kernel, frame = {}, None, None
+    for line in p.stderr.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        if m:
+            kernel = m.group(1)
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill "
+                      r"loads", line)
+        if m:
+            frame = tuple(int(v) for v in m.groups())
+            continue
+        m = re.search(r"Used (\d+) registers", line)
+        if m and kernel:
+            found[kernel] = (int(m.group(1)), *frame)
+            kernel = None
+    return found
+
+
+@pytest.mark.parametrize("name", cb.SOURCES)
+def test_ptxas_resources(name, tmp_path):
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc is not installed")
+    found = ptxas_resources(nvcc, name, tmp_path)
+    assert set(found) == set(_kernels(name))
+    bad = {k: v for k, v in found.items()
+           if v[2] or v[3] or (k.endswith("_f32") and (v[1] or v[0] > F32_MAX_REGISTERS))}
+    assert not bad, "(registers, stack, spill stores, spill loads): " + repr(bad)
+
+
+def test_ptxas_resources_has_teeth(tmp_path):
+    """The rule sees a stack frame: an accumulator array indexed at run time."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc is not installed")
+    src = tmp_path / "bad.cu"
+    src.write_text('extern "C" __global__ void bad_f32(float *p, int k) { float a[64]; '
+                   'for (int i = 0; i < 64; i++) a[i] = p[i] * p[i + 64]; '
+                   'for (int i = 0; i < 64; i++) a[(i * k) & 63] += p[i]; p[0] = a[k & 63]; }')
+    found = ptxas_resources(nvcc, str(src), tmp_path)
+    assert found["bad_f32"][1] > 0
 
 
 def _kernels(name):

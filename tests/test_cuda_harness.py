@@ -688,7 +688,8 @@ def _pre_bwd(lib, x, w, b, a, gs, **kw):
     got = cb._mhc_pre_backward(eng, x, w, b, a, *gs, call=Call(), **kw)
     sfx = f"_{x.dtype.name[0]}{x.dtype.name[-2:]}"
     coef = "mhc_pre_bwd_coef4" if x.shape[-2] == 4 else "mhc_pre_bwd_coef"
-    assert eng.launches == [k + sfx for k in ("mhc_pre_bwd_sums", coef, "mhc_pre_bwd_gx")]
+    dots = ("mhc_pre_bwd_dots",) if gs[0] is not None else ()
+    assert eng.launches == [k + sfx for k in ("mhc_proj", *dots, coef, "mhc_pre_bwd_gx")]
     return got
 
 

@@ -28,66 +28,6 @@
  */
 #include "mhc_cuda.cuh"
 
-#define MHC_HC_MAX_K ((2 + MHC_HC_MAX_STREAMS) * MHC_HC_MAX_STREAMS)
-
-static __device__ __forceinline__ double hc_sig(double z) { return 1 / (1 + exp(-z)); }
-
-/* Row softmax of the n x n matrix z into p (p may be z itself). */
-static __device__ __forceinline__ void hc_row_softmax(const double *z, int n, double *p)
-{
-    for (int i = 0; i < n; i++) {
-        double mx = z[i * n];
-        for (int j = 1; j < n; j++)
-            mx = z[i * n + j] > mx ? z[i * n + j] : mx;
-        double s = 0;
-        for (int j = 0; j < n; j++) {
-            p[i * n + j] = exp(z[i * n + j] - mx);
-            s += p[i * n + j];
-        }
-        for (int j = 0; j < n; j++)
-            p[i * n + j] = p[i * n + j] / s;
-    }
-}
-
-/* The sums of one token's streams v (n x C, L = n C values), by the whole
- * block: dst[k] = v . w[:, k] (k < K; w as phi (L, K) for MHC_HC_PAPER, as
- * fn (K, L) for MHC_HC_DEEPSEEK_V4), dst[K] = v . v and, with DOTS, dst[K + 1 + i] =
- * v[i, :] . g (g: C values). Each thread sums its share in double, the block
- * by a fixed tree; thread 0 writes dst. Every thread of the block must call it. */
-template <typename T, bool DOTS>
-static __device__ __forceinline__ void hc_sums(const T *v, int n, int C, const T *w,
-                                               int variant, const T *g, double *scratch,
-                                               double *dst)
-{
-    const int B = blockDim.x, K = (2 + n) * n, KA = DOTS ? K + 1 + n : K + 1;
-    const i64 L = (i64)n * C;
-    double acc[MHC_HC_MAX_K + 1 + (DOTS ? MHC_HC_MAX_STREAMS : 0)];
-    for (int k = 0; k < KA; k++)
-        acc[k] = 0;
-    for (i64 j = threadIdx.x; j < L; j += B) {
-        const double vj = (double)v[j];
-        acc[K] += vj * vj;
-        if (variant == MHC_HC_PAPER) {
-            const T *row = w + j * K;
-            for (int k = 0; k < K; k++)
-                acc[k] += vj * (double)row[k];
-        } else {
-            for (int k = 0; k < K; k++)
-                acc[k] += vj * (double)w[(i64)k * L + j];
-        }
-        if (DOTS)
-            acc[K + 1 + (int)(j / C)] += vj * (double)g[j % C];
-    }
-    for (int k0 = 0; k0 < KA; k0 += MHC_CUDA_HC_CHUNK) {
-        double part[MHC_CUDA_HC_CHUNK];
-        for (int q = 0; q < MHC_CUDA_HC_CHUNK; q++)
-            part[q] = k0 + q < KA ? acc[k0 + q] : 0;
-        mhc_seg_reduce<MHC_CUDA_HC_CHUNK>(scratch, part, B, mhc_op_add());
-        if (threadIdx.x == 0)
-            for (int q = 0; q < MHC_CUDA_HC_CHUNK && k0 + q < KA; q++)
-                dst[k0 + q] = part[q];
-    }
-}
 
 /* ---- the forward: a tiled projection, then the coefficients and the collapse ----
  *
@@ -487,154 +427,226 @@ static __device__ __forceinline__ void hc_post(const T *x, const T *f, i64 f_ts,
 }
 
 /* ---- the backward of mhc_pre ------------------------------------------------
- * Three kernels (the math of native/src/mhc_abi_t.inc's hc_bwd_chunk):
- *   mhc_pre_bwd_sums   a block per token: acc[t] = (v . phi (K), v . v,
- *                      v[i, :] . g_in[t] (n, with g_in)), double, (tokens, K+1+n)
- *   mhc_pre_bwd_coef   a thread per token (mhc_pre_bwd_coef4: n = 4 in registers):
- *                      from acc, the coefficients again and the
- *                      gradients gz, y, gp (T, (tokens, K)), and aux[t] = (cv,
- *                      h_pre (n), gp (K)) in double for the next kernel; the
- *                      Sinkhorn part by sk1_bwd (mhc_cuda.cuh) in double, its
- *                      denominators in ws (iters' * 2n per token, slot s of token t
- *                      at ws[s * tokens + t]; iters' = iters, V4 iters - 1)
+ * The math of native/src/mhc_abi_t.inc's hc_bwd_chunk, in T (float32 for float32):
+ *   mhc_proj           (the forward's kernel) the partials of v . phi and v . v
+ *   mhc_pre_bwd_dots   with g_in: a warp per (token, stream): d[t, i] =
+ *                      x[t, i, :] . g_in[t, :] (a fixed shuffle butterfly)
+ *   mhc_pre_bwd_coef   a thread per token (mhc_pre_bwd_coef4: n = 4 in registers;
+ *                      any n: its arrays in a shared slab per thread): the
+ *                      coefficients again and the gradients gz, y, gp ((tokens, K)),
+ *                      and aux[t] = (cv, h_pre (n), gp (K)) for the next kernel;
+ *                      the Sinkhorn part by sk1_bwd (mhc_cuda.cuh), its
+ *                      denominators in ws (iters' * 2n per token, slot s of token
+ *                      t at ws[s * tokens + t]; iters' = iters, V4 iters - 1)
  *   mhc_pre_bwd_gx     a thread per (token, stream value): g_x[t, j] =
  *                      sum_k gp[t, k] w(j, k) + cv[t] x[t, j] + h_pre[t, i] g_in[t, c]
  */
 
+template <typename T>
+static __device__ __forceinline__ void hc_dots(const T *x, const T *g_in, i64 tokens, int n,
+                                               int C, T *dots)
+{
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const i64 rows = tokens * n;
+    /* r is the same in every lane of a warp: the warp shuffles together */
+    for (i64 r = (i64)blockIdx.x * warps + (threadIdx.x >> 5); r < rows;
+         r += (i64)gridDim.x * warps) {
+        const T *v = x + r * C, *g = g_in + (r / n) * C;
+        T s = 0;
+        for (int c = lane; c < C; c += 32)
+            s += v[c] * g[c];
+        for (int off = 16; off > 0; off >>= 1)
+            s += __shfl_xor_sync(0xffffffffu, s, off);
+        if (lane == 0)
+            dots[r] = s;
+    }
+}
+
 /* DeepSeek-V4's start from the logits z (n x n): P = row softmax and the
  * denominators of its first column step, D[j] = colsum(P + eps)[j] + eps */
-template <int NF>
-static __device__ __forceinline__ void hc_v4_start(const double *z, int n_, double eps,
-                                                   double *P, double *D)
+template <typename T, int NF>
+static __device__ __forceinline__ void hc_v4_start(const T *z, int n_, T eps, T *P, T *D)
 {
     const int n = NF ? NF : n_;
-    hc_row_softmax(z, n, P);
+#pragma unroll
+    for (int i = 0; i < n; i++) {
+        T mx = z[i * n];
+#pragma unroll
+        for (int j = 1; j < n; j++)
+            mx = z[i * n + j] > mx ? z[i * n + j] : mx;
+        T s = 0;
+#pragma unroll
+        for (int j = 0; j < n; j++) {
+            P[i * n + j] = mhc_exp(z[i * n + j] - mx);
+            s += P[i * n + j];
+        }
+#pragma unroll
+        for (int j = 0; j < n; j++)
+            P[i * n + j] = P[i * n + j] / s;
+    }
+#pragma unroll
     for (int j = 0; j < n; j++) {
-        double cs = eps;
+        T cs = eps;
+#pragma unroll
         for (int i = 0; i < n; i++)
             cs += P[i * n + j] + eps;
         D[j] = cs;
     }
 }
 
+/* the arrays of one token's coefficient gradients: registers (NF) or a slab */
 template <typename T, int NF>
-static __device__ __forceinline__ void hc_bwd_coef(i64 t, i64 tokens, const double *at, int n_,
-                                                   int C, const T *bias, const T *alpha,
-                                                   int variant, int iters, double norm_eps,
-                                                   double hc_eps, const T *g_pre,
-                                                   const T *g_post, const T *g_res,
-                                                   int has_g_in, T *gz, T *y, T *gp,
-                                                   double *ax, double *ws)
+struct hc_bwd_arrays {
+    static constexpr int K = NF ? (2 + NF) * NF : 1, NN = NF ? NF * NF : 1, N = NF ? NF : 1;
+    T at[K + 1], A[NN], G[NN], P[NN], D[N];
+};
+
+/* T values of the slab per coefficient thread for any n (NF = 0) */
+static __device__ __forceinline__ int hc_bwd_slab(int n) { return (2 + n) * n + 1 + 3 * n * n + n; }
+
+/* One token's coefficient gradients. Each output is written as soon as it is
+ * known (the pre and post part first, then h_res's), so that few values stay
+ * live: V4's softmax P and column denominators D are computed again after the
+ * Sinkhorn backward rather than kept across it. */
+template <typename T, int NF>
+static __device__ __forceinline__ void hc_bwd_coef(i64 t, i64 tokens, const T *part, int Gp,
+                                                   const T *dots, int n_, int C, const T *bias,
+                                                   const T *alpha, int variant, int iters,
+                                                   T norm_eps, T hc_eps, const T *g_pre,
+                                                   const T *g_post, const T *g_res, T *gz, T *y,
+                                                   T *gp, T *ax, T *ws)
 {
     const int n = NF ? NF : n_, nn = n * n, K = (2 + n) * n;
-    const double L = (double)n * (double)C;
-    const double r = 1 / sqrt(at[K] / L + norm_eps);
-    const double a0 = (double)alpha[0], a1 = (double)alpha[1], a2 = (double)alpha[2];
-    double gd[NF ? (2 + NF) * NF : MHC_HC_MAX_K];
-    for (int i = 0; i < n; i++) {
-        const double s = hc_sig(a0 * (at[i] * r) + (double)bias[i]);
-        const double q = hc_sig(a1 * (at[n + i] * r) + (double)bias[n + i]);
-        const double gpre = (g_pre ? (double)g_pre[t * n + i] : 0) +
-                            (has_g_in ? at[K + 1 + i] : 0);
-        ax[1 + i] = s + (variant == MHC_HC_DEEPSEEK_V4 ? hc_eps : 0);
-        gd[i] = gpre * s * (1 - s);
-        gd[n + i] = (g_post ? (double)g_post[t * n + i] : 0) * 2 * q * (1 - q);
+    hc_bwd_arrays<T, NF> reg;
+    T *at = reg.at, *A = reg.A, *G = reg.G, *P = reg.P, *D = reg.D;
+    if constexpr (NF == 0) {
+        at = (T *)mhc_smem + (i64)threadIdx.x * hc_bwd_slab(n);
+        A = at + K + 1;
+        G = A + nn;
+        P = G + nn;
+        D = P + nn;
     }
-    if (!g_res) {
-        for (int e = 0; e < nn; e++)
-            gd[2 * n + e] = 0;
-    } else {
-        double A[NF ? NF * NF : MHC_HC_MAX_STREAMS * MHC_HC_MAX_STREAMS];
-        double G[NF ? NF * NF : MHC_HC_MAX_STREAMS * MHC_HC_MAX_STREAMS];
+#pragma unroll
+    for (int k = 0; k <= K; k++) {
+        T v = 0;
+        for (int g = 0; g < Gp; g++)
+            v += part[((i64)g * tokens + t) * (K + 1) + k];
+        at[k] = v;
+    }
+    const T L = (T)n * (T)C;
+    const T r = hc_rsqrt(at[K] / L + norm_eps);
+    const T a0 = alpha[0], a1 = alpha[1], a2 = alpha[2];
+    T g_r = 0;
+    /* output k: gz = d/dz, y = at r, gp = a gz r (the projection's gradient), and
+     * the norm's share g_r += a gz at */
+    auto emit = [&](int k, T gd, T a) {
+        const T gy = gd * a;
+        gz[t * K + k] = gd;
+        y[t * K + k] = at[k] * r;
+        gp[t * K + k] = gy * r;
+        ax[1 + n + k] = gy * r;
+        g_r += gy * at[k];
+    };
+#pragma unroll
+    for (int i = 0; i < n; i++) {
+        const T s = hc_sigm<T>(a0 * (at[i] * r) + bias[i]);
+        const T q = hc_sigm<T>(a1 * (at[n + i] * r) + bias[n + i]);
+        const T gpre = (g_pre ? g_pre[t * n + i] : (T)0) + (dots ? dots[t * n + i] : (T)0);
+        ax[1 + i] = s + (variant == MHC_HC_DEEPSEEK_V4 ? hc_eps : (T)0);
+        emit(i, gpre * s * (1 - s), a0);
+        emit(n + i, (g_post ? g_post[t * n + i] : (T)0) * 2 * q * (1 - q), a1);
+    }
+    if (g_res) {
         const T *gr = g_res + t * nn;
+#pragma unroll
         for (int e = 0; e < nn; e++)
-            A[e] = a2 * (at[2 * n + e] * r) + (double)bias[2 * n + e];
+            A[e] = a2 * (at[2 * n + e] * r) + bias[2 * n + e];
         if (variant == MHC_HC_PAPER) { /* logits, cols-first, no tau, targets 1 */
+#pragma unroll
             for (int e = 0; e < nn; e++)
-                G[e] = (double)gr[e];
-            sk1_bwd<double, NF, NF, false, double>((const double *)0, A, G, n, n, iters, 0.0,
-                                                   MHC_SK_LOGITS | MHC_SK_COLS_FIRST,
-                                                   (const double *)0, (const double *)0,
-                                                   ws + t, tokens);
-            for (int e = 0; e < nn; e++)
-                gd[2 * n + e] = G[e];
+                G[e] = gr[e];
+            sk1_bwd<T, NF, NF, false, T>((const T *)0, A, G, n, n, iters, (T)0,
+                                         MHC_SK_LOGITS | MHC_SK_COLS_FIRST, (const T *)0,
+                                         (const T *)0, ws + t, tokens);
         } else {                       /* softmax + eps, a column step, then Sinkhorn */
-            double P[NF ? NF * NF : MHC_HC_MAX_STREAMS * MHC_HC_MAX_STREAMS];
-            double D[NF ? NF : MHC_HC_MAX_STREAMS];
-            hc_v4_start<NF>(A, n, hc_eps, P, D);
+            hc_v4_start<T, NF>(A, n, hc_eps, P, D);
+#pragma unroll
             for (int i = 0; i < n; i++)
+#pragma unroll
                 for (int j = 0; j < n; j++) {
                     A[i * n + j] = (P[i * n + j] + hc_eps) / D[j];
-                    G[i * n + j] = (double)gr[j * n + i];       /* h_res = comb^T */
+                    G[i * n + j] = gr[j * n + i];       /* h_res = comb^T */
                 }
             if (iters > 1)
-                sk1_bwd<double, NF, NF, false, double>((const double *)0, A, G, n, n,
-                                                       iters - 1, hc_eps, 0,
-                                                       (const double *)0, (const double *)0,
-                                                       ws + t, tokens);
+                sk1_bwd<T, NF, NF, false, T>((const T *)0, A, G, n, n, iters - 1, hc_eps, 0,
+                                             (const T *)0, (const T *)0, ws + t, tokens);
+#pragma unroll
+            for (int e = 0; e < nn; e++)   /* the start again (A was clobbered) */
+                A[e] = a2 * (at[2 * n + e] * r) + bias[2 * n + e];
+            hc_v4_start<T, NF>(A, n, hc_eps, P, D);
+#pragma unroll
             for (int j = 0; j < n; j++) {  /* undo the column step */
-                double dot = 0;
+                T dot = 0;
+#pragma unroll
                 for (int i = 0; i < n; i++)
                     dot += G[i * n + j] * ((P[i * n + j] + hc_eps) / D[j]);
+#pragma unroll
                 for (int i = 0; i < n; i++)
                     G[i * n + j] = (G[i * n + j] - dot) / D[j];
             }
+#pragma unroll
             for (int i = 0; i < n; i++) {  /* and the row softmax */
-                double dot = 0;
+                T dot = 0;
+#pragma unroll
                 for (int j = 0; j < n; j++)
                     dot += G[i * n + j] * P[i * n + j];
+#pragma unroll
                 for (int j = 0; j < n; j++)
-                    gd[2 * n + i * n + j] = P[i * n + j] * (G[i * n + j] - dot);
+                    G[i * n + j] = P[i * n + j] * (G[i * n + j] - dot);
             }
         }
     }
-    double g_r = 0;
-    for (int k = 0; k < K; k++) {
-        const double a = k < n ? a0 : k < 2 * n ? a1 : a2;
-        const double gy = gd[k] * a;
-        gz[t * K + k] = (T)gd[k];
-        y[t * K + k] = (T)(at[k] * r);
-        gp[t * K + k] = (T)(gy * r);
-        ax[1 + n + k] = gy * r;
-        g_r += gy * at[k];
-    }
+#pragma unroll
+    for (int e = 0; e < nn; e++)
+        emit(2 * n + e, g_res ? G[e] : (T)0, a2);
     ax[0] = -g_r * r * r * r / L;
 }
 
 template <typename T>
 static __device__ __forceinline__ void hc_pre_bwd_gx(const T *x, i64 tokens, int n, int C,
                                                      const T *w, int variant, const T *g_in,
-                                                     const double *aux, T *g_x)
+                                                     const T *aux, T *g_x)
 {
     const int K = (2 + n) * n, AX = 1 + n + K;
     const i64 L = (i64)n * C, total = tokens * L;
     for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (i64)gridDim.x * blockDim.x) {
         const i64 t = e / L, j = e - t * L;
-        const double *a = aux + t * AX, *gpd = a + 1 + n;
-        double s = a[0] * (double)x[e];
+        const T *a = aux + t * AX, *gpd = a + 1 + n;
+        T s = a[0] * x[e];
         if (g_in) {
             const int i = (int)(j / C);
-            s += a[1 + i] * (double)g_in[t * C + (j - (i64)i * C)];
+            s += a[1 + i] * g_in[t * C + (j - (i64)i * C)];
         }
         if (variant == MHC_HC_PAPER) {
             const T *row = w + j * K;
             for (int k = 0; k < K; k++)
-                s += gpd[k] * (double)row[k];
+                s += gpd[k] * row[k];
         } else {
             for (int k = 0; k < K; k++)
-                s += gpd[k] * (double)w[(i64)k * L + j];
+                s += gpd[k] * w[(i64)k * L + j];
         }
-        g_x[e] = (T)s;
+        g_x[e] = s;
     }
 }
 
 /* ---- the backward of mhc_post ------------------------------------------------
  * mhc_post_bwd: a block per token; per column c (threads striding over C):
  *   g_x[t, j, c] = sum_i hr[t, i, j] g[t, i, c],  g_f[t, c] = sum_i hp[t, i] g[t, i, c]
- * and, summed over the columns in double by a fixed tree,
+ * then, MHC_CUDA_HC_CHUNK outputs at a time (registers), summed over the columns
+ * by a fixed tree (in double),
  *   g_post[t, i] = g[t, i, :] . f[t, :],  g_res[t, i, j] = g[t, i, :] . x[t, j, :]
- * (per token; f, hp, hr with token strides as mhc_post's). Shared: B * CHUNK. */
+ * (per token; f, hp, hr with token strides as mhc_post's). Shared: B * CHUNK doubles. */
 template <typename T>
 static __device__ __forceinline__ void hc_post_bwd(const T *x, const T *f, i64 f_ts,
                                                    const T *hp, i64 hp_ts, const T *hr,
@@ -647,35 +659,37 @@ static __device__ __forceinline__ void hc_post_bwd(const T *x, const T *f, i64 f
     for (i64 t = blockIdx.x; t < tokens; t += gridDim.x) {
         const T *xt = x + t * n * C, *gt = g + t * n * C, *ft = f + t * f_ts;
         const T *pt = hp + t * hp_ts, *rt = hr + t * hr_ts;
-        double acc[MHC_HC_MAX_STREAMS + MHC_HC_MAX_STREAMS * MHC_HC_MAX_STREAMS];
-        for (int k = 0; k < KA; k++)
-            acc[k] = 0;
         for (int c = threadIdx.x; c < C; c += B) {
-            T gv[MHC_HC_MAX_STREAMS], xv[MHC_HC_MAX_STREAMS];
-            for (int i = 0; i < n; i++) {
-                gv[i] = gt[(i64)i * C + c];
-                xv[i] = xt[(i64)i * C + c];
-            }
-            const T fv = ft[c];
             T sf = 0;
-            for (int i = 0; i < n; i++) {
-                sf += pt[i] * gv[i];
-                acc[i] += (double)gv[i] * (double)fv;
-                for (int j = 0; j < n; j++)
-                    acc[n + i * n + j] += (double)gv[i] * (double)xv[j];
-            }
+            for (int i = 0; i < n; i++)
+                sf += pt[i] * gt[(i64)i * C + c];
             g_f[t * C + c] = sf;
             for (int j = 0; j < n; j++) {
                 T s = 0;
                 for (int i = 0; i < n; i++)
-                    s += rt[i * n + j] * gv[i];
+                    s += rt[i * n + j] * gt[(i64)i * C + c];
                 g_x[t * n * C + (i64)j * C + c] = s;
             }
         }
         for (int k0 = 0; k0 < KA; k0 += MHC_CUDA_HC_CHUNK) {
-            double part[MHC_CUDA_HC_CHUNK];
+            T acc[MHC_CUDA_HC_CHUNK];
+#pragma unroll
             for (int q = 0; q < MHC_CUDA_HC_CHUNK; q++)
-                part[q] = k0 + q < KA ? acc[k0 + q] : 0;
+                acc[q] = 0;
+            for (int c = threadIdx.x; c < C; c += B)
+#pragma unroll
+                for (int q = 0; q < MHC_CUDA_HC_CHUNK; q++) {
+                    const int k = k0 + q;
+                    if (k >= KA)
+                        break;
+                    const int i = k < n ? k : (k - n) / n;
+                    const T other = k < n ? ft[c] : xt[(i64)((k - n) % n) * C + c];
+                    acc[q] += gt[(i64)i * C + c] * other;
+                }
+            double part[MHC_CUDA_HC_CHUNK];
+#pragma unroll
+            for (int q = 0; q < MHC_CUDA_HC_CHUNK; q++)
+                part[q] = (double)acc[q];
             mhc_seg_reduce<MHC_CUDA_HC_CHUNK>(scratch, part, B, mhc_op_add());
             if (threadIdx.x == 0)
                 for (int q = 0; q < MHC_CUDA_HC_CHUNK && k0 + q < KA; q++) {
@@ -689,30 +703,28 @@ static __device__ __forceinline__ void hc_post_bwd(const T *x, const T *f, i64 f
     }
 }
 
-/* every token of mhc_pre_bwd_coef (NF = 0: any n; its local arrays are sized for
- * n = 16) or mhc_pre_bwd_coef4 (NF = 4: in registers, no local memory for the
- * launch to reserve) */
+/* every token of mhc_pre_bwd_coef (NF = 0) or mhc_pre_bwd_coef4 (NF = 4) */
 template <typename T, int NF>
 static __device__ __forceinline__ void hc_bwd_coef_all(
-    const double *acc, i64 tokens, int n, int C, const T *bias, const T *alpha, int variant,
-    int iters, double norm_eps, double hc_eps, const T *g_pre, const T *g_post, const T *g_res,
-    int has_g_in, T *gz, T *y, T *gp, double *aux, double *ws)
+    const T *part, int Gp, const T *dots, i64 tokens, int n, int C, const T *bias,
+    const T *alpha, int variant, int iters, double norm_eps, double hc_eps, const T *g_pre,
+    const T *g_post, const T *g_res, T *gz, T *y, T *gp, T *aux, T *ws)
 {
     const int K = (2 + n) * n;
     for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < tokens;
          t += (i64)gridDim.x * blockDim.x)
-        hc_bwd_coef<T, NF>(t, tokens, acc + t * (K + 1 + n), n, C, bias, alpha, variant, iters,
-                           norm_eps, hc_eps, g_pre, g_post, g_res, has_g_in, gz, y, gp,
+        hc_bwd_coef<T, NF>(t, tokens, part, Gp, dots, n, C, bias, alpha, variant, iters,
+                           (T)norm_eps, (T)hc_eps, g_pre, g_post, g_res, gz, y, gp,
                            aux + t * (1 + n + K), ws);
 }
 
 #define MHC_HC_COEF_PARAMS(T)                                                                  \
-    const double *acc, i64 tokens, int n, int C, const T *bias, const T *alpha, int variant,   \
-        int iters, double norm_eps, double hc_eps, const T *g_pre, const T *g_post,            \
-        const T *g_res, int has_g_in, T *gz, T *y, T *gp, double *aux, double *ws
+    const T *part, int Gp, const T *dots, i64 tokens, int n, int C, const T *bias,             \
+        const T *alpha, int variant, int iters, double norm_eps, double hc_eps,                \
+        const T *g_pre, const T *g_post, const T *g_res, T *gz, T *y, T *gp, T *aux, T *ws
 #define MHC_HC_COEF_ARGS                                                                       \
-    acc, tokens, n, C, bias, alpha, variant, iters, norm_eps, hc_eps, g_pre, g_post, g_res,    \
-        has_g_in, gz, y, gp, aux, ws
+    part, Gp, dots, tokens, n, C, bias, alpha, variant, iters, norm_eps, hc_eps, g_pre,        \
+        g_post, g_res, gz, y, gp, aux, ws
 
 #define MHC_HC_MIX_PARAMS(T)                                                                   \
     const T *x, i64 tokens, int n, int C, const T *part, int G, const T *bias, const T *alpha, \
@@ -752,19 +764,10 @@ static __device__ __forceinline__ void hc_bwd_coef_all(
     {                                                                                          \
         hc_post<T, 4>(x, f, f_ts, hp, hp_ts, hr, hr_ts, out, tokens, n, C);                   \
     }                                                                                          \
-    extern "C" __global__ void mhc_pre_bwd_sums##SUF(const T *x, i64 tokens, int n, int C,    \
-                                                     const T *w, int variant, const T *g_in,  \
-                                                     double *acc)                             \
+    extern "C" __global__ void mhc_pre_bwd_dots##SUF(const T *x, const T *g_in, i64 tokens,   \
+                                                     int n, int C, T *dots)                    \
     {                                                                                          \
-        const int KA = (2 + n) * n + 1 + n;                                                    \
-        for (i64 t = blockIdx.x; t < tokens; t += gridDim.x) {                                 \
-            if (g_in)                                                                          \
-                hc_sums<T, true>(x + t * n * C, n, C, w, variant, g_in + t * C, mhc_smem,     \
-                                 acc + t * KA);                                                \
-            else                                                                               \
-                hc_sums<T, false>(x + t * n * C, n, C, w, variant, (const T *)0, mhc_smem,    \
-                                  acc + t * KA);                                               \
-        }                                                                                      \
+        hc_dots<T>(x, g_in, tokens, n, C, dots);                                               \
     }                                                                                          \
     extern "C" __global__ void mhc_pre_bwd_coef##SUF(MHC_HC_COEF_PARAMS(T))                  \
     {                                                                                          \
@@ -776,7 +779,7 @@ static __device__ __forceinline__ void hc_bwd_coef_all(
     }                                                                                          \
     extern "C" __global__ void mhc_pre_bwd_gx##SUF(const T *x, i64 tokens, int n, int C,      \
                                                    const T *w, int variant, const T *g_in,    \
-                                                   const double *aux, T *g_x)                 \
+                                                   const T *aux, T *g_x)                      \
     {                                                                                          \
         hc_pre_bwd_gx<T>(x, tokens, n, C, w, variant, g_in, aux, g_x);                        \
     }                                                                                          \

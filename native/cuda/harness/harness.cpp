@@ -85,7 +85,7 @@ const std::map<std::string, Invoker> &kernels()
         MHC_K(mhc_mix4_f64),     MHC_K(mhc_post_f32),     MHC_K(mhc_post_f64),
         MHC_K(mhc_post4_f32),    MHC_K(mhc_post4_f64),     MHC_K(mhc_sk_small_bwd_f32),
         MHC_K(mhc_sk_small_bwd_f64), MHC_K(mhc_sk_4x4_bwd_f32), MHC_K(mhc_sk_4x4_bwd_f64),
-        MHC_K(mhc_pre_bwd_sums_f32), MHC_K(mhc_pre_bwd_sums_f64), MHC_K(mhc_pre_bwd_coef_f32),
+        MHC_K(mhc_pre_bwd_dots_f32), MHC_K(mhc_pre_bwd_dots_f64), MHC_K(mhc_pre_bwd_coef_f32),
         MHC_K(mhc_pre_bwd_coef_f64), MHC_K(mhc_pre_bwd_gx_f32), MHC_K(mhc_pre_bwd_gx_f64),
         MHC_K(mhc_post_bwd_f32), MHC_K(mhc_post_bwd_f64), MHC_K(mhc_pre_bwd_coef4_f32),
         MHC_K(mhc_pre_bwd_coef4_f64), MHC_K(mhc_harness_shfl_check),
