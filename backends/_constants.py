@@ -75,6 +75,7 @@ SK_COLS_FIRST = _value("SK_COLS_FIRST")
 # Sinkhorn matrices with n*m up to these go to the C SoA kernel / a CUDA thread each
 SK_SMALL_MAX = _value("SK_SMALL_MAX")
 CUDA_SK_SMALL_MAX = _value("CUDA_SK_SMALL_MAX")
+CUDA_BLOCK = _value("CUDA_BLOCK")               # threads per block of the CUDA launches
 CUDA_SK_SCRATCH = _value("CUDA_SK_SCRATCH")   # doubles per thread of sinkhorn.cu's scratch
 # distances: manifold codes, on_domain_error modes, the "clip" margin
 EUCLIDEAN = _value("EUCLIDEAN")

@@ -33,9 +33,10 @@ import re
 import numpy as np
 
 from ..errors import DomainError, NativeError
-from ._constants import (CUDA_HC_CHUNK, CUDA_SK_SCRATCH, CUDA_SK_SMALL_MAX, DOM_CLIP, DOM_NAN, DOM_RAISE,
-                         EUCLIDEAN, HC_DEEPSEEK_V4, HC_MAX_STREAMS, HC_PAPER, POINCARE,
-                         SK_COLS_FIRST, SK_LOGITS, SOURCE_DIRS, SPHERICAL)
+from ._constants import (CUDA_BLOCK, CUDA_HC_CHUNK, CUDA_SK_SCRATCH, CUDA_SK_SMALL_MAX,
+                         DOM_CLIP, DOM_NAN, DOM_RAISE, EUCLIDEAN, HC_DEEPSEEK_V4,
+                         HC_MAX_STREAMS, HC_PAPER, POINCARE, SK_COLS_FIRST, SK_LOGITS,
+                         SOURCE_DIRS, SPHERICAL)
 
 NAME = "cupy"
 
@@ -43,7 +44,7 @@ SOURCES = ("sinkhorn.cu", "distance.cu", "mhc.cu")
 HEADER = "mhc_cuda.cuh"
 #: the options NVRTC compiles the sources with (CuPy adds the architecture)
 NVRTC_OPTIONS = ("-std=c++17",)
-BLOCK = 256                     # threads per block
+BLOCK = CUDA_BLOCK              # threads per block
 MAX_GRID = 1 << 16              # blocks per launch (the kernels stride over the rest)
 SHARED_LIMIT = 48 * 1024        # dynamic shared memory without an opt-in
 _MANIFOLD = {"euclidean": EUCLIDEAN, "poincare": POINCARE, "spherical": SPHERICAL}
@@ -248,8 +249,11 @@ def _sinkhorn(eng, x, rs, cs, *, iterations, tau, logits, order, out, call):
                                 call)]
     B = eng.block
     if n * m <= CUDA_SK_SMALL_MAX:
-        name = "mhc_sk_4x4" if (n, m) == (4, 4) else "mhc_sk_small"
-        eng.launch(name + sfx, eng.grid(-(-count // B)), B, common, 0)
+        if (n, m) == (4, 4):                   # in registers
+            eng.launch("mhc_sk_4x4" + sfx, eng.grid(-(-count // B)), B, common, 0)
+        else:                                  # in a shared slab per thread
+            B, shared = _small_slabs(B, n * m, 1, x.itemsize)
+            eng.launch("mhc_sk_small" + sfx, eng.grid(-(-count // B)), B, common, shared)
         return res
     # shared: the reductions' scratch, then the row and column scalings
     shared = (CUDA_SK_SCRATCH * B + n + m) * 8
@@ -259,6 +263,16 @@ def _sinkhorn(eng, x, rs, cs, *, iterations, tau, logits, order, out, call):
         shared = CUDA_SK_SCRATCH * B * 8
     eng.launch("mhc_sk_block" + sfx, eng.grid(count), B, common + [ws], shared)
     return res
+
+
+def _small_slabs(B, nm, arrays, itemsize):
+    """Threads per block and shared bytes of a thread-per-matrix Sinkhorn kernel
+    whose ``arrays`` matrices of ``nm`` values live in a slab per thread
+    (sinkhorn.cu's sk_slab_stride: nm, or nm + 1 when even)."""
+    per = arrays * (nm if nm % 2 else nm + 1) * itemsize
+    while B > 32 and B * per > SHARED_LIMIT:
+        B //= 2
+    return B, B * per
 
 
 def _sk_args(eng, rs, cs, batch, n, m, iterations, tau, logits, order, call):
@@ -294,8 +308,12 @@ def _sinkhorn_backward(eng, x, rs, cs, g, *, iterations, tau, logits, order, cal
         # a thread per matrix; the steps' denominators in x's dtype, slot s of
         # matrix b at ws[s * count + b] (consecutive threads, consecutive addresses)
         ws = xp.empty(count * iterations * (n + m), x.dtype) if iterations else _NULL
-        name = "mhc_sk_4x4_bwd" if (n, m) == (4, 4) else "mhc_sk_small_bwd"
-        eng.launch(name + _suffix(x.dtype), eng.grid(-(-count // B)), B, args + [ws], 0)
+        if (n, m) == (4, 4):                   # in registers
+            name, shared = "mhc_sk_4x4_bwd", 0
+        else:                                  # the matrix and its gradient in a slab
+            name = "mhc_sk_small_bwd"
+            B, shared = _small_slabs(B, n * m, 2, x.itemsize)
+        eng.launch(name + _suffix(x.dtype), eng.grid(-(-count // B)), B, args + [ws], shared)
         return res
     # shared: the reductions' scratch, then a line's accumulators -- in the
     # workspace, after the matrix's other entries, where they do not fit

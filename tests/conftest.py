@@ -17,6 +17,8 @@ import mhc_array as mx  # noqa: E402
 # ---------------------------------------------------------------- tolerances
 
 # SPEC 2.2: float32 within 1e-5 relative of a float64 reference, float64 within 1e-12.
+#: the extern "C" kernels of a native/cuda source (each defined for _f32 and _f64)
+KERNEL_RE = r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)##SUF'
 DIST_TOL = {"float32": dict(rtol=1e-5, atol=0.0), "float64": dict(rtol=1e-12, atol=0.0)}
 # Sinkhorn: 20 iterations of float32 sums/divisions; entries are O(1/n).
 SINK_TOL = {"float32": dict(rtol=2e-5, atol=1e-6), "float64": dict(rtol=1e-10, atol=1e-13)}

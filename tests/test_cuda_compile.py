@@ -14,6 +14,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import KERNEL_RE
 
 from mhc_array.backends import cupy as cb
 
@@ -104,7 +105,7 @@ def test_ptxas_resources_has_teeth(tmp_path):
 def _kernels(name):
     import re
     with open(os.path.join(CUDA, name)) as f:
-        bases = re.findall(r'extern "C" __global__ void (\w+)##SUF', f.read())
+        bases = re.findall(KERNEL_RE, f.read())
     return [b + s for b in bases for s in ("_f32", "_f64")]
 
 

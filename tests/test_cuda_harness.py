@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import pytest
 import reference as ref
-from conftest import DIST_TOL, SINK_TOL, rng_for
+from conftest import DIST_TOL, KERNEL_RE, SINK_TOL, rng_for
 
 from mhc_array.backends import cupy as cb
 from mhc_array.errors import DomainError
@@ -130,7 +130,7 @@ def test_every_kernel_is_in_the_harness(harness):
     names = set()
     for f in cb.SOURCES:
         text = open(os.path.join(CUDA, f)).read()
-        for base in re.findall(r'extern "C" __global__ void (\w+)##SUF', text):
+        for base in re.findall(KERNEL_RE, text):
             names |= {base + "_f32", base + "_f64"}
     assert len(names) == 34
     listed = set(harness.mhc_harness_kernels().decode().split())

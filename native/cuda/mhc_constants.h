@@ -26,6 +26,9 @@
  * thread per matrix (sinkhorn.cu, and its backward) */
 #define MHC_SK_SMALL_MAX 256
 #define MHC_CUDA_SK_SMALL_MAX 64
+/* threads per block of the CUDA launches (kernels with __launch_bounds__ are
+ * compiled for it) */
+#define MHC_CUDA_BLOCK 256
 /* the block-per-matrix Sinkhorn kernels (sinkhorn.cu) reduce up to this many
  * values per thread at once (the maximum, a NaN seen, its index): their shared
  * memory starts with block size * MHC_CUDA_SK_SCRATCH doubles of scratch */

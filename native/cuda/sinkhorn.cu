@@ -14,7 +14,7 @@
  *
  * Kernels (extern "C", suffix _f32 / _f64):
  *   mhc_sk_small   one thread per matrix, n*m <= MHC_CUDA_SK_SMALL_MAX, the
- *                  matrix in local memory
+ *                  matrix in the thread's slab of shared memory
  *   mhc_sk_4x4     one thread per 4x4 matrix (the mHC case), in registers
  *   mhc_sk_block   one block per matrix (grid-stride), any size: the factored
  *                  form diag(r) K diag(c), scalings in shared memory (or in
@@ -31,7 +31,12 @@
  */
 #include "mhc_cuda.cuh"
 
-/* ---- one thread per matrix ------------------------------------------------ */
+/* ---- one thread per matrix ------------------------------------------------
+ * Fixed sizes (NF, MF: the 4x4 of mHC) keep the matrix in registers; any size
+ * keeps it in the thread's slab of shared memory (nm values, the stride odd so
+ * that a warp's threads hit distinct banks), never in local memory. */
+
+static __device__ __forceinline__ int sk_slab_stride(int nm) { return nm % 2 ? nm : nm + 1; }
 
 template <typename T, int NF, int MF>
 static __device__ __forceinline__ void sk_thread(const T *__restrict__ x, T *out, const T *rs,
@@ -43,7 +48,10 @@ static __device__ __forceinline__ void sk_thread(const T *__restrict__ x, T *out
     const T tau = (T)tau_d, cdef = (T)((double)n / (double)m);
     for (i64 b = (i64)blockIdx.x * blockDim.x + threadIdx.x; b < count;
          b += (i64)gridDim.x * blockDim.x) {
-        T A[NF ? NF * MF : MHC_CUDA_SK_SMALL_MAX];
+        T Ar[NF ? NF * MF : 1];
+        T *A = Ar;
+        if constexpr (NF == 0)
+            A = (T *)mhc_smem + threadIdx.x * sk_slab_stride(nm);
         const T *xb = x + b * nm;
         for (int e = 0; e < nm; e++)
             A[e] = xb[e];
@@ -336,7 +344,12 @@ static __device__ __forceinline__ void sk_thread_bwd(const T *x, const T *g, T *
     const int n = NF ? NF : n_, m = MF ? MF : m_, nm = n * m;
     for (i64 b = (i64)blockIdx.x * blockDim.x + threadIdx.x; b < count;
          b += (i64)gridDim.x * blockDim.x) {
-        T A[NF ? NF * MF : MHC_CUDA_SK_SMALL_MAX], G[NF ? NF * MF : MHC_CUDA_SK_SMALL_MAX];
+        T Ar[NF ? NF * MF : 1], Gr[NF ? NF * MF : 1];
+        T *A = Ar, *G = Gr;
+        if constexpr (NF == 0) {
+            A = (T *)mhc_smem + threadIdx.x * sk_slab_stride(nm);
+            G = A + blockDim.x * sk_slab_stride(nm);
+        }
         const T *xb = x + b * nm, *gb = g + b * nm;
         for (int e = 0; e < nm; e++) {
             A[e] = xb[e];
@@ -371,7 +384,7 @@ static __device__ __forceinline__ void sk_thread_bwd(const T *x, const T *g, T *
     {                                                                                           \
         sk_block<T>(x, out, rs, rs_b, cs, cs_b, count, n, m, iters, tau, flags, ws);           \
     }                                                                                           \
-    extern "C" __global__ void mhc_sk_bwd##SUF(const T *x, const T *g, T *gx, const T *rs,     \
+    extern "C" __global__ void __launch_bounds__(MHC_CUDA_BLOCK, 2) mhc_sk_bwd##SUF(const T *x, const T *g, T *gx, const T *rs,     \
                                                i64 rs_b, const T *cs, i64 cs_b, i64 count,     \
                                                int n, int m, int iters, double tau, int flags, \
                                                double *ws, int acc_global)                     \

@@ -28,6 +28,7 @@
 #define __host__
 #define __shared__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
 #define __restrict__ __restrict
 
 struct mhc_dim3 {
