@@ -504,7 +504,7 @@ def _mix(eng, x, part, b, al, *, iterations, norm_eps, variant, hc_eps, call):
             xp.empty(batch + (n,), dt), xp.empty(batch + (n, n), dt))
     four = n == 4                               # the coefficients in registers
     TM2 = min(32 if four else 8, eng.block)
-    slab = 0 if four else TM2 * (K + 1 + 2 * n + n * n)
+    slab = TM2 * (K + 1) + (0 if four else TM2 * (2 * n + n * n))   # mhc.cu's hc_mix
     gx = eng.grid(-(-tokens // TM2))
     Cg2, G2 = _split(eng, C, 32, gx)
     eng.launch(("mhc_mix4" if four else "mhc_mix") + _suffix(dt), (gx, G2), eng.block,

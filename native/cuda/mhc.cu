@@ -55,12 +55,12 @@
  *   x_next is never read back by this kernel.
  *
  * mhc_mix_<T> / mhc_mix4_<T> (n = 4: the coefficients in registers): CTA (bx, g)
- * takes TM2 tokens; a thread per token sums its G partials in a fixed order,
- * normalises (rsqrt(mean(v^2) + norm_eps)) and computes the coefficients (CTAs
- * with g = 0 write h_pre, h_post, h_res), then the CTA writes h_in for the
- * columns [g Cg2, g Cg2 + Cg2). NF = 0 keeps a coefficient thread's arrays in
- * shared memory (slab per thread: y K+1 | pre n | post n | M n n), after
- * h_pre's TM2 n values.
+ * takes TM2 tokens; the CTA sums their G partials in a fixed order (a warp per
+ * value when G is large, as at decode), then a thread per token normalises
+ * (rsqrt(mean(v^2) + norm_eps)) and computes the coefficients (CTAs with g = 0
+ * write h_pre, h_post, h_res), then the CTA writes h_in for the columns
+ * [g Cg2, g Cg2 + Cg2). Shared (T): h_pre TM2 n | y TM2 (K + 1) [| NF = 0: a
+ * slab per coefficient thread, pre n | post n | M n n].
  *
  * mhc_post_<T> / mhc_post4_<T>: a thread per (token, column): the n values of x
  * at that column in registers (n = 4) or in the thread's shared slab (B n), so
@@ -214,23 +214,15 @@ static __device__ __forceinline__ void hc_proj(const T *x, const T *f, i64 f_ts,
 template <typename T>
 static __device__ __forceinline__ T hc_sigm(T z) { return (T)1 / ((T)1 + mhc_exp(-z)); }
 
-/* The coefficients of one token from its projection partials (G of them, pt[g
- * gs + k]): y (K + 1), pre, post (n) and M (the n x n h_res, paper orientation)
- * are the caller's registers (NF) or shared slab (NF = 0). */
+/* The coefficients of one token from its projection y (K values and the sum of
+ * squares at K, in shared memory): pre, post (n) and M (the n x n h_res, paper
+ * orientation) are the caller's registers (NF) or shared slab (NF = 0). */
 template <typename T, int NF>
-static __device__ __forceinline__ void hc_coef(const T *pt, int G, i64 gs, int n_, int C,
-                                               const T *bias, const T *alpha, int variant,
-                                               int iters, T norm_eps, T hc_eps, T *y, T *pre,
-                                               T *post, T *M)
+static __device__ __forceinline__ void hc_coef(const T *y, int n_, int C, const T *bias,
+                                               const T *alpha, int variant, int iters,
+                                               T norm_eps, T hc_eps, T *pre, T *post, T *M)
 {
-    const int n = NF ? NF : n_, K = (2 + n) * n, nn = n * n;
-#pragma unroll
-    for (int k = 0; k <= K; k++) {
-        T v = 0;
-        for (int g = 0; g < G; g++)
-            v += pt[g * gs + k];
-        y[k] = v;
-    }
+    const int n = NF ? NF : n_, nn = n * n, K = (2 + n) * n;
     const T rs = hc_rsqrt(y[K] / ((T)n * (T)C) + norm_eps);
     const T a0 = alpha[0], a1 = alpha[1], a2 = alpha[2];
     const int v4 = variant == MHC_HC_DEEPSEEK_V4;
@@ -344,25 +336,49 @@ static __device__ __forceinline__ void hc_mix(const T *x, i64 tokens, int n_, in
                                               T *h_in, T *h_pre, T *h_post, T *h_res)
 {
     const int n = NF ? NF : n_, K = (2 + n) * n, nn = n * n, B = blockDim.x;
+    const int lane = threadIdx.x & 31, warps = B >> 5, items = TM2 * (K + 1);
     const i64 L = (i64)n * C;
-    T *spre = (T *)mhc_smem;
+    T *spre = (T *)mhc_smem, *ys = spre + TM2 * n, *slab = ys + items;
     const int cb = (int)blockIdx.y * Cg2, ce = cb + Cg2 < C ? cb + Cg2 : C, wc = ce - cb;
     for (i64 t0 = (i64)blockIdx.x * TM2; t0 < tokens; t0 += (i64)gridDim.x * TM2) {
+        /* y of the tile's tokens: the G partials summed in a fixed order, by a
+         * thread per value (few partials) or a warp per value (many: decode) */
+        if (G <= 4 || warps == 0) {
+            for (int it = threadIdx.x; it < items; it += B) {
+                const i64 t = t0 + it / (K + 1);
+                T v = 0;
+                if (t < tokens)
+                    for (int g = 0; g < G; g++)
+                        v += part[((i64)g * tokens + t) * (K + 1) + it % (K + 1)];
+                ys[it] = v;
+            }
+        } else {
+            for (int it = threadIdx.x >> 5; it < items; it += warps) {
+                const i64 t = t0 + it / (K + 1);
+                T v = 0;
+                if (t < tokens)
+                    for (int g = lane; g < G; g += 32)
+                        v += part[((i64)g * tokens + t) * (K + 1) + it % (K + 1)];
+                for (int off = 16; off > 0; off >>= 1)
+                    v += __shfl_xor_sync(0xffffffffu, v, off);
+                if (lane == 0)
+                    ys[it] = v;
+            }
+        }
+        __syncthreads();
         for (int j = threadIdx.x; j < TM2; j += B) {
             const i64 t = t0 + j;
             if (t >= tokens)
                 continue;
-            T yr[NF ? (2 + NF) * NF + 1 : 1], pr[NF ? NF : 1], po[NF ? NF : 1];
-            T Mr[NF ? NF * NF : 1];
-            T *y = yr, *pre = pr, *post = po, *M = Mr;
+            T pr[NF ? NF : 1], po[NF ? NF : 1], Mr[NF ? NF * NF : 1];
+            T *pre = pr, *post = po, *M = Mr;
             if constexpr (NF == 0) {
-                y = spre + TM2 * n + j * (K + 1 + 2 * n + nn);
-                pre = y + K + 1;
+                pre = slab + j * (2 * n + nn);
                 post = pre + n;
                 M = post + n;
             }
-            hc_coef<T, NF>(part + t * (K + 1), G, tokens * (K + 1), n, C, bias, alpha, variant,
-                           iters, (T)norm_eps, (T)hc_eps, y, pre, post, M);
+            hc_coef<T, NF>(ys + j * (K + 1), n, C, bias, alpha, variant, iters, (T)norm_eps,
+                           (T)hc_eps, pre, post, M);
 #pragma unroll
             for (int i = 0; i < n; i++)
                 spre[j * n + i] = pre[i];
