@@ -621,9 +621,17 @@ def _mhc_pre_backward(eng, x, w, b, al, g_in, g_pre, g_post, g_res, *, iteration
                 np.int32(C), _contiguous(eng, b, call), _contiguous(eng, al, call), code,
                 np.int32(iterations), np.float64(norm_eps), np.float64(hc_eps), gpre, gpost,
                 gres, gz, y, gp, aux, ws], shared)
-    eng.launch("mhc_pre_bwd_gx" + sfx, eng.grid(-(-(tokens * n * C) // B)), B,
+    # g_x tiled over 4 tokens x LC stream values (mhc.cu's hc_pre_bwd_gx): LC
+    # values of w per CTA, a launch of about GRID_TARGET CTAs
+    L, KS = n * C, K | 1
+    LC = min(B * 4, -(-L // 32) * 32)
+    while LC > 1 and (LC * KS + 4 * K + 4 + 4 * n) * x.itemsize > SHARED_LIMIT:
+        LC //= 2
+    gy = min(-(-L // LC), 65535, eng.max_grid)
+    gx = min(eng.grid(-(-tokens // 4)), max(1, GRID_TARGET // gy))   # many tiles per CTA
+    eng.launch("mhc_pre_bwd_gx" + sfx, (gx, gy), B,
                [xc, np.int64(tokens), np.int32(n), np.int32(C), wc, code, gi, aux,
-                g_x], 0)
+                np.int32(LC), g_x], (LC * KS + 4 * K + 4 + 4 * n) * x.itemsize)
     return g_x, gz, y, gp
 
 

@@ -454,8 +454,8 @@ static __device__ __forceinline__ void hc_post(const T *x, const T *f, i64 f_ts,
  *                      the Sinkhorn part by sk1_bwd (mhc_cuda.cuh), its
  *                      denominators in ws (iters' * 2n per token, slot s of token
  *                      t at ws[s * tokens + t]; iters' = iters, V4 iters - 1)
- *   mhc_pre_bwd_gx     a thread per (token, stream value): g_x[t, j] =
- *                      sum_k gp[t, k] w(j, k) + cv[t] x[t, j] + h_pre[t, i] g_in[t, c]
+ *   mhc_pre_bwd_gx     g_x[t, j] = sum_k gp[t, k] w(j, k) + cv[t] x[t, j] +
+ *                      h_pre[t, i] g_in[t, c], tiled over 4 tokens (below)
  */
 
 template <typename T>
@@ -628,31 +628,67 @@ static __device__ __forceinline__ void hc_bwd_coef(i64 t, i64 tokens, const T *p
     ax[0] = -g_r * r * r * r / L;
 }
 
+/* mhc_pre_bwd_gx: g_x = gp w^T + cv x + h_pre g_in, as a GEMM over a tile of
+ * tokens: CTA (bx, by) takes the tokens [bx TM, bx TM + TM), TM = 4, and the
+ * stream values [by LC, by LC + LC) (grid-stride over tiles of tokens). It
+ * stages w's tile (wt[l][k], row stride K | 1: a warp's lanes, on consecutive
+ * l, hit distinct banks) once, then for each tile of tokens their aux (gp
+ * transposed: gq[k][4], one 16-byte load gives the four tokens' values) and a
+ * thread per value l computes it for the four tokens -- w read once per CTA,
+ * not per token (grid-stride over tiles of values, then of tokens). Shared (T): wt LC (K | 1) | gq 4 K | cv 4 | h_pre 4 n. */
 template <typename T>
 static __device__ __forceinline__ void hc_pre_bwd_gx(const T *x, i64 tokens, int n, int C,
                                                      const T *w, int variant, const T *g_in,
-                                                     const T *aux, T *g_x)
+                                                     const T *aux, int LC, T *g_x)
 {
-    const int K = (2 + n) * n, AX = 1 + n + K;
-    const i64 L = (i64)n * C, total = tokens * L;
-    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (i64)gridDim.x * blockDim.x) {
-        const i64 t = e / L, j = e - t * L;
-        const T *a = aux + t * AX, *gpd = a + 1 + n;
-        T s = a[0] * x[e];
-        if (g_in) {
-            const int i = (int)(j / C);
-            s += a[1 + i] * g_in[t * C + (j - (i64)i * C)];
+    const int K = (2 + n) * n, AX = 1 + n + K, KS = K | 1, B = blockDim.x;
+    const i64 L = (i64)n * C;
+    T *wt = (T *)mhc_smem, *gq = wt + LC * KS, *cv = gq + 4 * K, *hpre = cv + 4;
+    for (i64 l0 = (i64)blockIdx.y * LC; l0 < L; l0 += (i64)gridDim.y * LC) {
+        const int lc = L - l0 < LC ? (int)(L - l0) : LC;
+        for (int e = threadIdx.x; e < lc * K; e += B) {
+            const int paper = variant == MHC_HC_PAPER;
+            const int l = paper ? e / K : e % lc, k = paper ? e % K : e / lc;
+            wt[l * KS + k] = paper ? w[(l0 + l) * K + k] : w[(i64)k * L + l0 + l];
         }
-        if (variant == MHC_HC_PAPER) {
-            const T *row = w + j * K;
-            for (int k = 0; k < K; k++)
-                s += gpd[k] * row[k];
-        } else {
-            for (int k = 0; k < K; k++)
-                s += gpd[k] * w[(i64)k * L + j];
+        for (i64 t0 = (i64)blockIdx.x * 4; t0 < tokens; t0 += (i64)gridDim.x * 4) {
+            for (int e = threadIdx.x; e < 4 * AX; e += B) {
+                const int a = e / AX, q = e % AX;
+                const T v = t0 + a < tokens ? aux[(t0 + a) * AX + q] : (T)0;
+                if (q == 0)
+                    cv[a] = v;
+                else if (q <= n)
+                    hpre[a * n + q - 1] = v;
+                else
+                    gq[(q - 1 - n) * 4 + a] = v;
+            }
+            __syncthreads();
+            for (int l = threadIdx.x; l < lc; l += B) {
+                T s[4] = {0, 0, 0, 0};
+                const T *wl = wt + l * KS;
+                for (int k = 0; k < K; k++) {
+                    T g4[4];
+                    hc_ld4(gq + 4 * k, g4);
+                    const T wv = wl[k];
+#pragma unroll
+                    for (int a = 0; a < 4; a++)
+                        s[a] += g4[a] * wv;
+                }
+                const i64 j = l0 + l;
+                const int i = (int)(j / C);
+#pragma unroll
+                for (int a = 0; a < 4; a++) {
+                    const i64 t = t0 + a;
+                    if (t >= tokens)
+                        break;
+                    T v = cv[a] * x[t * L + j] + s[a];
+                    if (g_in)
+                        v += hpre[a * n + i] * g_in[t * C + (j - (i64)i * C)];
+                    g_x[t * L + j] = v;
+                }
+            }
+            __syncthreads();
         }
-        g_x[e] = s;
     }
 }
 
@@ -795,9 +831,9 @@ static __device__ __forceinline__ void hc_bwd_coef_all(
     }                                                                                          \
     extern "C" __global__ void mhc_pre_bwd_gx##SUF(const T *x, i64 tokens, int n, int C,      \
                                                    const T *w, int variant, const T *g_in,    \
-                                                   const T *aux, T *g_x)                      \
+                                                   const T *aux, int LC, T *g_x)              \
     {                                                                                          \
-        hc_pre_bwd_gx<T>(x, tokens, n, C, w, variant, g_in, aux, g_x);                        \
+        hc_pre_bwd_gx<T>(x, tokens, n, C, w, variant, g_in, aux, LC, g_x);                    \
     }                                                                                          \
     extern "C" __global__ void mhc_post_bwd##SUF(const T *x, const T *f, i64 f_ts,            \
                                                  const T *hp, i64 hp_ts, const T *hr,         \
