@@ -563,6 +563,160 @@ def test_pairwise(harness, manifold, dtype):
         assert e.value.argument == "y" and e.value.index == (3,)
 
 
+def _unaligned(a, offset=1):
+    """a copy of ``a`` (C-contiguous) whose data start ``offset`` elements past a
+    16-byte boundary"""
+    buf = np.empty(a.size + 4, a.dtype)
+    start = (-buf.ctypes.data % 16) // a.itemsize + offset
+    out = buf[start:start + a.size].reshape(a.shape)
+    out[...] = a
+    assert out.ctypes.data % 16 == offset * a.itemsize
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("manifold", MANIFOLDS)
+@pytest.mark.parametrize("d", [1, 3, 4, 5, 8, 13, 64, 130, 1027])
+def test_distance_vector_and_scalar_loads(harness, manifold, d, dtype):
+    """Rows whose starts (x's and c's) are 16-byte aligned are read in float4 /
+    double2 vectors and the rest of d one term at a time; other rows in scalars:
+    aligned rows, every row unaligned, x and c unaligned alike, and (d odd)
+    aligned and unaligned rows in one warp all match the reference."""
+    rng = rng_for("cuda-dist-vec", manifold, d, dtype)
+    x = _points(manifold, rng, (37,), d).astype(dtype)
+    c1 = _points(manifold, rng, (), d).astype(dtype)
+    cn = _points(manifold, rng, (37,), d).astype(dtype)
+    assert x.ctypes.data % 16 == 0 and c1.ctypes.data % 16 == 0
+    if d % 2:     # row i starts at i * d elements: some rows aligned, some not
+        starts = {(x.ctypes.data + i * d * x.itemsize) % 16 for i in range(37)}
+        assert 0 in starts and len(starts) > 1
+    extra = dict(atol=1e-15) if manifold == "spherical" else {}
+    tol = {**DIST_TOL[dtype], **extra}
+    for a, b in ((x, c1), (x, cn), (_unaligned(x), c1), (_unaligned(x), _unaligned(cn)),
+                 (x, _unaligned(c1))):
+        np.testing.assert_allclose(_dist(harness, manifold, a, b), ref.distance(manifold, x, b),
+                                   **tol)
+    got = cb._pairwise_call(engine(harness), _unaligned(x[:9]), cn[:5], manifold, 1.0,
+                            "raise", Call())
+    np.testing.assert_allclose(got, ref.pairwise(manifold, x[:9], cn[:5]), **tol)
+
+
+def _second_pass_rows(manifold, rng, n, d, dtype):
+    """(x, c, want, mode): n rows of dtype in which every third needs the kernel's
+    second pass (a rescale, a non-finite term, a clip, a near angle) and the
+    others not, so that one warp holds both kinds; want from the float64
+    reference of the rows as given"""
+    if manifold == "euclidean":
+        x = rng.standard_normal((n, d))
+        c = rng.standard_normal((n, d))
+        if dtype == "float64":
+            s = np.where(np.arange(n) % 6 == 0, 1e200, np.where(np.arange(n) % 6 == 3, 1e-200, 1))
+            x, c = x * s[:, None], c * s[:, None]
+            x32, c32 = x / s[:, None], c / s[:, None]
+            return x, c, ref.euclidean(x32, c32) * s, "nan"
+        x, c = x.astype(dtype), c.astype(dtype)
+        want = ref.euclidean(x, c)
+        x[1::6, d // 2] = np.inf
+        want[1::6] = np.inf
+        x[4::6, 0] = np.nan
+        want[4::6] = np.nan
+        return x, c, want, "nan"
+    if manifold == "poincare":
+        x = ref.ball_points(rng, (n,), d)
+        c = ref.ball_points(rng, (n,), d)
+        if dtype == "float64":  # |x - c| ~ 1e-160: its squares underflow
+            x[::3] *= 1e-150
+            c[::3] = x[::3] * (1 + 1e-10 * rng.standard_normal((len(x[::3]), d)))
+            return x, c, ref.poincare(x, c), "nan"
+        x[1::3] *= 1.3 / np.linalg.norm(x[1::3], axis=-1, keepdims=True)   # to be clipped
+        x, c = x.astype(dtype), c.astype(dtype)
+        return x, c, ref.poincare(ref.clip_to_ball(x), c), "clip"
+    x = ref.sphere_points(rng, (n,), d)
+    c = ref.sphere_points(rng, (n,), d)
+    c[::3] = x[::3] * 1.7 + 1e-5 * rng.standard_normal((len(x[::3]), d))   # near 0
+    c[1::3] = -x[1::3] * 0.3 + 1e-5 * rng.standard_normal((len(x[1::3]), d))   # near pi
+    if dtype == "float64":
+        x[2::6] *= 1e200
+        c[5::6] *= 1e-200
+    x, c = x.astype(dtype), c.astype(dtype)
+    return x, c, ref.spherical(x, c), "raise"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("manifold", MANIFOLDS)
+@pytest.mark.parametrize("d", [3, 40, 300])
+def test_distance_second_pass_rows_beside_plain_rows(harness, manifold, d, dtype):
+    """Rows needing a second pass among rows that do not, in one warp (d = 3: a
+    lane per row, 40: 16 lanes, 300: the whole warp): the warp runs the pass for
+    the rows that need it and the others keep their first-pass result."""
+    rng = rng_for("cuda-dist-second", manifold, d, dtype)
+    x, c, want, mode = _second_pass_rows(manifold, rng, 45, d, dtype)
+    assert x.dtype == dtype and c.dtype == dtype
+    if manifold == "poincare" and dtype == "float64":
+        assert np.all(want[::3] < 1e-150) and np.all(want[1::3] > 1e-3)
+    got = _dist(harness, manifold, x, c, mode=mode)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    extra = dict(atol=1e-15) if manifold == "spherical" else {}
+    np.testing.assert_allclose(got[ok], want[ok], **{**DIST_TOL[dtype], **extra})
+
+
+def test_distance_lanes():
+    """The launch's choice of lanes per row: short rows share a warp, rows of
+    >= 128 terms take a whole warp, long rows that are too few to fill the GPU
+    spread over several warps, up to the block."""
+    eng = cb.Engine(np, None)
+    assert [cb._lanes(eng, 10**6, d) for d in (1, 4, 5, 16, 100, 128, 1024, 10**5)] == \
+        [1, 1, 2, 4, 32, 32, 32, 32]
+    assert cb._lanes(eng, 100, 1024) == 32 and cb._lanes(eng, 3, 4095) == 32
+    assert cb._lanes(eng, 3, 4096) == 64 and cb._lanes(eng, 3, 10000) == 128
+    assert cb._lanes(eng, 3, 20000) == cb._lanes(eng, 3, 10**6) == cb.BLOCK
+    assert cb._lanes(eng, 4096, 10**6) == 32
+    assert cb._lanes(cb.Engine(np, None, block=32), 3, 10**6) == 32
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_distance_wide_rows_across_warps(harness, dtype):
+    """Few long rows: a segment of several warps (lanes > 32) sums each row and
+    the warps' totals meet in shared memory, the second passes included."""
+    rng = rng_for("cuda-dist-wide", dtype)
+    for manifold in MANIFOLDS:
+        d = 20000 + 3
+        x, c, want, mode = _second_pass_rows(manifold, rng, 6, d, dtype)
+        for block in (64, cb.BLOCK):
+            eng = engine(harness, block=block, max_grid=2)
+            assert cb._lanes(eng, 6, d) == block
+            got = cb._distance_call(eng, x, c, manifold, 1.0, mode, Call())
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            ok = ~np.isnan(want)
+            extra = dict(atol=1e-15) if manifold == "spherical" else {}
+            np.testing.assert_allclose(got[ok], want[ok], **{**DIST_TOL[dtype], **extra})
+
+
+@pytest.mark.parametrize("manifold", MANIFOLDS)
+@pytest.mark.parametrize("mode", ["raise", "nan", "clip"])
+def test_distance_reads_back_only_the_raise_flag(harness, manifold, mode):
+    """Only "raise" on the Poincare ball and the sphere gives the kernel a flag
+    (the one value read back after the launch); every other call passes NULL,
+    so there is nothing to wait for."""
+    x = _points(manifold, rng_for("cuda-dist-flag", manifold), (4,), 5)
+    eng = engine(harness)
+    seen = []
+    launch = eng.launch
+
+    def spy(name, grid, blk, args, shared):
+        seen.append(args[11])
+        launch(name, grid, blk, args, shared)
+    eng.launch = spy
+    cb._distance_call(eng, x, x[0], manifold, 1.0, mode, Call())
+    cb._pairwise_call(eng, x, x, manifold, 1.0, mode, Call())
+    flagged = mode == "raise" and manifold != "euclidean"
+    for flag in seen:
+        assert (flag is cb._NULL) != flagged
+        if flagged:
+            assert isinstance(flag, np.ndarray) and flag.shape == (1,) and flag[0] == 0
+
+
 # ---------------------------------------------------------------- the mHC connection
 
 def _mhc_params(rng, n, C, variant, dtype):
@@ -811,7 +965,7 @@ def test_every_kernel_at_the_block_size_the_gpu_runs(harness, family):
             np.testing.assert_allclose(got, _numeric_grad(x, up, **kw), rtol=1e-6, atol=1e-8)
     elif family == "distances":
         for manifold in MANIFOLDS:
-            for d in (3, 300, 1100):
+            for d in (3, 300, 1100, 20003):     # 20003: a row across the block's 8 warps
                 x = _points(manifold, rng, (5,), d)
                 c = _points(manifold, rng, (), d)
                 got = cb._distance_call(eng, x, c, manifold, 1.0, "raise", Call())
