@@ -16,7 +16,9 @@ in the caller's library (``xp.from_dlpack``, no copy).
   torch's current stream of their device (``cupy.cuda.ExternalStream``), so
   that the caller's ordering holds without any synchronisation. The only
   device-to-host read is the domain flag of the Poincare and spherical
-  distances under ``on_domain_error="raise"``.
+  distances under ``on_domain_error="raise"``: one int read after the kernel
+  (``_distance``), which waits for it. The Euclidean distance and
+  ``"nan"`` / ``"clip"`` pass no flag and return once the kernel is queued.
 - A CUDA out-of-memory is a :class:`CudaOutOfMemoryError` (a ``NativeError``
   and a ``MemoryError``); what was allocated for the call is released.
 
