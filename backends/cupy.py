@@ -346,9 +346,10 @@ def sinkhorn_backward(xp, x, row_sums, col_sums, grad, *, iterations, tau, logit
 #: while the launch has fewer threads than this: about half of what an H100
 #: keeps resident (132 SMs x 2048), so that few long rows still fill the GPU
 DIST_FILL_THREADS = 1 << 17
-#: the values a distance reduction exchanges at most per thread (distance.cu:
-#: the spherical sums of double input, three double-double sums and two maxima);
-#: a segment of several warps exchanges them through shared memory, one slot per warp
+#: the values a distance reduction exchanges at most per thread (distance.cu's
+#: DIST_SCRATCH: the spherical sums of double input, three double-double sums and
+#: two maxima); a segment of several warps exchanges them through shared memory,
+#: one slot per warp
 DIST_SCRATCH = 8
 
 

@@ -673,6 +673,11 @@ def test_distance_lanes():
     assert cb._lanes(eng, 3, 20000) == cb._lanes(eng, 3, 10**6) == cb.BLOCK
     assert cb._lanes(eng, 4096, 10**6) == 32
     assert cb._lanes(cb.Engine(np, None, block=32), 3, 10**6) == 32
+    # the shared memory a wide launch gives is what the kernel's reductions may use
+    import re
+    text = open(os.path.join(CUDA, "distance.cu")).read()
+    assert re.search(r"^#define DIST_SCRATCH (\d+)$", text, re.M).group(1) == \
+        str(cb.DIST_SCRATCH)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

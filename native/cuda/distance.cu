@@ -15,7 +15,7 @@
  * or part of one for short rows -- reduces by warp shuffles alone (no shared
  * memory, no barrier); L > 32 (long rows too few to fill the GPU) adds one
  * exchange of the warps' totals through shared memory (mhc_seg_reduce_shfl,
- * 8 * blockDim.x / 32 doubles). Where both row starts are 16-byte aligned the
+ * DIST_SCRATCH * blockDim.x / 32 doubles). Where both row starts are 16-byte aligned the
  * lanes load float4 / double2 (the last d mod 4 (2) terms one at a time);
  * other rows load scalars. The reductions fold in a fixed order: the results
  * do not depend on timing.
@@ -29,8 +29,9 @@
  *   euclidean  |x - c|; non-finite sums (which terms were NaN or inf) and, for
  *              double, squares that over/underflow: rescaled by a power of two
  *   poincare   log1p(z + sqrt(z (z + 2))) / sqrt(K), z = 2K|x-c|^2 / den,
- *              den = (1 - K|x|^2)(1 - K|c|^2) from the double-double norms (no
- *              cancellation near the boundary); tiny z: 2|x - c| / sqrt(den),
+ *              den = (1 - K|x|^2)(1 - K|c|^2) from the norms' sums with the
+ *              rounding of K|p|^2 kept (no cancellation near the boundary:
+ *              double sums of float terms, double-double for double); tiny z: 2|x - c| / sqrt(den),
  *              whose squares are rescaled only for double where they
  *              underflow; clip: points beyond radius (1 - MHC_CLIP_MARGIN) /
  *              sqrt(K) scaled back to it (a second pass of |sx x - sc c|^2)
@@ -128,6 +129,19 @@ static __device__ __forceinline__ void dist_walk(const T *__restrict__ px,
         f((double)px[e], (double)pc[e]);
 }
 
+/* the most values a reduction below folds per thread (the spherical sums of
+ * double input: three double-double sums and two maxima); the launch gives a
+ * segment of several warps DIST_SCRATCH doubles of shared memory per warp
+ * (backends/cupy.py: DIST_SCRATCH, the same number) */
+#define DIST_SCRATCH 8
+
+template <int W, class Op>
+static __device__ __forceinline__ void dist_reduce(double (&v)[W], int L, Op op)
+{
+    static_assert(W <= DIST_SCRATCH, "more values than the launch's shared memory holds");
+    mhc_seg_reduce_shfl(mhc_smem, v, L, op);
+}
+
 /* whether the warp runs an optional pass: any of its segments needs it (its
  * shuffles need every lane); a segment of several warps always does (its
  * reduction synchronises the block) */
@@ -144,7 +158,6 @@ static __device__ __forceinline__ double dist_euclidean(const T *__restrict__ px
     const bool DD = sizeof(T) == 8;
     typedef dist_acc<DD> A;
     const int N = A::N, NM = DD ? 1 : 0, IM = DD ? N : 0;  /* IM: the maximum (double) */
-    double *sh = mhc_smem;
     double v[N + NM] = {};                       /* |x - c|^2, max |x - c| (double) */
     if (valid)
         dist_walk(px, pc, d, L, lane, [&](double a, double b) {
@@ -153,7 +166,7 @@ static __device__ __forceinline__ double dist_euclidean(const T *__restrict__ px
             if (DD)
                 dist_max(v[IM], u);
         });
-    mhc_seg_reduce_shfl(sh, v, L, dist_fold<A, 1>());
+    dist_reduce(v, L, dist_fold<A, 1>());
     double val = sqrt(A::val(v));
     /* float: only a non-finite term makes the sum non-finite; double: also
      * squares that over- or underflow (then rescaled by k) */
@@ -171,7 +184,7 @@ static __device__ __forceinline__ double dist_euclidean(const T *__restrict__ px
                 else if (!mhc_finite(a) || !mhc_finite(b))
                     w[N + 1] = 1;
             });
-        mhc_seg_reduce_shfl(sh, w, L, dist_fold<A, 1>());
+        dist_reduce(w, L, dist_fold<A, 1>());
         if (need)
             val = w[N] != 0 ? mhc_nan() : w[N + 1] != 0 ? mhc_inf() : sqrt(A::val(w)) / k;
     }
@@ -187,7 +200,6 @@ static __device__ __forceinline__ double dist_poincare(const T *__restrict__ px,
     const bool DD = sizeof(T) == 8;
     typedef dist_acc<DD> A;
     const int N = A::N, NM = DD ? 1 : 0, IM = DD ? 3 * N : 0;
-    double *sh = mhc_smem;
     double v[3 * N + NM] = {};                   /* |x-c|^2, |x|^2, |c|^2, max |x-c| */
     if (valid)
         dist_walk(px, pc, d, L, lane, [&](double a, double b) {
@@ -198,7 +210,7 @@ static __device__ __forceinline__ double dist_poincare(const T *__restrict__ px,
             if (DD)
                 dist_max(v[IM], u);
         });
-    mhc_seg_reduce_shfl(sh, v, L, dist_fold<A, 3>());
+    dist_reduce(v, L, dist_fold<A, 3>());
     double dd = A::val(v);
     const double kx = K * A::val(v + N), kc = K * A::val(v + 2 * N);
     const double R2 = (1 - MHC_CLIP_MARGIN) * (1 - MHC_CLIP_MARGIN); /* clip radius^2 */
@@ -237,7 +249,7 @@ static __device__ __forceinline__ double dist_poincare(const T *__restrict__ px,
                 const double u = (a * ax - b * ac) * k;
                 A::add(w, u, u);
             });
-        mhc_seg_reduce_shfl(sh, w, L, dist_fold<A, 1>());
+        dist_reduce(w, L, dist_fold<A, 1>());
         if (need)
             dd = A::val(w);
     }
@@ -263,7 +275,6 @@ static __device__ __forceinline__ double dist_spherical(const T *__restrict__ px
     const bool DD = sizeof(T) == 8;
     typedef dist_acc<DD> A;
     const int N = A::N, NM = DD ? 2 : 0, IM = DD ? 3 * N : 0;  /* IM, IM + 1: the maxima */
-    double *sh = mhc_smem;
     double v[3 * N + NM] = {};                   /* |x|^2 |c|^2 x.c, max |x|, max |c| */
     if (valid)
         dist_walk(px, pc, d, L, lane, [&](double a, double b) {
@@ -275,7 +286,7 @@ static __device__ __forceinline__ double dist_spherical(const T *__restrict__ px
                 dist_max(v[IM + 1], b);
             }
         });
-    mhc_seg_reduce_shfl(sh, v, L, dist_fold<A, 3>());
+    dist_reduce(v, L, dist_fold<A, 3>());
     double xx = A::val(v), cc = A::val(v + N), p = A::val(v + 2 * N);
     /* float: a norm is non-finite or zero only for such terms; double: the
      * maxima tell (squares may over- or underflow) */
@@ -297,7 +308,7 @@ static __device__ __forceinline__ double dist_spherical(const T *__restrict__ px
                 A::add(w + N, b, b);
                 A::add(w + 2 * N, a, b);
             });
-        mhc_seg_reduce_shfl(sh, w, L, dist_fold<A, 3>());
+        dist_reduce(w, L, dist_fold<A, 3>());
         if (rescale) {
             xx = A::val(w);
             cc = A::val(w + N);
@@ -320,7 +331,7 @@ static __device__ __forceinline__ double dist_spherical(const T *__restrict__ px
                 b *= ib;
                 A::add(s2, b - a, b + a);
             });
-        mhc_seg_reduce_shfl(sh, s2, L, dist_fold<A, 1>());
+        dist_reduce(s2, L, dist_fold<A, 1>());
         const double na = sqrt(swap ? cc : xx), nb = sqrt(swap ? xx : cc);
         const double g = A::val(s2) / (nb + na) / (na * nb), ina = 1 / na;
         double q[2 * N] = {};
@@ -332,7 +343,7 @@ static __device__ __forceinline__ double dist_spherical(const T *__restrict__ px
                 A::add(q, u, u);
                 A::add(q + N, w, w);
             });
-        mhc_seg_reduce_shfl(sh, q, L, dist_fold<A, 2>());
+        dist_reduce(q, L, dist_fold<A, 2>());
         if (near) {
             dm = A::val(q);
             dp = A::val(q + N);
