@@ -16,7 +16,9 @@ in the caller's library (``xp.from_dlpack``, no copy).
   torch's current stream of their device (``cupy.cuda.ExternalStream``), so
   that the caller's ordering holds without any synchronisation. The only
   device-to-host read is the domain flag of the Poincare and spherical
-  distances under ``on_domain_error="raise"``.
+  distances under ``on_domain_error="raise"``: one int read after the kernel
+  (``_distance``), which waits for it. The Euclidean distance and
+  ``"nan"`` / ``"clip"`` pass no flag and return once the kernel is queued.
 - A CUDA out-of-memory is a :class:`CudaOutOfMemoryError` (a ``NativeError``
   and a ``MemoryError``); what was allocated for the call is released.
 
@@ -360,27 +362,47 @@ def sinkhorn_backward(xp, x, row_sums, col_sums, grad, *, iterations, tau, logit
 
 # ---------------------------------------------------------------- distances
 
-def _lanes(eng, d):
-    """mhc_cuda.cuh's mhc_lanes: lanes per row for rows of d terms."""
+#: a wide row's segment grows (warps of the block reading one row together)
+#: while the launch has fewer threads than this: about half of what an H100
+#: keeps resident (132 SMs x 2048), so that few long rows still fill the GPU
+DIST_FILL_THREADS = 1 << 17
+#: the values a distance reduction exchanges at most per thread (distance.cu's
+#: DIST_SCRATCH: the spherical sums of double input, three double-double sums and
+#: two maxima); a segment of several warps exchanges them through shared memory,
+#: one slot per warp
+DIST_SCRATCH = 8
+
+
+def _lanes(eng, rows, d):
+    """The lanes that read one row of d terms (distance.cu): a power of two up to
+    a warp, about d / 4 (every lane sums >= 4 terms), so that short rows share a
+    warp; for long rows too few to fill the GPU (rows * lanes < DIST_FILL_THREADS)
+    up to the block, as long as every lane keeps >= 64 terms."""
+    B = eng.block
     L = 1
-    while L < eng.block and L * 4 < d:
+    while L < min(32, B) and L * 4 < d:
+        L <<= 1
+    while L < B and L * 2 * 64 <= d and rows * L < DIST_FILL_THREADS:
         L <<= 1
     return L
 
 
 def _distance(eng, manifold, a, a_rs, b, b_rs, rows, d, pair_m, out, curvature, mode):
     """Run the distance kernel; returns True when a point is outside the domain
-    under mode "raise" (out then holds NaN there)."""
+    under mode "raise" (out then holds NaN there). Only "raise" (Poincare and
+    spherical) has a flag to read back: one device-to-host read after the
+    launch; every other call queues the kernel and returns without waiting."""
     xp = eng.xp
     flag = _NULL
     if manifold != "euclidean" and mode == "raise":
         flag = xp.zeros(1, np.int32)
     B = eng.block
-    per = B // _lanes(eng, d)
-    eng.launch("mhc_dist" + _suffix(a.dtype), eng.grid(-(-rows // per)), B,
+    L = _lanes(eng, rows, d)
+    shared = DIST_SCRATCH * (B // 32) * 8 if L > 32 else 0
+    eng.launch("mhc_dist" + _suffix(a.dtype), eng.grid(-(-rows // (B // L))), B,
                [np.int32(_MANIFOLD[manifold]), a, np.int64(a_rs), b, np.int64(b_rs), out,
                 np.int64(rows), np.int64(d), np.int64(pair_m), np.float64(curvature),
-                np.int32(_MODE[mode]), flag], 9 * B * 8)
+                np.int32(_MODE[mode]), flag, np.int32(L)], shared)
     return flag is not _NULL and bool(int(flag[0]))
 
 

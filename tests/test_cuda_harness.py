@@ -9,9 +9,9 @@ so the launch code -- kernel choice, argument lists, grid and shared-memory
 sizes -- is exercised too. Results are compared with the float64 references
 of tests/reference.py at the tolerances of the native tests; small blocks and
 grids make the kernels' grid-stride loops and segmented reductions take every
-path they take on a GPU; every family also runs at the GPU's block size. The
-harness fails a launch that writes shared memory past its allocation (a canary),
-and a ThreadSanitizer build of it checks that the threads share memory only
+path they take on a GPU; every family also runs at the GPU's block size (the
+distance tests all run at both). The harness fails a launch that writes shared
+memory past its allocation (a canary), and a ThreadSanitizer build of it checks that the threads share memory only
 across barriers (and reports the races of a barrier broken on purpose).
 """
 
@@ -414,20 +414,27 @@ def _points(manifold, rng, shape, d, curvature=1.0):
     return rng.standard_normal(tuple(shape) + (d,)) * 3
 
 
-def _dist(lib, manifold, x, c, curvature=1.0, mode="raise", block=32):
+def _dist(lib, block, manifold, x, c, curvature=1.0, mode="raise"):
     return cb._distance_call(engine(lib, block=block), x, c, manifold, curvature, mode, Call())
+
+
+@pytest.fixture(params=[32, cb.BLOCK], ids=["block32", "block256"])
+def block(request):
+    """the distance tests' block size: 32 (a warp, so that small inputs reach
+    every path of the reductions) and the GPU's"""
+    return request.param
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("manifold", MANIFOLDS)
 @pytest.mark.parametrize("d", [1, 3, 16, 130])
-def test_distance_grid(harness, manifold, d, dtype):
+def test_distance_grid(harness, block, manifold, d, dtype):
     rng = rng_for("cuda-dist", manifold, d, dtype)
     x = _points(manifold, rng, (4, 9), d).astype(dtype)
     for c in (_points(manifold, rng, (), d), _points(manifold, rng, (4, 9), d),
               _points(manifold, rng, (9,), d)):
         c = c.astype(dtype)
-        got = _dist(harness, manifold, x, c)
+        got = _dist(harness, block, manifold, x, c)
         assert got.shape == (4, 9) and got.dtype == x.dtype
         extra = dict(atol=1e-15) if manifold == "spherical" else {}
         np.testing.assert_allclose(got, ref.distance(manifold, x, c), **{**DIST_TOL[dtype],
@@ -436,27 +443,27 @@ def test_distance_grid(harness, manifold, d, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("manifold", MANIFOLDS)
-def test_near_zero_and_identical(harness, manifold, dtype):
+def test_near_zero_and_identical(harness, block, manifold, dtype):
     rng = rng_for("cuda-near0", manifold, dtype)
     x = _points(manifold, rng, (40,), 16)
     c = (x + 1e-4 * rng.standard_normal(x.shape) * np.abs(x).mean()).astype(dtype)
     x = x.astype(dtype)
     want = ref.distance(manifold, x, c)
     assert np.all(want > 0)
-    np.testing.assert_allclose(_dist(harness, manifold, x, c), want, **DIST_TOL[dtype])
-    np.testing.assert_array_equal(_dist(harness, manifold, x, x.copy()), 0.0)
+    np.testing.assert_allclose(_dist(harness, block, manifold, x, c), want, **DIST_TOL[dtype])
+    np.testing.assert_array_equal(_dist(harness, block, manifold, x, x.copy()), 0.0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_spherical_near_antipodal_and_scales(harness, dtype):
+def test_spherical_near_antipodal_and_scales(harness, block, dtype):
     rng = rng_for("cuda-antipodal", dtype)
     x = ref.sphere_points(rng, (40,), 16)
     c = (-x * rng.uniform(0.5, 2, (40, 1)) + 1e-3 * rng.standard_normal(x.shape)).astype(dtype)
     x = x.astype(dtype)
     want = ref.spherical(x, c)
     assert np.all(want > np.pi - 1e-2)
-    np.testing.assert_allclose(_dist(harness, "spherical", x, c), want, **DIST_TOL[dtype])
-    np.testing.assert_allclose(_dist(harness, "spherical", x, -x), np.full(40, np.pi),
+    np.testing.assert_allclose(_dist(harness, block, "spherical", x, c), want, **DIST_TOL[dtype])
+    np.testing.assert_allclose(_dist(harness, block, "spherical", x, -x), np.full(40, np.pi),
                                **DIST_TOL[dtype])
     # a unit vector against one 1e3..1e25 times longer, near 0 and near pi
     u = ref.sphere_points(rng, (20,), 8)
@@ -466,31 +473,31 @@ def test_spherical_near_antipodal_and_scales(harness, dtype):
         v = (sign * u * s + 1e-4 * s * rng.standard_normal(u.shape)).astype(dtype)
         uu = u.astype(dtype)
         tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(_dist(harness, "spherical", uu, v), ref.spherical(uu, v),
+        np.testing.assert_allclose(_dist(harness, block, "spherical", uu, v), ref.spherical(uu, v),
                                    **tol)
     if dtype == "float64":   # norms whose squares over- or underflow double
         for scale in (1e200, 1e-200):
             a, b = x.astype(np.float64) * scale, c.astype(np.float64) * scale * 3
-            np.testing.assert_allclose(_dist(harness, "spherical", a, b),
+            np.testing.assert_allclose(_dist(harness, block, "spherical", a, b),
                                        ref.spherical(x.astype(np.float64), c.astype(np.float64)),
                                        **DIST_TOL[dtype])
 
 
-def test_euclidean_over_and_underflow(harness):
+def test_euclidean_over_and_underflow(harness, block):
     rng = rng_for("cuda-euclid-scale")
     x = rng.standard_normal((10, 12))
     c = rng.standard_normal((10, 12))
     for scale in (1e200, 1e-200, 1e-310):
-        np.testing.assert_allclose(_dist(harness, "euclidean", x * scale, c * scale),
+        np.testing.assert_allclose(_dist(harness, block, "euclidean", x * scale, c * scale),
                                    ref.euclidean(x, c) * scale, rtol=1e-12)
     x32 = (x * 1e-30).astype(np.float32)
-    np.testing.assert_allclose(_dist(harness, "euclidean", x32, np.zeros(12, np.float32)),
+    np.testing.assert_allclose(_dist(harness, block, "euclidean", x32, np.zeros(12, np.float32)),
                                ref.euclidean(x32, np.zeros(12)), **DIST_TOL["float32"])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("curvature", [1.0, 3.0])
-def test_poincare_near_boundary_and_every_scale(harness, curvature, dtype):
+def test_poincare_near_boundary_and_every_scale(harness, block, curvature, dtype):
     rng = rng_for("cuda-boundary", curvature, dtype)
     v = rng.standard_normal((40, 8))
     v /= np.linalg.norm(v, axis=-1, keepdims=True)
@@ -499,7 +506,7 @@ def test_poincare_near_boundary_and_every_scale(harness, curvature, dtype):
     c[:10] = -x[:10] * 0.999999
     c[10:20] = x[10:20] * (1 - 1e-4)
     x, c = x.astype(dtype), c.astype(dtype)
-    np.testing.assert_allclose(_dist(harness, "poincare", x, c, curvature),
+    np.testing.assert_allclose(_dist(harness, block, "poincare", x, c, curvature),
                                ref.poincare(x, c, curvature), **DIST_TOL[dtype])
     # distances from 1e-13 to ~15 from an off-centre point
     d = 24
@@ -512,61 +519,220 @@ def test_poincare_near_boundary_and_every_scale(harness, curvature, dtype):
     y = (centre.astype(np.float64) + np.outer(steps * radius, u)).astype(dtype)
     want = ref.poincare(y, centre, curvature=curvature)
     ok = want > 0
-    np.testing.assert_allclose(_dist(harness, "poincare", y, centre, curvature)[ok], want[ok],
+    np.testing.assert_allclose(_dist(harness, block, "poincare", y, centre, curvature)[ok], want[ok],
                                **DIST_TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_domain_errors_and_non_finite_rows(harness, dtype):
+def test_domain_errors_and_non_finite_rows(harness, block, dtype):
     rng = rng_for("cuda-domain", dtype)
     x = ref.ball_points(rng, (6, 5), 4).astype(dtype)
     c = ref.ball_points(rng, (5,), 4).astype(dtype)
     x[2, 3] = [1.0, 1.0, 0, 0]                     # outside the ball
     with pytest.raises(DomainError) as e:
-        _dist(harness, "poincare", x, c)
+        _dist(harness, block, "poincare", x, c)
     assert e.value.argument == "x" and e.value.index == (2, 3)
-    got = _dist(harness, "poincare", x, c, mode="nan")
+    got = _dist(harness, block, "poincare", x, c, mode="nan")
     assert np.isnan(got[2, 3]) and np.isnan(got).sum() == 1
     ok = np.ones(got.shape, bool)
     ok[2, 3] = False
     np.testing.assert_allclose(got[ok], ref.poincare(x, c)[ok], **DIST_TOL[dtype])
-    clipped = _dist(harness, "poincare", x, c, mode="clip")
+    clipped = _dist(harness, block, "poincare", x, c, mode="clip")
     want = ref.poincare(ref.clip_to_ball(x), c)
     np.testing.assert_allclose(clipped, want, rtol=1e-5 if dtype == "float32" else 1e-10)
     s = ref.sphere_points(rng, (7,), 3).astype(dtype)
     s[4] = 0
     with pytest.raises(DomainError) as e:
-        _dist(harness, "spherical", s, s[0])
+        _dist(harness, block, "spherical", s, s[0])
     assert e.value.argument == "x" and e.value.index == (4,)
-    got = _dist(harness, "spherical", s, s[1], mode="nan")
+    got = _dist(harness, block, "spherical", s, s[1], mode="nan")
     assert np.isnan(got[4]) and np.isnan(got).sum() == 1
     nan_row = x.copy()
     nan_row[1, 1, 0] = np.nan
     for manifold in MANIFOLDS:
-        got = _dist(harness, manifold, nan_row, c, mode="nan")
+        got = _dist(harness, block, manifold, nan_row, c, mode="nan")
         assert np.isnan(got[1, 1]) and np.isnan(got).sum() == (2 if manifold == "poincare"
                                                                 else 1)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("manifold", MANIFOLDS)
-def test_pairwise(harness, manifold, dtype):
+def test_pairwise(harness, block, manifold, dtype):
     rng = rng_for("cuda-pairwise", manifold, dtype)
     x = _points(manifold, rng, (11,), 7).astype(dtype)
     y = _points(manifold, rng, (6,), 7).astype(dtype)
-    got = cb._pairwise_call(engine(harness), x, y, manifold, 1.0, "raise", Call())
+    got = cb._pairwise_call(engine(harness, block=block), x, y, manifold, 1.0, "raise", Call())
     assert got.shape == (11, 6)
     extra = dict(atol=1e-15) if manifold == "spherical" else {}
     np.testing.assert_allclose(got, ref.pairwise(manifold, x, y), **{**DIST_TOL[dtype],
                                                                       **extra})
-    np.testing.assert_allclose(np.diag(cb._pairwise_call(engine(harness), x, x, manifold, 1.0,
+    np.testing.assert_allclose(np.diag(cb._pairwise_call(engine(harness, block=block), x, x, manifold, 1.0,
                                                          "raise", Call())), 0, atol=1e-15)
     if manifold != "euclidean":
         bad = y.copy()
         bad[3] = 0 if manifold == "spherical" else 2
         with pytest.raises(DomainError) as e:
-            cb._pairwise_call(engine(harness), x, bad, manifold, 1.0, "raise", Call())
+            cb._pairwise_call(engine(harness, block=block), x, bad, manifold, 1.0, "raise", Call())
         assert e.value.argument == "y" and e.value.index == (3,)
+
+
+def _unaligned(a, offset=1):
+    """a copy of ``a`` (C-contiguous) whose data start ``offset`` elements past a
+    16-byte boundary"""
+    buf = np.empty(a.size + 4, a.dtype)
+    start = (-buf.ctypes.data % 16) // a.itemsize + offset
+    out = buf[start:start + a.size].reshape(a.shape)
+    out[...] = a
+    assert out.ctypes.data % 16 == offset * a.itemsize
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("manifold", MANIFOLDS)
+@pytest.mark.parametrize("d", [1, 3, 4, 5, 8, 13, 64, 130, 1027])
+def test_distance_vector_and_scalar_loads(harness, block, manifold, d, dtype):
+    """Rows whose starts (x's and c's) are 16-byte aligned are read in float4 /
+    double2 vectors and the rest of d one term at a time; other rows in scalars:
+    aligned rows, every row unaligned, x and c unaligned alike, and (d odd)
+    aligned and unaligned rows in one warp all match the reference."""
+    rng = rng_for("cuda-dist-vec", manifold, d, dtype)
+    x = _points(manifold, rng, (37,), d).astype(dtype)
+    c1 = _points(manifold, rng, (), d).astype(dtype)
+    cn = _points(manifold, rng, (37,), d).astype(dtype)
+    assert x.ctypes.data % 16 == 0 and c1.ctypes.data % 16 == 0
+    if d % 2:     # row i starts at i * d elements: some rows aligned, some not
+        starts = {(x.ctypes.data + i * d * x.itemsize) % 16 for i in range(37)}
+        assert 0 in starts and len(starts) > 1
+    extra = dict(atol=1e-15) if manifold == "spherical" else {}
+    tol = {**DIST_TOL[dtype], **extra}
+    for a, b in ((x, c1), (x, cn), (_unaligned(x), c1), (_unaligned(x), _unaligned(cn)),
+                 (x, _unaligned(c1))):
+        np.testing.assert_allclose(_dist(harness, block, manifold, a, b), ref.distance(manifold, x, b),
+                                   **tol)
+    got = cb._pairwise_call(engine(harness, block=block), _unaligned(x[:9]), cn[:5], manifold, 1.0,
+                            "raise", Call())
+    np.testing.assert_allclose(got, ref.pairwise(manifold, x[:9], cn[:5]), **tol)
+
+
+def _second_pass_rows(manifold, rng, n, d, dtype):
+    """(x, c, want, mode): n rows of dtype in which every third needs the kernel's
+    second pass (a rescale, a non-finite term, a clip, a near angle) and the
+    others not, so that one warp holds both kinds; want from the float64
+    reference of the rows as given"""
+    if manifold == "euclidean":
+        x = rng.standard_normal((n, d))
+        c = rng.standard_normal((n, d))
+        if dtype == "float64":
+            s = np.where(np.arange(n) % 6 == 0, 1e200, np.where(np.arange(n) % 6 == 3, 1e-200, 1))
+            x, c = x * s[:, None], c * s[:, None]
+            x32, c32 = x / s[:, None], c / s[:, None]
+            return x, c, ref.euclidean(x32, c32) * s, "nan"
+        x, c = x.astype(dtype), c.astype(dtype)
+        want = ref.euclidean(x, c)
+        x[1::6, d // 2] = np.inf
+        want[1::6] = np.inf
+        x[4::6, 0] = np.nan
+        want[4::6] = np.nan
+        return x, c, want, "nan"
+    if manifold == "poincare":
+        x = ref.ball_points(rng, (n,), d)
+        c = ref.ball_points(rng, (n,), d)
+        if dtype == "float64":  # |x - c| ~ 1e-160: its squares underflow
+            x[::3] *= 1e-150
+            c[::3] = x[::3] * (1 + 1e-10 * rng.standard_normal((len(x[::3]), d)))
+            return x, c, ref.poincare(x, c), "nan"
+        x[1::3] *= 1.3 / np.linalg.norm(x[1::3], axis=-1, keepdims=True)   # to be clipped
+        x, c = x.astype(dtype), c.astype(dtype)
+        return x, c, ref.poincare(ref.clip_to_ball(x), c), "clip"
+    x = ref.sphere_points(rng, (n,), d)
+    c = ref.sphere_points(rng, (n,), d)
+    c[::3] = x[::3] * 1.7 + 1e-5 * rng.standard_normal((len(x[::3]), d))   # near 0
+    c[1::3] = -x[1::3] * 0.3 + 1e-5 * rng.standard_normal((len(x[1::3]), d))   # near pi
+    if dtype == "float64":
+        x[2::6] *= 1e200
+        c[5::6] *= 1e-200
+    x, c = x.astype(dtype), c.astype(dtype)
+    return x, c, ref.spherical(x, c), "raise"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("manifold", MANIFOLDS)
+@pytest.mark.parametrize("d", [3, 40, 300])
+def test_distance_second_pass_rows_beside_plain_rows(harness, block, manifold, d, dtype):
+    """Rows needing a second pass among rows that do not, in one warp (d = 3: a
+    lane per row, 40: 16 lanes, 300: the whole warp): the warp runs the pass for
+    the rows that need it and the others keep their first-pass result."""
+    rng = rng_for("cuda-dist-second", manifold, d, dtype)
+    x, c, want, mode = _second_pass_rows(manifold, rng, 45, d, dtype)
+    assert x.dtype == dtype and c.dtype == dtype
+    if manifold == "poincare" and dtype == "float64":
+        assert np.all(want[::3] < 1e-150) and np.all(want[1::3] > 1e-3)
+    got = _dist(harness, block, manifold, x, c, mode=mode)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    extra = dict(atol=1e-15) if manifold == "spherical" else {}
+    np.testing.assert_allclose(got[ok], want[ok], **{**DIST_TOL[dtype], **extra})
+
+
+def test_distance_lanes():
+    """The launch's choice of lanes per row: short rows share a warp, rows of
+    >= 128 terms take a whole warp, long rows that are too few to fill the GPU
+    spread over several warps, up to the block."""
+    eng = cb.Engine(np, None)
+    assert [cb._lanes(eng, 10**6, d) for d in (1, 4, 5, 16, 100, 128, 1024, 10**5)] == \
+        [1, 1, 2, 4, 32, 32, 32, 32]
+    assert cb._lanes(eng, 100, 1024) == 32 and cb._lanes(eng, 3, 4095) == 32
+    assert cb._lanes(eng, 3, 4096) == 64 and cb._lanes(eng, 3, 10000) == 128
+    assert cb._lanes(eng, 3, 20000) == cb._lanes(eng, 3, 10**6) == cb.BLOCK
+    assert cb._lanes(eng, 4096, 10**6) == 32
+    assert cb._lanes(cb.Engine(np, None, block=32), 3, 10**6) == 32
+    # the shared memory a wide launch gives is what the kernel's reductions may use
+    import re
+    text = open(os.path.join(CUDA, "distance.cu")).read()
+    assert re.search(r"^#define DIST_SCRATCH (\d+)$", text, re.M).group(1) == \
+        str(cb.DIST_SCRATCH)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_distance_wide_rows_across_warps(harness, dtype):
+    """Few long rows: a segment of several warps (lanes > 32) sums each row and
+    the warps' totals meet in shared memory, the second passes included."""
+    rng = rng_for("cuda-dist-wide", dtype)
+    for manifold in MANIFOLDS:
+        d = 20000 + 3
+        x, c, want, mode = _second_pass_rows(manifold, rng, 6, d, dtype)
+        for block in (64, cb.BLOCK):
+            eng = engine(harness, block=block, max_grid=2)
+            assert cb._lanes(eng, 6, d) == block
+            got = cb._distance_call(eng, x, c, manifold, 1.0, mode, Call())
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            ok = ~np.isnan(want)
+            extra = dict(atol=1e-15) if manifold == "spherical" else {}
+            np.testing.assert_allclose(got[ok], want[ok], **{**DIST_TOL[dtype], **extra})
+
+
+@pytest.mark.parametrize("manifold", MANIFOLDS)
+@pytest.mark.parametrize("mode", ["raise", "nan", "clip"])
+def test_distance_reads_back_only_the_raise_flag(harness, manifold, mode):
+    """Only "raise" on the Poincare ball and the sphere gives the kernel a flag
+    (the one value read back after the launch); every other call passes NULL,
+    so there is nothing to wait for."""
+    x = _points(manifold, rng_for("cuda-dist-flag", manifold), (4,), 5)
+    eng = engine(harness)
+    seen = []
+    launch = eng.launch
+
+    def spy(name, grid, blk, args, shared):
+        seen.append(args[11])
+        launch(name, grid, blk, args, shared)
+    eng.launch = spy
+    cb._distance_call(eng, x, x[0], manifold, 1.0, mode, Call())
+    cb._pairwise_call(eng, x, x, manifold, 1.0, mode, Call())
+    flagged = mode == "raise" and manifold != "euclidean"
+    for flag in seen:
+        assert (flag is cb._NULL) != flagged
+        if flagged:
+            assert isinstance(flag, np.ndarray) and flag.shape == (1,) and flag[0] == 0
 
 
 # ---------------------------------------------------------------- the mHC connection
@@ -849,7 +1015,7 @@ def test_every_kernel_at_the_block_size_the_gpu_runs(harness, family):
             np.testing.assert_allclose(got, _numeric_grad(x, up, **kw), rtol=1e-6, atol=1e-8)
     elif family == "distances":
         for manifold in MANIFOLDS:
-            for d in (3, 300, 1100):
+            for d in (3, 300, 1100, 20003):     # 20003: a row across the block's 8 warps
                 x = _points(manifold, rng, (5,), d)
                 c = _points(manifold, rng, (), d)
                 got = cb._distance_call(eng, x, c, manifold, 1.0, "raise", Call())

@@ -2,7 +2,8 @@
  * mhc_cuda.cuh -- what the CUDA kernels of native/cuda/ (the .cu files) share: integer
  * types, IEEE constants, double-double sums, the block-wide segmented
  * reduction (deterministic: a fixed tree in shared memory, no atomics, no
- * warp shuffles) and the Sinkhorn backward of one matrix in one thread
+ * warp shuffles), its warp-shuffle form (mhc_seg_reduce_shfl: as
+ * deterministic, no shared memory within a warp) and the Sinkhorn backward of one matrix in one thread
  * (sk1_bwd: sinkhorn.cu's small-matrix backward and mhc.cu's h_res gradient),
  * and includes mhc_constants.h.
  *
@@ -266,6 +267,62 @@ static __device__ __forceinline__ void sk1_bwd(const S *x, W *A, W *G, int n_, i
         for (int e = 0; e < nm; e++)          /* no dynamic index: G stays in registers */
             G[e] -= e == arg ? s : (W)0;
     }
+}
+
+/* ---- warp-shuffle reductions -------------------------------------------------
+ * mhc_seg_reduce's contract (segments of L consecutive threads, L a power of two
+ * dividing blockDim.x; W values per thread; op(a, b) folds b into a; every
+ * thread gets its segment's total) without shared memory or a barrier when
+ * L <= 32: a butterfly of __shfl_xor_sync in which each pair folds the lower
+ * lane's values with the higher lane's, in that order, so that both lanes get
+ * the same bits -- the total is uniform in the segment and does not depend on
+ * timing (op need not be commutative: double-double sums are not). Every lane
+ * of the warp must call it. For L > 32 (a segment of several warps) each
+ * warp's total goes to shared memory and every thread folds its segment's
+ * warps in order; then every thread of the block must call it (two
+ * __syncthreads) and it uses W * blockDim.x / 32 doubles of `sh`. */
+template <int W, class Op>
+static __device__ __forceinline__ void mhc_seg_reduce_shfl(double *sh, double (&v)[W], int L,
+                                                           Op op)
+{
+    const int lane = threadIdx.x & 31;
+    for (int o = (L < 32 ? L : 32) >> 1; o > 0; o >>= 1) {
+        double a[W], b[W];
+        for (int w = 0; w < W; w++) {
+            const double t = __shfl_xor_sync(0xffffffffu, v[w], o);
+            a[w] = (lane & o) ? t : v[w];
+            b[w] = (lane & o) ? v[w] : t;
+        }
+        op(a, b);
+        for (int w = 0; w < W; w++)
+            v[w] = a[w];
+    }
+    if (L > 32) {
+        const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5, per = L >> 5;
+        if (lane == 0)
+            for (int w = 0; w < W; w++)
+                sh[w * nw + warp] = v[w];
+        __syncthreads();
+        const int first = warp & ~(per - 1);
+        for (int w = 0; w < W; w++)
+            v[w] = sh[w * nw + first];
+        for (int k = 1; k < per; k++) {
+            double b[W];
+            for (int w = 0; w < W; w++)
+                b[w] = sh[w * nw + first + k];
+            op(v, b);
+        }
+        __syncthreads();
+    }
+}
+
+/* non-zero in every lane of the warp when p is non-zero in any (every lane
+ * must call it): a decision that shuffles may depend on */
+static __device__ __forceinline__ int mhc_warp_any(int p)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        p |= __shfl_xor_sync(0xffffffffu, p, o);
+    return p;
 }
 
 #endif /* MHC_CUDA_CUH */
