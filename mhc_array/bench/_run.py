@@ -5,6 +5,7 @@ device, each against torch eager and compiled on the same device -- or, where
 there is none, every GPU row listed as skipped (exit status 0)."""
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -145,14 +146,20 @@ def _gpu_measured(blas, *, quick=False, json_path=None, only=None, threads=1,
         for name, build in work:
             data["results"].append(_gpu_entry(s, name, build, rounds, budget))
             torch.cuda.empty_cache()
+            _save(data, json_path)          # so far: a run stopped later keeps these
             bar(name)
         bar(None)
     for r in data["results"]:
         _print_workload(r)
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(data, f, indent=2)
+    _save(data, json_path)
     return 0
+
+
+def _save(data, json_path):
+    if json_path:
+        with open(json_path + ".part", "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(json_path + ".part", json_path)
 
 
 def _gpu_entry(s, name, build, rounds, budget):
