@@ -1,5 +1,6 @@
 """``python -m mhc_array bench`` runs and reports what it measured."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -199,3 +200,29 @@ def test_measure_reports_a_failing_candidate_and_keeps_the_others():
     assert set(med) == {"ok"} and "no kernel image" in failed["broken"]
     with pytest.raises(RuntimeError):
         measure({"broken": (broken, ())}, 1, 1e-4)
+
+
+def test_a_gpu_runs_json_prints_and_charts(tmp_path):
+    """--from-json of a GPU run: the device line, measured rows with their floor and
+    failed candidates, skipped and failed rows; the charts leave the unmeasured out."""
+    row = {"workload": "GPU W1 sinkhorn 4096 x 4x4, 20 it, logits", "seconds": 12.5,
+           "median_s": {"torch eager": 4e-4, "torch.compile": 9e-5, "mhc cupy": 2e-5},
+           "floor_s": 1e-6, "floor": "one read of the matrices + one write: 0.5 MB at 3 TB/s",
+           "failed": {"torch.compile x": "RuntimeError: no compiler"}}
+    data = {"machine": "Synthetic CPU", "gpu": True, "quick": False, "threads": 1,
+            "rounds": 11, "device": {"line": "Synthetic GPU, 132 SMs"},
+            "results": [row, {"workload": "GPU W2 bandwidth euclidean 100000 x 1024",
+                              "skipped": "no CUDA device (none)"},
+                        {"workload": "GPU W3 mhc_post 4096 tokens, n=4, C=4096",
+                         "error": "CudaOutOfMemoryError: out of memory"}]}
+    saved = tmp_path / "gpu.json"
+    saved.write_text(json.dumps(data))
+    args = [sys.executable, "-m", "mhc_array", "bench", "--from-json", str(saved)]
+    if importlib.util.find_spec("matplotlib") is not None:
+        args += ["--plot", str(tmp_path / "img")]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    for text in ("device: Synthetic GPU, 132 SMs", "(12.5 s with compilations)", "mhc cupy",
+                 "20.0x", "5%", "failed  RuntimeError: no compiler",
+                 "skipped: no CUDA device (none)", "failed: CudaOutOfMemoryError"):
+        assert text in p.stdout, text

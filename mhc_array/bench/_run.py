@@ -108,9 +108,10 @@ def _measured(blas, *, quick=False, json_path=None, plot_path=None, only=None, t
 
 def _gpu_measured(blas, *, quick=False, json_path=None, only=None, threads=1,
                   compile_peers=None):
-    """``bench --gpu``: each GPU workload built and measured in turn (its data freed
-    before the next), the device synchronised around every candidate's repetitions;
-    a candidate or a workload that fails is reported in the results, not fatal."""
+    """``bench --gpu``: each GPU workload built, measured and printed in turn (its data
+    freed before the next), the device synchronised around every candidate's
+    repetitions; a candidate or a workload that fails is reported in the results,
+    not fatal."""
     work = _gpu_workloads()
     if only:
         work = [w for w in work if any(s in w[0] for s in only)]
@@ -128,8 +129,6 @@ def _gpu_measured(blas, *, quick=False, json_path=None, only=None, threads=1,
     print(f"mhc_array bench --gpu ({'quick' if quick else 'full'}): {machine_line}")
     if why is not None:
         print(f"device: none ({why})")
-        for name, _ in work:
-            data["results"].append({"workload": name, "skipped": f"no CUDA device ({why})"})
     else:
         import torch
         info = device_info(torch)
@@ -142,16 +141,14 @@ def _gpu_measured(blas, *, quick=False, json_path=None, only=None, threads=1,
         if compile_peers is None:
             compile_peers = not quick
         s = Setting(np.random.default_rng(0), threads, compile_peers, device="cuda")
-        bar = progress(len(work))
-        for name, build in work:
-            data["results"].append(_gpu_entry(s, name, build, rounds, budget))
+    for name, build in work:
+        entry = (_gpu_entry(s, name, build, rounds, budget) if why is None else
+                 {"workload": name, "skipped": f"no CUDA device ({why})"})
+        data["results"].append(entry)
+        _print_workload(entry)              # as measured, and saved so far: a run
+        _save(data, json_path)              # stopped later keeps these rows
+        if why is None:
             torch.cuda.empty_cache()
-            _save(data, json_path)          # so far: a run stopped later keeps these
-            bar(name)
-        bar(None)
-    for r in data["results"]:
-        _print_workload(r)
-    _save(data, json_path)
     return 0
 
 
@@ -163,6 +160,15 @@ def _save(data, json_path):
 
 
 def _gpu_entry(s, name, build, rounds, budget):
+    """One GPU row measured, with the seconds it took (compilations included)."""
+    import time
+    t0 = time.perf_counter()
+    entry = _gpu_row(s, name, build, rounds, budget)
+    entry["seconds"] = round(time.perf_counter() - t0, 1)
+    return entry
+
+
+def _gpu_row(s, name, build, rounds, budget):
     try:
         row = build(s, name)
         if row is None:
@@ -205,7 +211,8 @@ def _print_workload(r):
     med = r["median_s"]
     base, peer = med.get("numpy"), med.get("torch eager")
     comp, floor = med.get("torch.compile"), r.get("floor_s")
-    print(f"\n{r['workload']}")
+    took = f"  ({r['seconds']} s with compilations)" if "seconds" in r else ""
+    print(f"\n{r['workload']}{took}")
     if floor is not None:
         print(f"  floor {fmt_time(floor).strip()}: {r['floor']}")
     print(f"  {'candidate':<24}{'median':>12}{'vs numpy':>10}{'vs torch':>10}"
