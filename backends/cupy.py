@@ -8,17 +8,19 @@ allocates the results once with CuPy on the input's device and gives them back
 in the caller's library (``xp.from_dlpack``, no copy).
 
 - The sources are compiled with NVRTC (``cupy.RawModule``) on first use, once
-  per file, with ``NVRTC_OPTIONS``; ``source(name)`` is the exact text compiled
+  per file and device, with ``NVRTC_OPTIONS``; each kernel function is looked up
+  once per device and kept; ``source(name)`` is the exact text compiled
   (the shared headers inlined), which CI also compiles with nvcc and NVRTC and
   runs on the CPU (``native/cuda/harness``). The flags, codes and limits they
   share with this module come from ``mhc_constants.h`` (``_constants.py``).
 - Streams: CuPy arrays run on CuPy's current stream; PyTorch tensors on
-  torch's current stream of their device (``cupy.cuda.ExternalStream``), so
-  that the caller's ordering holds without any synchronisation. The only
-  device-to-host read is the domain flag of the Poincare and spherical
-  distances under ``on_domain_error="raise"``: one int read after the kernel
-  (``_distance``), which waits for it. The Euclidean distance and
-  ``"nan"`` / ``"clip"`` pass no flag and return once the kernel is queued.
+  torch's current stream of their device (``cupy.cuda.ExternalStream``, one
+  wrapper per device and stream, kept), so that the caller's ordering holds
+  without any synchronisation. The only device-to-host read is the domain flag
+  of the Poincare and spherical distances under ``on_domain_error="raise"``: one
+  int read after the kernel (``_distance``), which waits for it. The Euclidean
+  distance and ``"nan"`` / ``"clip"`` pass no flag and return once the kernel is
+  queued.
 - A CUDA out-of-memory is a :class:`CudaOutOfMemoryError` (a ``NativeError``
   and a ``MemoryError``); what was allocated for the call is released.
 
@@ -31,6 +33,7 @@ import importlib.util
 import math
 import os
 import re
+import threading
 
 import numpy as np
 
@@ -136,26 +139,50 @@ class Engine:
         return max(1, min(units, self.max_grid))
 
 
-_modules = {}
-_engine = None
+_modules = {}      # (file, device) -> cupy.RawModule, compiled once per device
+_engines = {}      # device -> Engine, whose launch keeps that device's kernel functions
+_streams = {}      # (device, stream pointer) -> cupy.cuda.ExternalStream
+STREAMS_KEPT = 64  # wrappers kept at most (torch draws its streams from a fixed pool)
+_lock = threading.Lock()
 
 
-def _cupy_engine():
-    global _engine
-    if _engine is None:
-        import cupy
+def _kernel_file(name):
+    """The source file that defines kernel ``name`` (``mhc_sk_*``, ``mhc_dist_*``,
+    the rest of ``mhc_*`` in mhc.cu)."""
+    return {"sk": "sinkhorn.cu", "dist": "distance.cu"}.get(name.split("_")[1], "mhc.cu")
+
+
+def _module(cupy, fname, device):
+    """``fname`` compiled for ``device`` (called with that device current)."""
+    key = (fname, device)
+    mod = _modules.get(key)
+    if mod is None:
+        with _lock:                    # two threads' first calls compile it once
+            mod = _modules.get(key)
+            if mod is None:
+                mod = _modules[key] = cupy.RawModule(code=source(fname), options=NVRTC_OPTIONS)
+    return mod
+
+
+def _cupy_engine(device, cupy=None):
+    """The engine of ``device``: CuPy allocates, and its launcher looks each kernel
+    function up once (``RawModule.get_function`` costs about as much as a small
+    launch), then calls the function it kept."""
+    eng = _engines.get(device)
+    if eng is None:
+        if cupy is None:
+            import cupy
+        functions = {}
 
         def launch(name, grid, block, args, shared_mem):
-            fname = {"sk": "sinkhorn.cu", "dist": "distance.cu"}.get(name.split("_")[1],
-                                                                     "mhc.cu")
-            mod = _modules.get(fname)
-            if mod is None:
-                mod = _modules[fname] = cupy.RawModule(code=source(fname),
-                                                       options=NVRTC_OPTIONS)
-            grid = grid if isinstance(grid, tuple) else (grid,)
-            mod.get_function(name)(grid, (block,), args, shared_mem=shared_mem)
-        _engine = Engine(cupy, launch)
-    return _engine
+            fn = functions.get(name)
+            if fn is None:
+                fn = functions[name] = _module(cupy, _kernel_file(name), device).get_function(
+                    name)
+            fn(grid if isinstance(grid, tuple) else (grid,), (block,), args,
+               shared_mem=shared_mem)
+        eng = _engines.setdefault(device, Engine(cupy, launch))
+    return eng
 
 
 def _suffix(dtype):
@@ -173,21 +200,35 @@ def _stream_for(x, cupy):
     if not type(x).__module__.startswith("torch"):
         return None
     import torch  # the caller has a tensor: torch is imported already
-    ptr = torch.cuda.current_stream(x.device).cuda_stream
+    return _external_stream(cupy, torch.cuda.current_stream(x.device).cuda_stream,
+                            x.device.index)
+
+
+def _external_stream(cupy, ptr, device):
+    """CuPy's view of the CUDA stream ``ptr`` of ``device``, made once per (device,
+    pointer): a wrapper owns nothing, and a pointer names the same stream while that
+    stream lives (torch recycles a fixed pool of them)."""
     if ptr == 0:
         return cupy.cuda.Stream.null           # torch's legacy default stream
-    try:
-        return cupy.cuda.ExternalStream(ptr, x.device.index)
-    except TypeError:                          # an older CuPy without device_id
-        return cupy.cuda.ExternalStream(ptr)
+    key = (device, ptr)
+    stream = _streams.get(key)
+    if stream is None:
+        try:
+            stream = cupy.cuda.ExternalStream(ptr, device)
+        except TypeError:                      # an older CuPy without device_id
+            stream = cupy.cuda.ExternalStream(ptr)
+        if len(_streams) >= STREAMS_KEPT:
+            _streams.clear()
+        _streams[key] = stream
+    return stream
 
 
 def _call(x, body):
     """``body(engine, to_cupy, back)`` on x's device and stream, with CUDA
     out-of-memory reported as CudaOutOfMemoryError."""
     import cupy
-    eng = _cupy_engine()
     dev = x.__dlpack_device__()[1]
+    eng = _cupy_engine(dev, cupy)
 
     def to_cupy(a):
         return a if type(a) is cupy.ndarray else cupy.from_dlpack(a)

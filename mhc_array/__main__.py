@@ -29,6 +29,10 @@ def main(argv=None):
     bench.add_argument("--compile", dest="compile_peers", action="store_true", default=None,
                        help="include torch.compile peers (default: only in the full run)")
     bench.add_argument("--no-compile", dest="compile_peers", action="store_false")
+    bench.add_argument("--gpu", action="store_true",
+                       help="instead: the GPU workloads (W1-W4 on CUDA tensors through the "
+                            "cupy backend against torch eager and torch.compile on the same "
+                            "device); listed as skipped where CuPy sees no CUDA device")
     bench.add_argument("--dask", metavar="ROWS", type=int,
                        help="instead: W2 on ROWS x 1024 float32 generated on a local "
                             "2-worker dask.distributed cluster (e.g. 2000000: 8 GB)")
@@ -55,7 +59,7 @@ def main(argv=None):
         return replot(args.from_json, args.plot)
     from .bench import run
     return run(quick=args.quick, json_path=args.json, plot_path=args.plot, only=args.only,
-               threads=args.threads, compile_peers=args.compile_peers)
+               threads=args.threads, compile_peers=args.compile_peers, gpu=args.gpu)
 
 
 def _run(argv=None):

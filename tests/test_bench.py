@@ -1,5 +1,6 @@
 """``python -m mhc_array bench`` runs and reports what it measured."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -100,3 +101,128 @@ def test_cli_charts_a_saved_run_without_measuring(tmp_path):
     assert "W2 euclidean 1000 x 1024" in p.stdout and "vs numpy" in p.stdout
     assert _is_png(tmp_path / "img" / "speedup.png")
     assert _is_png(tmp_path / "img" / "scaling_batch.png")
+
+
+# ---------------------------------------------------------------- the GPU run
+
+def test_bench_gpu_without_a_device_lists_every_row_as_skipped(tmp_path):
+    """``bench --gpu`` where CuPy sees no CUDA device: exit 0, every selected GPU row
+    printed and saved as skipped, no device line."""
+    from mhc_array.backends import cupy
+    if cupy.UNAVAILABLE is None:
+        pytest.skip("a CUDA device is present: the GPU rows would be measured")
+    out = tmp_path / "gpu.json"
+    p = subprocess.run([sys.executable, "-m", "mhc_array", "bench", "--gpu", "--only", "GPU W2",
+                        "--only", "GPU W4", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    data = json.loads(out.read_text())
+    assert data["gpu"] is True and data["device"] is None
+    names = [r["workload"] for r in data["results"]]
+    assert names and all(n.startswith(("GPU W2", "GPU W4")) for n in names)
+    assert all(r["skipped"].startswith("no CUDA device") for r in data["results"])
+    assert p.stdout.count("skipped: no CUDA device") == len(names)
+    p = subprocess.run([sys.executable, "-m", "mhc_array", "bench", "--gpu", "--only", "W9"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "GPU W1 sinkhorn 4096" in p.stderr
+
+
+def _cpu_stand_in():
+    """A Setting that builds the GPU run's rows on CPU tensors: what runs on the
+    device (the rows' data, peers and candidates) checked without one; "mhc cupy"
+    is served by the native backend here."""
+    import contextlib
+
+    import numpy as np
+
+    from mhc_array.bench._setting import Setting
+    s = Setting(np.random.default_rng(0), 1, False)
+    s.gpu, s.simsimd = True, None
+    s.mhc = [("mhc cupy", contextlib.nullcontext)]
+    s.floor = lambda nbytes, what: (lambda: (nbytes / 1e12, what))
+    return s
+
+
+def test_gpu_rows_build_and_measure_on_cpu_tensors():
+    """Every family's GPU row, at small sizes, on CPU tensors: the torch peers and
+    mhc_array's candidate all run (none fails), the floor is the bytes priced."""
+    torch = pytest.importorskip("torch")
+    from mhc_array.bench import _distances, _mhc, _sinkhorn
+    from mhc_array.bench._measure import measure
+    s = _cpu_stand_in()
+    rows = [_sinkhorn._sinkhorn(s, "w1", 64, 4, 4, 20, True),
+            _sinkhorn._sinkhorn_backward(s, "w1 fwd+bwd", 64, 4, 20),
+            _distances._distance(s, "w2", 100, 64, "poincare"),
+            _mhc._mhc_pre(s, "pre", 8, 4, 64, "paper"),
+            _mhc._mhc_post(s, "post", 8, 4, 64),
+            _mhc._mhc_boundary(s, "boundary", 8, 4, 64),
+            _mhc._mhc_training(s, "fwd+bwd", 8, 4, 64),
+            _mhc._v4_decode(s, "decode", 2, 64)]
+    for name, cands, floor in rows:
+        assert "numpy" not in cands and any(c.startswith("mhc cupy") for c in cands), name
+        assert "torch eager" in cands or name == "decode", name
+        for fn, args, *_ in cands.values():
+            assert all(a.device.type == "cpu" for a in args if isinstance(a, torch.Tensor))
+        failed = {}
+        med = measure(cands, 1, 1e-4, None, failed)
+        assert not failed and set(med) == set(cands), (name, failed)
+        assert floor is None or floor()[0] > 0
+
+
+def test_gpu_peers_compute_what_mhc_array_computes():
+    """The torch equations the GPU rows time mhc_pre and mhc_post against give mhc_pre's
+    and mhc_post's results (the same math, not a cheaper stand-in)."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    import mhc_array as mx
+    from mhc_array.bench._mhc import _torch_post, _torch_pre
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4, 32))
+    layer = mx.MHCLayer(4, 32, seed=0, dtype="float64")
+    ours = mx.mhc_pre(x, layer.phi, layer.bias, layer.alpha)
+    theirs = _torch_pre(torch)(*(torch.from_numpy(a) for a in (x, layer.phi, layer.bias,
+                                                              layer.alpha)), 20)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-7)
+    f = np.tanh(ours[0])
+    np.testing.assert_allclose(mx.mhc_post(x, f, ours[2], ours[3]),
+                               _torch_post(x, f, ours[2], ours[3]), rtol=1e-12, atol=1e-12)
+
+
+def test_measure_reports_a_failing_candidate_and_keeps_the_others():
+    from mhc_array.bench._measure import measure
+
+    def broken():
+        raise RuntimeError("no kernel image for this device")
+    failed = {}
+    med = measure({"ok": (lambda: None, ()), "broken": (broken, ())}, 2, 1e-4, None, failed)
+    assert set(med) == {"ok"} and "no kernel image" in failed["broken"]
+    with pytest.raises(RuntimeError):
+        measure({"broken": (broken, ())}, 1, 1e-4)
+
+
+def test_a_gpu_runs_json_prints_and_charts(tmp_path):
+    """--from-json of a GPU run: the device line, measured rows with their floor and
+    failed candidates, skipped and failed rows; the charts leave the unmeasured out."""
+    row = {"workload": "GPU W1 sinkhorn 4096 x 4x4, 20 it, logits", "seconds": 12.5,
+           "median_s": {"torch eager": 4e-4, "torch.compile": 9e-5, "mhc cupy": 2e-5},
+           "floor_s": 1e-6, "floor": "one read of the matrices + one write: 0.5 MB at 3 TB/s",
+           "failed": {"torch.compile x": "RuntimeError: no compiler"}}
+    data = {"machine": "Synthetic CPU", "gpu": True, "quick": False, "threads": 1,
+            "rounds": 11, "device": {"line": "Synthetic GPU, 132 SMs"},
+            "results": [row, {"workload": "GPU W2 bandwidth euclidean 100000 x 1024",
+                              "skipped": "no CUDA device (none)"},
+                        {"workload": "GPU W3 mhc_post 4096 tokens, n=4, C=4096",
+                         "error": "CudaOutOfMemoryError: out of memory"}]}
+    saved = tmp_path / "gpu.json"
+    saved.write_text(json.dumps(data))
+    args = [sys.executable, "-m", "mhc_array", "bench", "--from-json", str(saved)]
+    if importlib.util.find_spec("matplotlib") is not None:
+        args += ["--plot", str(tmp_path / "img")]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    for text in ("device: Synthetic GPU, 132 SMs", "(12.5 s with compilations)", "mhc cupy",
+                 "20.0x", "5%", "failed  RuntimeError: no compiler",
+                 "skipped: no CUDA device (none)", "failed: CudaOutOfMemoryError"):
+        assert text in p.stdout, text

@@ -1,7 +1,9 @@
 """The cupy backend on a real GPU: CuPy arrays and PyTorch CUDA tensors through
 every public function, against the float64 references. These tests skip, with
 the reason, where CuPy or a CUDA device is missing (CI has none: there the
-kernels' results are checked on the CPU by tests/test_cuda_harness.py)."""
+kernels' results are checked on the CPU by tests/test_cuda_harness.py). The host
+path (modules, kernel functions and stream wrappers kept per device) is tested
+everywhere, with a fake cupy module."""
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import reference as ref
 from conftest import DIST_TOL, SINK_TOL, rng_for
 
 import mhc_array as mx
+from mhc_array.backends import cupy as cb
 from mhc_array.errors import BackendUnavailableError, DomainError
 
 MHC_TOL = {"float32": dict(rtol=2e-5, atol=2e-6), "float64": dict(rtol=1e-10, atol=1e-12)}
@@ -365,3 +368,146 @@ def test_out_of_memory_is_a_clear_error():
         with pytest.raises(MemoryError, match="GPU memory"):
             mx.pairwise_distance(x, x)
         assert float(mx.euclidean_distance(x[:4], x[0]).sum()) == 0.0
+
+
+# ---------------------------------------------------------------- the host path (no GPU)
+
+class _FakeCupy:
+    """Stands in for the cupy module: records what the host path asks of it (modules
+    compiled, functions looked up, launches, streams wrapped and entered)."""
+
+    def __init__(self):
+        import types
+        fake = self
+        self.compiled, self.lookups, self.launches = [], [], []
+        self.wrapped, self.entered, self.device = [], [], None
+
+        class Ctx:
+            def __init__(self, what):
+                self.what = what
+
+            def __enter__(self):
+                fake.entered.append(self.what)
+
+            def __exit__(self, *exc):
+                return False
+
+        class Device:
+            def __init__(self, index):
+                self.index = index
+
+            def __enter__(self):
+                fake.device = self.index
+
+            def __exit__(self, *exc):
+                fake.device = None
+
+        class RawModule:
+            def __init__(self, code, options):
+                self.file = next(f for f in cb.SOURCES if cb.source(f) == code)
+                fake.compiled.append((self.file, fake.device))
+
+            def get_function(self, name):
+                fake.lookups.append((name, fake.device))
+                return lambda grid, block, args, shared_mem: fake.launches.append(
+                    (name, fake.device))
+
+        def external(ptr, device):
+            fake.wrapped.append((device, ptr))
+            return Ctx(("stream", device, ptr))
+
+        class OutOfMemoryError(Exception):
+            pass
+        self.RawModule, self.ndarray = RawModule, type(None)
+        self.cuda = types.SimpleNamespace(
+            Device=Device, ExternalStream=external, Stream=types.SimpleNamespace(
+                null=Ctx("null stream")),
+            memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError))
+
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """A fake cupy module (sys.modules) and empty host caches for the test."""
+    import sys
+    fake = _FakeCupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for cache in ("_modules", "_engines", "_streams"):
+        monkeypatch.setattr(cb, cache, {})
+    return fake
+
+
+def test_kernels_compile_once_per_file_and_device(fake_cupy):
+    """A module per (file, device), a function lookup per (kernel, device), and every
+    launch reaches the kernel (no GPU: a fake cupy module records the calls)."""
+    def launch(device, name):
+        fake_cupy.device = device          # _call makes the device current
+        cb._cupy_engine(device, fake_cupy).launch(name, 1, cb.BLOCK, [], 0)
+    for device in (0, 1, 0, 1):
+        launch(device, "mhc_sk_4x4_f32")
+        launch(device, "mhc_sk_small_f32")
+        launch(device, "mhc_dist_f32")
+        launch(device, "mhc_pre_f64")
+    assert cb._cupy_engine(0, fake_cupy) is cb._cupy_engine(0, fake_cupy)
+    assert cb._cupy_engine(0, fake_cupy) is not cb._cupy_engine(1, fake_cupy)
+    assert sorted(fake_cupy.compiled) == sorted((f, d) for f in cb.SOURCES for d in (0, 1))
+    assert sorted(fake_cupy.lookups) == sorted(
+        (k, d) for k in ("mhc_sk_4x4_f32", "mhc_sk_small_f32", "mhc_dist_f32", "mhc_pre_f64")
+        for d in (0, 1))
+    assert len(fake_cupy.launches) == 16
+    assert all(name.startswith("mhc") and dev in (0, 1) for name, dev in fake_cupy.launches)
+
+
+def test_kernel_files():
+    assert [cb._kernel_file(k) for k in ("mhc_sk_block_f32", "mhc_sk_bwd_f64",
+                                         "mhc_dist_f32", "mhc_post_bwd_f32",
+                                         "mhc_pre_bwd_coef4_f64")] == \
+        ["sinkhorn.cu", "sinkhorn.cu", "distance.cu", "mhc.cu", "mhc.cu"]
+
+
+class _FakeTensor:
+    """What _call reads of a torch CUDA tensor: its module, DLPack device and .device."""
+    __module__ = "torch"
+
+    def __init__(self, index):
+        import types
+        self.device = types.SimpleNamespace(index=index)
+
+    def __dlpack_device__(self):
+        return (2, self.device.index)
+
+
+def test_torch_streams_are_wrapped_once_per_device_and_pointer(fake_cupy, monkeypatch):
+    """_call runs the body on the device of the tensor and in torch's current stream,
+    wrapped once per (device, stream pointer); pointer 0 is the legacy default stream."""
+    import sys
+    import types
+    current = {0: 0xA000, 1: 0xB000}
+    torch = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        current_stream=lambda device: types.SimpleNamespace(cuda_stream=current[device.index])))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    seen = []
+
+    def body(eng, to_cupy):
+        seen.append((fake_cupy.device, fake_cupy.entered[-1], eng))
+        return len(seen)
+    for _ in range(3):
+        for dev in (0, 1):
+            cb._call(_FakeTensor(dev), body)
+    assert fake_cupy.wrapped == [(0, 0xA000), (1, 0xB000)]
+    assert [s[:2] for s in seen[:2]] == [(0, ("stream", 0, 0xA000)), (1, ("stream", 1, 0xB000))]
+    assert seen[0][2] is seen[2][2] and seen[0][2] is not seen[1][2]   # an engine per device
+    current[0] = 0xC000                                 # torch.cuda.stream(another) on 0
+    cb._call(_FakeTensor(0), body)
+    assert fake_cupy.wrapped[-1] == (0, 0xC000) and seen[-1][1] == ("stream", 0, 0xC000)
+    current[0] = 0
+    cb._call(_FakeTensor(0), body)
+    assert seen[-1][1] == "null stream" and len(fake_cupy.wrapped) == 3
+
+
+def test_stream_wrappers_kept_are_bounded(fake_cupy):
+    for ptr in range(1, 3 * cb.STREAMS_KEPT):
+        cb._external_stream(fake_cupy, ptr, 0)
+    assert len(cb._streams) <= cb.STREAMS_KEPT
+    cb._external_stream(fake_cupy, 3 * cb.STREAMS_KEPT - 1, 0)     # the last one is kept
+    assert fake_cupy.wrapped.count((0, 3 * cb.STREAMS_KEPT - 1)) == 1

@@ -8,13 +8,15 @@ median time per call and ratios measured in the same run.
 
 Modules (this file only re-exports the commands):
 
-- ``_run``: ``bench`` and ``bench --from-json``: the workloads in the table's
-  order, measured, printed, saved;
-- ``_measure``: timing, the floors, the machine line, the progress bar;
+- ``_run``: ``bench``, ``bench --gpu`` and ``bench --from-json``: the workloads in
+  the table's order, measured, printed, saved;
+- ``_measure``: timing (with the device synchronised on a GPU), the floors (a
+  GPU's: its copy rate), the machine and device lines, the progress bar;
 - ``_setting``: what the families share (data generator, peers, mhc_array's
-  candidates per backend / ISA level);
-- the workload families: ``_sinkhorn`` (W1), ``_distances`` (W2), ``_mhc`` (W3 and
-  the training rows);
+  candidates per backend / ISA level, or the CUDA device and the cupy backend);
+- the workload families: ``_sinkhorn`` (W1), ``_distances`` (W2), ``_mhc`` (W3, W4
+  and the training rows), each with ``gpu_rows()``, its rows of ``bench --gpu``
+  (the same builders, on CUDA tensors);
 - ``_plot``: the charts of ``--plot``;
 - ``_dask``: ``bench --dask``; ``_curvature``: ``bench --curvature``.
 """

@@ -1,7 +1,8 @@
 """W2: the distances (Euclidean, Poincare, spherical) of many points to one, against
 the textbook formulas in NumPy and PyTorch and SimSIMD's kernels; the latency rows
 (one point, against the bare cffi call), the bandwidth row and the dimension
-scaling rows of the full run."""
+scaling rows of the full run; on the GPU (``gpu_rows``) the bandwidth row on CUDA
+tensors."""
 
 import math
 
@@ -69,9 +70,9 @@ def _distance(s, name, rows, d, manifold):
     scale = 0.9 / math.sqrt(d) if manifold == "poincare" else 1.0
     x = (rng.standard_normal((rows, d)) * scale * 0.5).astype(np.float32)
     c = (rng.standard_normal(d) * scale * 0.5).astype(np.float32)
-    cands = {"numpy": (_numpy_distance(manifold), (x, c))}
+    cands = {} if s.gpu else {"numpy": (_numpy_distance(manifold), (x, c))}
     if torch is not None:
-        tx, tc = torch.from_numpy(x), torch.from_numpy(c)
+        tx, tc = s.tensor(x), s.tensor(c)
         cands["torch eager"] = (_torch_distance(torch, manifold), (tx, tc))
         if compile_peers and (fn := compiled(_torch_distance(torch, manifold))) is not None:
             cands["torch.compile"] = (fn, (tx, tc))
@@ -79,8 +80,12 @@ def _distance(s, name, rows, d, manifold):
         cands["simsimd"] = (_simsimd_distance(simsimd, manifold, threads), (x, c))
     fn = {"euclidean": _api.euclidean_distance, "poincare": _api.poincare_distance,
           "spherical": _api.spherical_distance}[manifold]
+    xa, ca = s.array(x), s.array(c)
     for label, ctx in mhc:
-        cands[label] = (fn, (x, c), ctx)
+        cands[label] = (fn, (xa, ca), ctx)
+    if s.gpu:
+        return (name, cands, s.floor(x.nbytes + rows * 4,
+                                     "one read of the points + the distances"))
     if rows == 1:  # latency: the reference is the bare cffi call, not a bandwidth
         bare = _bare_distance(manifold, x, c)
         if bare is not None:
@@ -105,3 +110,10 @@ def scaling_rows(s):
     """The full run's scaling in the dimension."""
     return [_distance(s, f"scaling euclidean 1000 x {d}", 1000, d, "euclidean")
             for d in (512, 1024, 2048, 4096)]
+
+
+def gpu_rows():
+    """The GPU run's W2: (name, build(setting, name)) -- 100000 points of dim 1024."""
+    return [(f"GPU W2 bandwidth {m} 100000 x 1024",
+             lambda s, name, m=m: _distance(s, name, 100000, 1024, m))
+            for m in ("euclidean", "poincare", "spherical")]

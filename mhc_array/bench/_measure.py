@@ -1,7 +1,8 @@
 """Measurement for ``python -m mhc_array bench``: timing (candidates interleaved,
-round by round), the floors measured in the same run (read bandwidth and FMA peak
-of one core, through the native library's probes), the machine line and the
-progress bar."""
+round by round; on a GPU the device synchronised around each candidate's
+repetitions), the floors measured in the same run (read bandwidth and FMA peak
+of one core, through the native library's probes; a GPU's device-to-device copy
+rate), the machine and device lines and the progress bar."""
 
 import platform
 import statistics
@@ -15,29 +16,46 @@ from .. import _dispatch
 
 # ---------------------------------------------------------------- timing
 
-def time_once(fn, args, reps, ctx=None):
+def time_once(fn, args, reps, ctx=None, sync=None):
+    """Seconds per call of ``fn(*args)`` over ``reps`` calls; ``sync()`` (a GPU's
+    synchronisation) before the clock starts and before it stops, so that the
+    kernels the calls queued are counted and nothing queued earlier is."""
     if ctx is not None:
         with ctx():
-            return time_once(fn, args, reps)
+            return time_once(fn, args, reps, sync=sync)
+    if sync is not None:
+        sync()
     t0 = time.perf_counter()
     for _ in range(reps):
         fn(*args)
+    if sync is not None:
+        sync()
     return (time.perf_counter() - t0) / reps
 
 
-def measure(cands, rounds, budget):
+def measure(cands, rounds, budget, sync=None, failed=None):
     """Median seconds per call of each candidate, interleaved round by round.
-    A candidate is (fn, args) or (fn, args, context factory entered around its reps)."""
+    A candidate is (fn, args) or (fn, args, context factory entered around its reps).
+    ``sync``: see time_once. With a dict ``failed``, a candidate whose warm-up raises
+    is left out and its error recorded there (label -> message) instead of ending
+    the run."""
     cands = {label: c if len(c) == 3 else (*c, None) for label, c in cands.items()}
     reps = {}
-    for label, (fn, args, ctx) in cands.items():
-        time_once(fn, args, 1, ctx)  # warm-up (first-call costs, compilation, caches)
-        t = time_once(fn, args, 1, ctx)
+    for label, (fn, args, ctx) in list(cands.items()):
+        try:
+            time_once(fn, args, 1, ctx, sync)  # warm-up (first-call costs, compilation)
+        except Exception as exc:  # noqa: BLE001 - reported in the results
+            if failed is None:
+                raise
+            failed[label] = f"{type(exc).__name__}: {exc}"[:500]
+            del cands[label]
+            continue
+        t = time_once(fn, args, 1, ctx, sync)
         reps[label] = max(1, min(2000, int(budget / max(t, 1e-7))))
     samples = {label: [] for label in cands}
     for _ in range(rounds):
         for label, (fn, args, ctx) in cands.items():
-            samples[label].append(time_once(fn, args, reps[label], ctx))
+            samples[label].append(time_once(fn, args, reps[label], ctx, sync))
     return {label: statistics.median(s) for label, s in samples.items()}
 
 
@@ -121,6 +139,53 @@ def mhc_floor(x, fma_per_token, reads=2, traffic="one read of x + one write of x
         return (max(mem_s, comp_s), f"{what} (binds; {other}: {lesser})",
                 {"memory": mem_s, "compute": comp_s})
     return floor
+
+
+def copy_floor(torch, device, nbytes, what):
+    """A GPU workload's floor: the ``nbytes`` it must move at the rate of a
+    device-to-device copy (256 MiB, bytes read + written) measured now."""
+    def floor():
+        src = torch.empty(64 << 20, dtype=torch.float32, device=device)
+        dst = torch.empty_like(src)
+
+        def sync():
+            torch.cuda.synchronize(device)
+        dst.copy_(src)
+        best = min(time_once(dst.copy_, (src,), 10, sync=sync) for _ in range(5))
+        rate = 2 * src.nbytes / best
+        del src, dst
+        return nbytes / rate, (f"{what}: {nbytes / 1e6:.1f} MB at {rate / 1e12:.2f} TB/s "
+                               f"(device-to-device copy, read + write)")
+    return floor
+
+
+def device_info(torch, index=0):
+    """The GPU a run measured: name, multiprocessors, memory, driver, CUDA and the
+    versions of torch and CuPy (a dict for --json; ``line`` is its printed form)."""
+    p = torch.cuda.get_device_properties(index)
+    info = {"name": p.name, "sms": p.multi_processor_count,
+            "memory_gib": round(p.total_memory / 2**30, 1),
+            "capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda,
+            "torch": torch.__version__, "cupy": None, "driver": None}
+    try:
+        import cupy
+        info["cupy"] = cupy.__version__
+        v = cupy.cuda.runtime.driverGetVersion()
+        info["driver"] = f"CUDA {v // 1000}.{v % 1000 // 10}"
+    except Exception:  # noqa: BLE001 - the line says what it could read
+        pass
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        release = pynvml.nvmlSystemGetDriverVersion()
+        release = release.decode() if isinstance(release, bytes) else release
+        info["driver"] = f"{release} ({info['driver']})" if info["driver"] else release
+    except Exception:  # noqa: BLE001
+        pass
+    info["line"] = (f"{info['name']}, {info['sms']} SMs, {info['memory_gib']} GiB, "
+                    f"compute capability {info['capability']}, driver {info['driver']}, "
+                    f"CUDA {info['cuda']}, torch {info['torch']}, CuPy {info['cupy']}")
+    return info
 
 
 # ---------------------------------------------------------------- machine, progress

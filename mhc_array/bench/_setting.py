@@ -1,6 +1,8 @@
 """What every workload family builds its rows from: the data generator, the thread
 count, the optional peers (PyTorch, SimSIMD) and mhc_array's candidates, one per
-backend / ISA level."""
+backend / ISA level -- or, for the GPU run (``bench --gpu``), the CUDA device the
+data lives on, the cupy backend as mhc_array's candidate and the device's
+synchronisation and copy-rate floor."""
 
 import contextlib
 import importlib.util
@@ -44,19 +46,73 @@ def _mhc_candidates(threads):
     return out
 
 
+def gpu_unavailable():
+    """None when the GPU run can measure (CuPy sees a CUDA device and torch has
+    CUDA), else why not."""
+    from ..backends import cupy
+    if cupy.UNAVAILABLE is not None:
+        return cupy.UNAVAILABLE
+    torch = maybe("torch")
+    if torch is None:
+        return "the GPU workloads need PyTorch"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    return None
+
+
 class Setting:
     """One run's common ground: ``rng`` (every family draws its data from it, in the
     table's order), ``threads``, ``compile_peers``, the peers ``torch`` and
     ``simsimd`` (None when absent) and ``mhc``, mhc_array's candidates as
-    (label, context factory)."""
+    (label, context factory).
 
-    def __init__(self, rng, threads, compile_peers):
+    ``device``: "cpu", or "cuda" for the GPU run, where every array of a row is a
+    torch tensor on the device (``tensor``, ``array``), the peers are torch's on the
+    same device (no NumPy, no SimSIMD), ``mhc`` is the cupy backend, ``sync``
+    synchronises the device around each candidate's repetitions and ``floor``
+    prices the bytes a workload must move at the device's copy rate."""
+
+    def __init__(self, rng, threads, compile_peers, device="cpu"):
         self.rng, self.threads, self.compile_peers = rng, threads, compile_peers
+        self.device, self.gpu = device, device != "cpu"
         self.torch = maybe("torch")
-        self.simsimd = maybe("simsimd")
+        self.simsimd = None if self.gpu else maybe("simsimd")
         if self.torch is not None:
             self.torch.set_num_threads(threads)
-        self.mhc = _mhc_candidates(threads)
+        if self.gpu:
+            self.mhc = [("mhc cupy", _ctx("cupy", None, threads))]
+        else:
+            self.mhc = _mhc_candidates(threads)
+
+    def tensor(self, a):
+        """NumPy ``a`` as the torch peers take it: on the CPU sharing its memory, on
+        the GPU copied to the device."""
+        t = self.torch.from_numpy(a)
+        return t.to(self.device) if self.gpu else t
+
+    def array(self, a):
+        """NumPy ``a`` as mhc_array's candidates take it: itself on the CPU, a torch
+        tensor on the device in the GPU run."""
+        return self.tensor(a) if self.gpu else a
+
+    def kernels(self):
+        """mhc_array's compiled candidates: the native levels, or the cupy backend."""
+        return [(label, ctx) for label, ctx in self.mhc if label != "mhc array_api"]
+
+    def sync(self):
+        """What time_once calls around the repetitions (None on the CPU)."""
+        if not self.gpu:
+            return None
+        torch, device = self.torch, self.device
+        return lambda: torch.cuda.synchronize(device)
+
+    def floor(self, nbytes, what):
+        """The GPU run's floor of a workload that must move ``nbytes`` (None on the
+        CPU, whose families measure their own)."""
+        if not self.gpu:
+            return None
+        from ._measure import copy_floor
+        return copy_floor(self.torch, self.device, nbytes, what)
 
     def compiled(self, fn):
         try:
@@ -66,7 +122,12 @@ class Setting:
 
     def grad_row(self, name, cands, ours):
         """A training workload (forward + backward): ours at the best native level, at
-        ``threads`` and at 2 threads (torch's own operations stay at ``threads``)."""
+        ``threads`` and at 2 threads (torch's own operations stay at ``threads``); on
+        the GPU, through the cupy backend."""
+        if self.gpu:
+            for label, ctx in self.mhc:
+                cands[label] = (ours, (), ctx)
+            return (name, cands, None)
         native = [(label, ctx) for label, ctx in self.mhc if label.startswith("mhc native")]
         for label, ctx in native[:1] + [c for c in native if c[0].endswith(" x2")]:
             cands[label] = (ours, (), ctx)

@@ -1,6 +1,7 @@
 """W1: Sinkhorn-Knopp forward (NumPy and PyTorch loops as peers, floors from the
 arithmetic or the matrices' bandwidth), forward + backward against autograd
-through the torch loop, and the batch scaling rows of the full run."""
+through the torch loop, and the batch scaling rows of the full run; on the GPU
+(``gpu_rows``) the same rows on CUDA tensors."""
 
 import numpy as np
 
@@ -43,17 +44,22 @@ def _sinkhorn(s, name, batch, n, m, iterations, logits):
     torch, rng, mhc = s.torch, s.rng, s.mhc
     compiled, compile_peers = s.compiled, s.compile_peers
     x = _logits(rng, (batch, n, m)) if logits else rng.random((batch, n, m), np.float32)
-    cands = {"numpy": (_numpy_sinkhorn if logits else _numpy_sinkhorn_plain,
-                       (x, iterations))}
+    cands = {}
+    if not s.gpu:
+        cands["numpy"] = (_numpy_sinkhorn if logits else _numpy_sinkhorn_plain,
+                          (x, iterations))
     if torch is not None:
-        tx = torch.from_numpy(x)
+        tx = s.tensor(x)
         cands["torch eager"] = (_torch_sinkhorn(torch, logits), (tx, iterations))
         if compile_peers and (fn := compiled(_torch_sinkhorn(torch, logits))) is not None:
             cands["torch.compile"] = (fn, (tx, iterations))
+    xa = s.array(x)
     for label, ctx in mhc:
         cands[label] = (lambda a: _api.sinkhorn_knopp(a, iterations=iterations,
-                                                     logits=logits), (x,), ctx)
-    if n * m <= 64:
+                                                     logits=logits), (xa,), ctx)
+    if s.gpu:
+        floor = s.floor(2 * x.nbytes, "one read of the matrices + one write")
+    elif n * m <= 64:
         floor = arith_floor(batch, n, m, iterations, logits)
     else:
         floor = read_floor(x, iterations + 2, f"{iterations} reads + 1 write of the matrices")
@@ -68,8 +74,8 @@ def _sinkhorn_backward(s, name, batch, n, iterations):
     if torch is None:
         return
     import mhc_array.torch as mt
-    x0 = torch.from_numpy(_logits(rng, (batch, n, n)))
-    g = torch.from_numpy(_logits(rng, (batch, n, n)))
+    x0 = s.tensor(_logits(rng, (batch, n, n)))
+    g = s.tensor(_logits(rng, (batch, n, n)))
     loop = _torch_sinkhorn(torch, True)
 
     def plain(fn):
@@ -103,3 +109,16 @@ def large_rows(s):
         work.append(_sinkhorn(s, f"scaling sinkhorn {b}x512 x 4x4, 10 it", b * 512, 4, 4, 10,
                               True))
     return work
+
+
+def gpu_rows():
+    """The GPU run's W1: (name, build(setting, name)) -- forward and forward +
+    backward, 4096 and 65536 matrices 4x4 from logits, 20 iterations."""
+    rows = []
+    for b in (4096, 65536):
+        rows.append((f"GPU W1 sinkhorn {b} x 4x4, 20 it, logits",
+                     lambda s, name, b=b: _sinkhorn(s, name, b, 4, 4, 20, True)))
+    for b in (4096, 65536):
+        rows.append((f"GPU W1 sinkhorn fwd+bwd {b} x 4x4, 20 it, logits (torch)",
+                     lambda s, name, b=b: _sinkhorn_backward(s, name, b, 4, 20)))
+    return rows
