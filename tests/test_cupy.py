@@ -218,6 +218,36 @@ def test_mhc_post_pre(glib, variant, dtype):
             np.testing.assert_allclose(glib.to_numpy(g), wv, **MHC_TOL[dtype])
 
 
+@pytest.mark.parametrize("mode", ["nan", "clip"])
+def test_distances_capture_in_a_cuda_graph(mode):
+    """The "nan" and "clip" paths read nothing back from the device: a torch CUDA
+    graph captures the call, and its replays compute the distances of the inputs'
+    new values (a warm-up call first fills CuPy's memory pool, as torch asks of
+    any captured work)."""
+    lib = TorchCudaLib()
+    torch = lib.torch
+    rng = rng_for("gpu-graph", mode)
+    x = torch.from_numpy(rng.uniform(-0.3, 0.3, (257, 33))).cuda()
+    c = torch.from_numpy(rng.uniform(-0.3, 0.3, 33)).cuda()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), mx.use_backend("cupy"):
+        del_me = mx.poincare_distance(x, c, on_domain_error=mode)
+    torch.cuda.current_stream().wait_stream(side)
+    del del_me
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), mx.use_backend("cupy"):
+        out = mx.poincare_distance(x, c, on_domain_error=mode)
+    for scale in (0.5, 1.0):                  # 1.0: about half the points leave the ball
+        x_np = rng.uniform(-0.3, 0.3, (257, 33)) * scale
+        x.copy_(torch.from_numpy(x_np))
+        graph.replay()
+        torch.cuda.synchronize()
+        want = ref.poincare(ref.clip_to_ball(x_np) if mode == "clip" else x_np,
+                            c.cpu().numpy()).astype(np.float64)
+        np.testing.assert_allclose(out.cpu().numpy(), want, rtol=1e-12)
+
+
 def _aa(name, *arrays, **kw):
     """The array_api backend's function in NumPy float64: the reference."""
     from mhc_array.backends import array_api as aa
