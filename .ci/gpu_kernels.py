@@ -2,8 +2,9 @@
 arrays: the program that .ci/gpu runs under compute-sanitizer (memcheck,
 racecheck). Sinkhorn 4x4 / small / block (shared and global scalings), forward
 and backward; the distances (each manifold, one-to-many and pairwise); mhc_pre
-(both variants, n = 4 and n = 16), mhc_post, their backwards. Exit status 0 when
-every call returned and the device synchronised; the sanitizer judges the rest.
+(both variants, n = 4 and n = 16), mhc_post, mhc_post_pre (out= x too), their
+backwards. Exit status 0 when every call returned and the device synchronised; the
+sanitizer judges the rest.
 ``--cpu``: the same calls on NumPy arrays through the native backend (a check of
 this script where there is no GPU)."""
 
@@ -70,6 +71,8 @@ def mhc():
                 b, a = dev(rng.standard_normal(K) * 0.1, dtype), dev([0.8, 0.5, 1.3], dtype)
                 h_in, h_pre, h_post, h_res = mx.mhc_pre(x, w, b, a, variant=variant)
                 mx.mhc_post(x, h_in, h_post, h_res)
+                mx.mhc_post_pre(x, h_in, h_post, h_res, w, b, a, variant=variant)
+                mx.mhc_post_pre(x, h_in, h_post, h_res, w, b, a, variant=variant, out=x)
                 ups = [dev(rng.standard_normal(s), dtype) for s in
                        ((2, 3, C), (2, 3, n), (2, 3, n), (2, 3, n, n))]
                 MHC_PRE_BACKWARD((x, w, b, a, *ups), (20, 1e-6, variant, 1e-3))
