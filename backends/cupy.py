@@ -728,15 +728,22 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
     return _call(x, body)
 
 
+def _post_out(eng, cp, out, a):
+    """``out`` as the post step's destination when the kernel may write it directly
+    (C-contiguous, a's dtype, a itself or not overlapping it), else None."""
+    if out is None:
+        return None
+    o = cp(out)
+    if o.flags.c_contiguous and a.flags.c_contiguous and o.dtype == a.dtype and \
+            (o.data.ptr == a.data.ptr or not eng.xp.may_share_memory(o, a)):
+        return o
+    return None
+
+
 def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
     def body(eng, cp):
         a = cp(x)
-        dst = None
-        if out is not None:
-            o = cp(out)
-            if o.flags.c_contiguous and a.flags.c_contiguous and o.dtype == a.dtype and \
-                    (o.data.ptr == a.data.ptr or not eng.xp.may_share_memory(o, a)):
-                dst = o
+        dst = _post_out(eng, cp, out, a)
         res = _mhc_post(eng, a, cp(f_out), cp(h_post), cp(h_res), out=dst, call=call)
         return out if dst is not None else _back(xp, x, res)
     return _call(x, body)
@@ -746,12 +753,7 @@ def mhc_post_pre(xp, x, f_out, h_post, h_res, phi, bias, alpha, *, iterations, n
                  variant, hc_eps, out, call):
     def body(eng, cp):
         a = cp(x)
-        dst = None
-        if out is not None:
-            o = cp(out)
-            if o.flags.c_contiguous and a.flags.c_contiguous and o.dtype == a.dtype and \
-                    (o.data.ptr == a.data.ptr or not eng.xp.may_share_memory(o, a)):
-                dst = o
+        dst = _post_out(eng, cp, out, a)
         res = _mhc_post_pre(eng, a, cp(f_out), cp(h_post), cp(h_res), cp(phi), cp(bias),
                             cp(alpha), iterations=iterations, norm_eps=norm_eps,
                             variant=variant, hc_eps=hc_eps, out=dst, call=call)

@@ -214,6 +214,29 @@ static __device__ __forceinline__ void hc_proj(const T *x, const T *f, i64 f_ts,
 template <typename T>
 static __device__ __forceinline__ T hc_sigm(T z) { return (T)1 / ((T)1 + mhc_exp(-z)); }
 
+/* the row softmax of the n x n matrix z into p (p may be z) */
+template <typename T, int NF>
+static __device__ __forceinline__ void hc_row_softmax(const T *z, int n_, T *p)
+{
+    const int n = NF ? NF : n_;
+#pragma unroll
+    for (int i = 0; i < n; i++) {
+        T mx = z[i * n];
+#pragma unroll
+        for (int j = 1; j < n; j++)
+            mx = z[i * n + j] > mx ? z[i * n + j] : mx;
+        T s = 0;
+#pragma unroll
+        for (int j = 0; j < n; j++) {
+            p[i * n + j] = mhc_exp(z[i * n + j] - mx);
+            s += p[i * n + j];
+        }
+#pragma unroll
+        for (int j = 0; j < n; j++)
+            p[i * n + j] = p[i * n + j] / s;
+    }
+}
+
 /* The coefficients of one token from its projection y (K values and the sum of
  * squares at K, in shared memory): pre, post (n) and M (the n x n h_res, paper
  * orientation) are the caller's registers (NF) or shared slab (NF = 0). */
@@ -275,22 +298,10 @@ static __device__ __forceinline__ void hc_coef(const T *y, int n_, int C, const 
     }
     /* DeepSeek-V4: row softmax + eps, a column step, (row, column) x (iters - 1),
      * every denominator sum + eps; h_res = comb^T */
+    hc_row_softmax<T, NF>(M, n, M);
 #pragma unroll
-    for (int i = 0; i < n; i++) {
-        T mx = M[i * n];
-#pragma unroll
-        for (int j = 1; j < n; j++)
-            mx = M[i * n + j] > mx ? M[i * n + j] : mx;
-        T s = 0;
-#pragma unroll
-        for (int j = 0; j < n; j++) {
-            M[i * n + j] = mhc_exp(M[i * n + j] - mx);
-            s += M[i * n + j];
-        }
-#pragma unroll
-        for (int j = 0; j < n; j++)
-            M[i * n + j] = M[i * n + j] / s + hc_eps;
-    }
+    for (int e = 0; e < nn; e++)
+        M[e] += hc_eps;
     /* the first column step always, then (row, column) x (iters - 1); the indices
      * are compile-time for NF (registers, no local memory) */
     for (int it = 0; it < (iters > 0 ? iters : 1); it++) {
@@ -484,22 +495,7 @@ template <typename T, int NF>
 static __device__ __forceinline__ void hc_v4_start(const T *z, int n_, T eps, T *P, T *D)
 {
     const int n = NF ? NF : n_;
-#pragma unroll
-    for (int i = 0; i < n; i++) {
-        T mx = z[i * n];
-#pragma unroll
-        for (int j = 1; j < n; j++)
-            mx = z[i * n + j] > mx ? z[i * n + j] : mx;
-        T s = 0;
-#pragma unroll
-        for (int j = 0; j < n; j++) {
-            P[i * n + j] = mhc_exp(z[i * n + j] - mx);
-            s += P[i * n + j];
-        }
-#pragma unroll
-        for (int j = 0; j < n; j++)
-            P[i * n + j] = P[i * n + j] / s;
-    }
+    hc_row_softmax<T, NF>(z, n, P);
 #pragma unroll
     for (int j = 0; j < n; j++) {
         T cs = eps;
