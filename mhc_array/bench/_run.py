@@ -57,20 +57,29 @@ def run(*, quick=False, json_path=None, plot_path=None, only=None, threads=1,
             limiter.restore_original_limits()
 
 
+def _selected(work, only, kind, scope=""):
+    """The workloads whose name contains one of ``only`` (all without it); None,
+    after saying so and listing the names, when none does."""
+    if not only:
+        return work
+    chosen = [w for w in work if any(s in w[0] for s in only)]
+    if not chosen:
+        names = "\n  ".join(w[0] for w in work)
+        print(f"mhc_array bench: no {kind} matches --only {' '.join(map(repr, only))}; "
+              f"the {kind}s{scope} are:\n  {names}", file=sys.stderr)
+        return None
+    return chosen
+
+
 def _measured(blas, *, quick=False, json_path=None, plot_path=None, only=None, threads=1,
         compile_peers=None):
     rng = np.random.default_rng(0)
     if compile_peers is None:
         compile_peers = not quick
-    work = _workloads(quick, rng, threads, compile_peers)
-    if only:
-        work = [w for w in work if any(s in w[0] for s in only)]
-        if not work:
-            names = "\n  ".join(w[0] for w in _workloads(quick, rng, threads, compile_peers))
-            print(f"mhc_array bench: no workload matches --only {' '.join(map(repr, only))}; "
-                  f"the workloads{' of --quick' if quick else ''} are:\n  {names}",
-                  file=sys.stderr)
-            return 2
+    work = _selected(_workloads(quick, rng, threads, compile_peers), only, "workload",
+                     " of --quick" if quick else "")
+    if work is None:
+        return 2
     rounds, budget = (5, 0.004) if quick else (11, 0.02)
     machine_line = machine()
     print(f"mhc_array bench ({'quick' if quick else 'full'}): {machine_line}")
@@ -112,15 +121,9 @@ def _gpu_measured(blas, *, quick=False, json_path=None, only=None, threads=1,
     freed before the next), the device synchronised around every candidate's
     repetitions; a candidate or a workload that fails is reported in the results,
     not fatal."""
-    work = _gpu_workloads()
-    if only:
-        work = [w for w in work if any(s in w[0] for s in only)]
-        if not work:
-            names = "\n  ".join(w[0] for w in _gpu_workloads())
-            print(f"mhc_array bench: no GPU workload matches --only "
-                  f"{' '.join(map(repr, only))}; the GPU workloads are:\n  {names}",
-                  file=sys.stderr)
-            return 2
+    work = _selected(_gpu_workloads(), only, "GPU workload")
+    if work is None:
+        return 2
     rounds, budget = (5, 0.004) if quick else (11, 0.02)
     machine_line = machine()
     why = gpu_unavailable()
