@@ -309,11 +309,13 @@ int mhc_graph_costs_f64(const int64_t *indptr, const int64_t *indices, const dou
         wmax = weights[e] > wmax ? weights[e] : wmax;
     }
     /* buckets when the lengths are within a factor BUCKET_SPAN of each other (at
-     * most that many empty buckets passed per vertex settled) and the distances in
-     * buckets stay far below 2^52 (n - 1 lengths at most) */
+     * most that many empty buckets passed per vertex settled) and a distance in
+     * bucket widths (below BUCKET_SPAN n) stays below 2^30: its rounding (< 2^-22 of
+     * a width) then cannot undo the margin of 1e-6 of a width between delta and the
+     * shortest length, so a relaxed vertex always lands in a later bucket */
     double delta = 0;
     int64_t nbuckets = 0;
-    if (unit == 0 && nnz > 0 && wmax <= BUCKET_SPAN * wmin && n < ((int64_t)1 << 40)) {
+    if (unit == 0 && nnz > 0 && wmax <= BUCKET_SPAN * wmin && n < ((int64_t)1 << 24)) {
         delta = wmin * (1 - 1e-6);
         nbuckets = (int64_t)(wmax / delta) + 2;
     }
