@@ -239,12 +239,17 @@ def random_graph(n, density, seed, components=1):
     return A, csr
 
 
-@pytest.mark.parametrize("lengths", ["random", "equal"])
+@pytest.mark.parametrize("lengths", ["random", "wide", "equal"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("backend", ["native", "array_api"])
 def test_graph_costs_match_scipy_shortest_paths(backend, threads, lengths):
-    """Dijkstra (random lengths) and breadth-first search (all lengths equal)."""
+    """Dijkstra (random lengths within 30x of each other: buckets; "wide": 0.001 to
+    27, a heap) and breadth-first search (all lengths equal)."""
     A, csr = random_graph(120, 0.04, seed=3, components=2)
+    if lengths == "wide":
+        A = A ** 3
+        csr = sp.csr_array(A)
+        csr.sort_indices()
     if lengths == "equal":
         A = (A > 0) * 1.5
         csr.data[:] = 1.5

@@ -5,14 +5,27 @@
  * searches are memory-bound pointer chasing.
  *
  * The (edge, row) slots are grouped by their source vertex (counting sort); one
- * Dijkstra search per distinct source (indexed binary heap; breadth-first when
- * every edge has the same length) runs until every vertex its slots ask for is
- * settled, and fills those slots' cost rows.
+ * Dijkstra search per distinct source runs until every vertex its slots ask for is
+ * settled, and fills those slots' cost rows: breadth-first when every edge has
+ * the same length; Dial's buckets of width just below the shortest length when
+ * the longest is at most BUCKET_SPAN times it (a bucket's vertices are then all
+ * final when it is reached: no heap, no order inside a bucket); else a binary
+ * heap of (distance, vertex) entries, stale ones skipped (no decrease-key). The
+ * arcs' lengths and heads side by side (one load per relaxation).
  * Threads split the distinct sources; each slot row is written by one search.
  */
 #include "mhc_internal.h"
 #include "checked.h"
 #include "threads.h"
+
+/* the longest length at most this many times the shortest: Dial's buckets */
+#define BUCKET_SPAN 32
+
+/* an arc of the graph: its length and head together, one load per relaxation */
+struct arc {
+    double len;
+    int64_t head;
+};
 
 typedef struct {
     const int64_t *indptr, *indices;
@@ -26,57 +39,58 @@ typedef struct {
     double *out;
     size_t ws_bytes;
     double unit;              /* > 0: every edge has this length (breadth-first search) */
+    const struct arc *arcs;   /* else the arcs, (length, head) side by side (CSR order) */
+    double delta;             /* > 0: bucket width (below the shortest length) */
+    int64_t nbuckets;         /* the buckets' cycle (longest length / delta + 2) */
+    size_t heap_len;          /* else the heap's room: nnz + 1 entries */
 } graph_ctx;
 
-/* An indexed binary min-heap of vertices keyed by dist[], with each vertex's
- * position in pos[] (so a shorter path moves it up in place: at most n items). */
+/* A binary min-heap of (distance, vertex) entries without decrease-key: a
+ * shorter path pushes a new entry and the stale one is skipped when popped (at
+ * most one entry per relaxed arc, plus the source). Keys and vertices side by side:
+ * no indirection through dist[] while sifting. */
 typedef struct {
-    int64_t *v, *pos, len;
-    const double *dist;
-} vheap;
+    double key;
+    int64_t v;
+} hent;
 
-static void vheap_up(vheap *h, int64_t k)
+static inline void heap_push(hent *h, int64_t *len, double key, int64_t v)
 {
-    const int64_t x = h->v[k];
-    const double d = h->dist[x];
+    int64_t k = (*len)++;
     while (k > 0) {
         const int64_t p = (k - 1) / 2;
-        if (h->dist[h->v[p]] <= d)
+        if (h[p].key <= key)
             break;
-        h->v[k] = h->v[p];
-        h->pos[h->v[k]] = k;
+        h[k] = h[p];
         k = p;
     }
-    h->v[k] = x;
-    h->pos[x] = k;
+    h[k].key = key;
+    h[k].v = v;
 }
 
-static int64_t vheap_pop(vheap *h)
+static inline hent heap_pop(hent *h, int64_t *len)
 {
-    const int64_t top = h->v[0], x = h->v[--h->len];
-    const double d = h->dist[x];
+    const hent top = h[0], x = h[--*len];
+    const int64_t n = *len;
     int64_t k = 0;
     for (;;) {
         int64_t c = 2 * k + 1;
-        if (c >= h->len)
+        if (c >= n)
             break;
-        if (c + 1 < h->len && h->dist[h->v[c + 1]] < h->dist[h->v[c]])
-            c++;
-        if (h->dist[h->v[c]] >= d)
+        c += c + 1 < n && h[c + 1].key < h[c].key;
+        if (h[c].key >= x.key)
             break;
-        h->v[k] = h->v[c];
-        h->pos[h->v[k]] = k;
+        h[k] = h[c];
         k = c;
     }
-    if (h->len > 0) {
-        h->v[k] = x;
-        h->pos[x] = k;
-    }
+    if (n > 0)
+        h[k] = x;
     return top;
 }
 
 /* Sources [lo, hi) of the context; workspace: dist, and the stamps seen, done and
- * want, the heap and its positions (n each). */
+ * want, the breadth-first queue or the buckets' next links, their prev links (n
+ * each); the heap (heap_len entries); the buckets' heads (nbuckets). */
 static int graph_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
 {
     const graph_ctx *g = ctx;
@@ -87,7 +101,9 @@ static int graph_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
         return MHC_ERR_OUT_OF_MEMORY;
     double *dist = (double *)ws;
     int64_t *seen = (int64_t *)(dist + n), *done = seen + n, *want = done + n;
-    vheap h = {want + n, want + 2 * n, 0, dist};
+    int64_t *queue = want + n;
+    hent *heap = (hent *)(void *)(queue + n);
+    int64_t *prev = (int64_t *)(void *)(heap + g->heap_len), *head = prev + n, *next = queue;
     for (int64_t v = 0; v < n; v++)
         seen[v] = done[v] = want[v] = -1;
     for (int64_t s = lo; s < hi; s++) {
@@ -105,7 +121,7 @@ static int graph_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
         }
         if (g->unit > 0) {
             /* one length: breadth-first, a vertex is settled when first reached */
-            int64_t *queue = h.v, head = 0, tail = 0;
+            int64_t head = 0, tail = 0;
             seen[x] = done[x] = s;
             dist[x] = 0;
             queue[tail++] = x;
@@ -124,30 +140,84 @@ static int graph_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
             }
             goto fill;
         }
+        if (g->delta > 0) {
+            /* Dial's buckets of width delta < the shortest length: a vertex's
+             * shortest-path predecessor lies in an earlier bucket, so a bucket's
+             * vertices are all final when it is reached, in any order; and a
+             * relaxation never lands in the bucket being emptied. Buckets are
+             * doubly linked lists over the vertices, in a cycle of nbuckets
+             * (more than the longest length spans). */
+            const double delta = g->delta;
+            const int64_t B = g->nbuckets;
+            int64_t items = 1, cur = 0;
+            for (int64_t b = 0; b < B; b++)
+                head[b] = -1;
+            seen[x] = s;
+            dist[x] = 0;
+            head[0] = x;
+            next[x] = prev[x] = -1;
+            while (items > 0 && missing > 0) {
+                while (head[cur % B] < 0)
+                    cur++;
+                const int64_t v = head[cur % B];
+                head[cur % B] = next[v];
+                if (next[v] >= 0)
+                    prev[next[v]] = -1;
+                items--;
+                const double dv = dist[v];
+                done[v] = s;
+                if (want[v] == s)
+                    missing--;
+                const struct arc *arc = g->arcs + g->indptr[v], *end = g->arcs + g->indptr[v + 1];
+                for (; arc < end; arc++) {
+                    const int64_t w = arc->head;
+                    const double nd = dv + arc->len;
+                    if (seen[w] != s) {
+                        seen[w] = s;
+                        items++;
+                    } else if (nd < dist[w] && done[w] != s) {   /* out of its bucket */
+                        if (prev[w] >= 0)
+                            next[prev[w]] = next[w];
+                        else
+                            head[(int64_t)(dist[w] / delta) % B] = next[w];
+                        if (next[w] >= 0)
+                            prev[next[w]] = prev[w];
+                    } else
+                        continue;
+                    dist[w] = nd;
+                    const int64_t b = (int64_t)(nd / delta) % B;
+                    prev[w] = -1;
+                    next[w] = head[b];
+                    if (head[b] >= 0)
+                        prev[head[b]] = w;
+                    head[b] = w;
+                }
+            }
+            goto fill;
+        }
         /* Dijkstra from x until every asked vertex is settled (seen[v] == s: v was
          * reached in this search, done[v] == s: settled, its distance final) */
-        h.len = 0;
+        int64_t len = 0;
         seen[x] = s;
         dist[x] = 0;
-        h.v[h.len++] = x;
-        h.pos[x] = 0;
-        while (h.len > 0 && missing > 0) {
-            const int64_t v = vheap_pop(&h);
-            const double dv = dist[v];
+        heap_push(heap, &len, 0, x);
+        while (len > 0 && missing > 0) {
+            const hent top = heap_pop(heap, &len);
+            const int64_t v = top.v;
+            if (done[v] == s || top.key > dist[v])
+                continue;           /* stale: v was settled, or reached shorter since */
+            const double dv = top.key;
             done[v] = s;
             if (want[v] == s)
                 missing--;
-            for (int64_t e = g->indptr[v]; e < g->indptr[v + 1]; e++) {
-                const int64_t w = g->indices[e];
-                const double nd = dv + g->weights[e];
-                if (seen[w] != s) {
+            const struct arc *arc = g->arcs + g->indptr[v], *end = g->arcs + g->indptr[v + 1];
+            for (; arc < end; arc++) {
+                const int64_t w = arc->head;
+                const double nd = dv + arc->len;
+                if (seen[w] != s || (nd < dist[w] && done[w] != s)) {
                     seen[w] = s;
                     dist[w] = nd;
-                    h.v[h.len] = w;
-                    vheap_up(&h, h.len++);
-                } else if (nd < dist[w] && done[w] != s) {
-                    dist[w] = nd;
-                    vheap_up(&h, h.pos[w]);
+                    heap_push(heap, &len, nd, w);
                 }
             }
         }
@@ -224,16 +294,41 @@ int mhc_graph_costs_f64(const int64_t *indptr, const int64_t *indices, const dou
         return MHC_OK;
     if (!out)
         return MHC_ERR_NULL_POINTER;
-    /* per-thread workspace: dist, seen, done, want, heap, pos (n each); the slot
-     * tables: 3 * ea + 3 * (n + 1) int64 */
-    if ((uint64_t)n > SIZE_MAX / 48 - 2 || (uint64_t)ea > SIZE_MAX / (3 * sizeof(int64_t)) - 1)
+    /* per-thread workspace: dist, seen, done, want, queue (or the buckets' next),
+     * prev (n each), the heap (nnz + 1 entries of 16 bytes, without buckets), the
+     * buckets' heads; the arcs (nnz of 16 bytes); the slot tables: 3 * ea + 3 *
+     * (n + 1) int64 */
+    if ((uint64_t)n > SIZE_MAX / 48 - 2 || (uint64_t)nnz > SIZE_MAX / 64 - 1 ||
+        (uint64_t)ea > SIZE_MAX / (3 * sizeof(int64_t)) - 1)
         return MHC_ERR_OUT_OF_MEMORY;
-    const size_t ws_bytes = (size_t)n * 48;
+    double unit = nnz > 0 ? weights[0] : 0;     /* one length for all edges? */
+    double wmin = unit, wmax = unit;
+    for (int64_t e = 1; e < nnz; e++) {
+        unit = weights[e] != unit ? 0 : unit;
+        wmin = weights[e] < wmin ? weights[e] : wmin;
+        wmax = weights[e] > wmax ? weights[e] : wmax;
+    }
+    /* buckets when the lengths are within a factor BUCKET_SPAN of each other (at
+     * most that many empty buckets passed per vertex settled) and a distance in
+     * bucket widths (below BUCKET_SPAN n) stays below 2^30: its rounding (< 2^-22 of
+     * a width) then cannot undo the margin of 1e-6 of a width between delta and the
+     * shortest length, so a relaxed vertex always lands in a later bucket */
+    double delta = 0;
+    int64_t nbuckets = 0;
+    if (unit == 0 && nnz > 0 && wmax <= BUCKET_SPAN * wmin && n < ((int64_t)1 << 24)) {
+        delta = wmin * (1 - 1e-6);
+        nbuckets = (int64_t)(wmax / delta) + 2;
+    }
+    size_t ws_bytes, heap_len = unit == 0 && delta == 0 ? (size_t)nnz + 1 : 0;
+    if (__builtin_add_overflow((size_t)n * 48, heap_len * sizeof(hent), &ws_bytes) ||
+        __builtin_add_overflow(ws_bytes, (size_t)nbuckets * sizeof(int64_t), &ws_bytes))
+        return MHC_ERR_OUT_OF_MEMORY;
     /* slots grouped by source: counting sort */
     int64_t *count = mhc_malloc(((size_t)n + 1) * sizeof(int64_t));
     int64_t *slots = mhc_malloc((size_t)(ea > 0 ? 3 * ea : 1) * sizeof(int64_t));
     int64_t *src = mhc_malloc(((size_t)n + 1) * sizeof(int64_t));
     int64_t *slot_ptr = mhc_malloc(((size_t)n + 1) * sizeof(int64_t));
+    struct arc *arcs = NULL;
     int status = MHC_ERR_OUT_OF_MEMORY;
     if (!count || !slots || !src || !slot_ptr)
         goto finish;
@@ -259,12 +354,18 @@ int mhc_graph_costs_f64(const int64_t *indptr, const int64_t *indices, const dou
     slot_ptr[groups] = ea;
     for (int64_t k = 0; k < ea; k++)
         slots[count[X[k]]++] = k;
-    double unit = nnz > 0 ? weights[0] : 0;     /* one length for all edges? */
-    for (int64_t e = 1; e < nnz && unit > 0; e++)
-        if (weights[e] != unit)
-            unit = 0;
+    if (unit == 0) {
+        arcs = mhc_malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(struct arc));
+        if (!arcs)
+            goto finish;
+        for (int64_t e = 0; e < nnz; e++) {
+            arcs[e].len = weights[e];
+            arcs[e].head = indices[e];
+        }
+    }
     const graph_ctx ctx = {indptr, indices, weights, n, Y, yptr, src, slot_ptr, slots,
-                           slot_edge, slot_out, out, ws_bytes, unit};
+                           slot_edge, slot_out, out, ws_bytes, unit, arcs, delta, nbuckets,
+                           heap_len};
     const int nth = threads_for(n_threads, sat_mul(groups, sat_mul(nnz, 4) + 1), 1 << 18);
     status = mhc_run_chunks(graph_chunk, &ctx, groups, 1, nth, err_index);
 finish:
@@ -272,5 +373,6 @@ finish:
     mhc_free(slots);
     mhc_free(src);
     mhc_free(slot_ptr);
+    mhc_free(arcs);
     return status;
 }
