@@ -707,10 +707,13 @@ def _mhc_plan(kernel, kernels, dt, code, threads):
 def torch_plan(kernel, dtypes, ndims, call, rows=False):
     """The plans of the mHC records for CPU torch tensors (decode: one call per token
     and layer from ``mhc_array.torch`` under ``no_grad``), or None: the C kernels on
-    the tensors' own memory (``data_ptr``), no DLPack round trip. Streams of a
-    narrower float dtype (bfloat16, float16) are computed in float32 (one copy of the
-    streams, and h_in / x_next converted back, as the general path does); the
-    parameters and coefficients must be contiguous tensors of the computing dtype.
+    the tensors' own memory (``data_ptr``), no DLPack round trip. bfloat16 streams
+    are read as they are by the bfloat16 entries of the pre and post steps
+    (``mhc_hc_pre_bf16``, ``mhc_hc_post_bf16``); the fused boundary's, and float16
+    streams, are computed in float32 (one copy of the streams, and h_in / x_next
+    converted back, as the general path does); the parameters and coefficients must
+    be tensors of the computing dtype, the parameters contiguous (their checks
+    remembered per Parameter object, data pointer, version and shape).
     Returns ``run(arrays, options, state) -> (result, bytes copied) or None`` (None:
     declined, the general path serves the call). ``rows``: DeepSeek-V4's projection
     given in the paper's rows layout ``(n*C, K)`` (a module's prepared copy of ``fn``,
@@ -747,12 +750,13 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
     def ready(*ts):
         return all(usable(t) and t.is_contiguous() for t in ts)
 
-    def streams(x):
-        """x in the computing dtype, contiguous, on the CPU (a copy counted), or None."""
+    def streams(x, bf16_ok=False):
+        """x in the computing dtype, contiguous, on the CPU (a copy counted), or None;
+        ``bf16_ok``: contiguous bfloat16 streams as they are (a kernel reads them)."""
         if (not isinstance(x, Tensor) or not x.is_cpu or (x.requires_grad and grad_enabled())
                 or x.ndim < 2 or not 1 <= x.shape[-2] <= MAX_STREAMS):
             return None, 0
-        if x.dtype is tdt and x.is_contiguous():
+        if (x.dtype is tdt or bf16_ok and x.dtype is bf16) and x.is_contiguous():
             return x, 0
         if not x.dtype.is_floating_point or x.dtype is torch.float64 and tdt is torch.float32:
             return None, 0
@@ -803,9 +807,12 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
 
     rows_flag = lib.MHC_HC_ROWS if rows else 0
 
+    pre_bf16, np_u16 = lib.mhc_hc_pre_bf16, np.dtype(np.uint16)
+    bf16_streams = tdt is torch.float32
+
     def run_pre(arrays, options, state):
         x, phi, bias, alpha = arrays
-        xc, copied = streams(x)
+        xc, copied = streams(x, bf16_streams)
         if xc is None:
             return None
         n, C = x.shape[-2], x.shape[-1]
@@ -814,12 +821,17 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
             return None
         batch = x.shape[:-2]
         tokens = math.prod(batch)
-        h_in, h_pre, h_post = np_out(batch + (C,)), np_out(batch + (n,)), np_out(batch + (n,))
-        h_res = np_out(batch + (n, n))
-        if tokens and kernels.hc_pre(
-                p(xc), n * C, tokens, n, C, prm[0], prm[1], prm[2], prm[3],
+        if xc.dtype is bf16:   # read as they are, h_in written in bfloat16 (mhc_hc_pre_bf16)
+            kernel, h_in = pre_bf16, from_numpy(np_empty(batch + (C,), np_u16)).view(bf16)
+            px, ph = cast(u16, xc.data_ptr()), cast(u16, h_in.data_ptr())
+        else:
+            kernel, h_in = kernels.hc_pre, np_out(batch + (C,))
+            px, ph = p(xc), p(h_in)
+        h_pre, h_post, h_res = np_out(batch + (n,)), np_out(batch + (n,)), np_out(batch + (n, n))
+        if tokens and kernel(
+                px, n * C, tokens, n, C, prm[0], prm[1], prm[2], prm[3],
                 _VARIANT[options["variant"]] | rows_flag, options["iterations"],
-                options["norm_eps"], options["hc_eps"], p(h_in), p(h_pre), p(h_post), p(h_res),
+                options["norm_eps"], options["hc_eps"], ph, p(h_pre), p(h_post), p(h_res),
                 _workspace(state), code, threads):
             return None
         if h_in.dtype is not x.dtype:

@@ -355,6 +355,21 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
                                   (float *)hin.data, (float *)hpre.data, (float *)hpost.data,
                                   (float *)hres.data, ws, isa, nth);
     check_status(st);
+    if (!f64) {   /* the same step on bfloat16 streams (x and h_in bfloat16) */
+        arr_t xb = arr_new(s, extent(tokens, xt, n * C), 2, mis == 1, 0);
+        arr_t hb = arr_new(s, tokens * C, 2, mis == 3, 0);
+        const int stb = mhc_hc_pre_bf16((const uint16_t *)xb.data, xt, tokens, n, C,
+                                        (const float *)phi.data, Kp, (const float *)b.data,
+                                        (const float *)al.data, variant, iters, 1e-6, 1e-6,
+                                        (uint16_t *)hb.data, (float *)hpre.data,
+                                        (float *)hpost.data, (float *)hres.data, ws, isa, nth);
+        check_status(stb);
+        if (stb == MHC_ERR_DOMAIN)
+            FAIL("mhc_hc_pre_bf16 returned a domain error");
+        arr_same(&xb, "x (bf16 step)");
+        arr_free(&xb);
+        arr_free(&hb);
+    }
     {   /* the fused boundary: the post step of x (in place or into another array) with
          * the coefficients just computed (or garbage), then the pre step */
         const int64_t ft = pick(s, 0, 1) ? 0 : C + pick(s, 0, 2);

@@ -169,3 +169,73 @@ int mhc_hc_post_bf16(const uint16_t *x, int64_t x_tstride, const uint16_t *f,
     return mhc_run_chunks(hc_post_bf16_chunk, &ctx, tokens, 1,
                           threads_for(n_threads, work, MHC_DIST_PAR_WORK), NULL);
 }
+
+/* ---- mhc_hc_pre on bfloat16 streams ------------------------------------- */
+
+/* The float pre step (hc_pre_chunk_f32) per sub-block of tokens, its streams
+ * widened from bfloat16 into a scratch that stays in the cache (the float
+ * kernel's sub-block, ~512 KB), h_in computed into a scratch and rounded once
+ * to bfloat16: the float kernel's values on the widened streams, with no float
+ * copy of the whole input. */
+typedef struct {
+    hc_pre_ctx_f32 f;                  /* x, h_in unused: the per-sub-block scratch */
+    const uint16_t *x; int64_t x_tstride;
+    uint16_t *h_in;
+} hc_pre_bf16_ctx;
+
+static int hc_pre_bf16_chunk(const void *vctx, int64_t lo, int64_t hi, int64_t *err)
+{
+    const hc_pre_bf16_ctx *c = vctx;
+    const int64_t n = c->f.n, C = c->f.C, L = c->f.L, SB = hc_sub_block_f32(L);
+    int slot;
+    float *xs = mhc_ws_take(c->f.ws, sizeof(float) * (size_t)(SB * (L + C)), &slot);
+    if (!xs)
+        return MHC_ERR_OUT_OF_MEMORY;
+    float *hs = xs + SB * L;
+    hc_pre_ctx_f32 sub = c->f;
+    sub.x = xs;
+    sub.x_tstride = L;
+    sub.h_in = hs;
+    int st = MHC_OK;
+    for (int64_t t0 = lo; t0 < hi && st == MHC_OK; t0 += SB) {
+        const int64_t tb = hi - t0 < SB ? hi - t0 : SB;
+        c->f.kt->bf16_widen_f32(c->x + t0 * c->x_tstride, c->x_tstride, xs, L, tb, L);
+        sub.h_pre = c->f.h_pre + t0 * n;
+        sub.h_post = c->f.h_post + t0 * n;
+        sub.h_res = c->f.h_res + t0 * n * n;
+        st = hc_pre_chunk_f32(&sub, 0, tb, err);
+        if (st == MHC_OK)
+            c->f.kt->bf16_narrow_f32(hs, C, c->h_in + t0 * C, C, tb, C);
+    }
+    mhc_ws_give(c->f.ws, slot, xs);
+    return st;
+}
+
+int mhc_hc_pre_bf16(const uint16_t *x, int64_t x_tstride, int64_t tokens, int64_t n, int64_t C,
+                    const float *phi, int64_t ldp, const float *bias, const float *alpha,
+                    int variant, int64_t iterations, double norm_eps, double hc_eps,
+                    uint16_t *h_in, float *h_pre, float *h_post, float *h_res, mhc_hc_ws *ws,
+                    int isa, int n_threads)
+{
+    int64_t L, ext, work;
+    if (!x || !h_in)
+        return MHC_ERR_NULL_POINTER;
+    if (((uintptr_t)x | (uintptr_t)h_in) % sizeof(uint16_t))
+        return MHC_ERR_MISALIGNED;
+    /* the float checks of the other arguments (h_pre stands in for h_in, checked above) */
+    const int st = hc_pre_args_f32(tokens, n, C, phi, ldp, bias, alpha, variant, iterations,
+                                   norm_eps, hc_eps, h_pre, h_pre, h_post, h_res, n_threads, &L,
+                                   &work);
+    if (st != MHC_OK || tokens == 0)
+        return st;
+    ext = L;
+    if (x_tstride < L || !add_extent(&ext, tokens, x_tstride))
+        return MHC_ERR_INVALID_DIMENSION;
+    const hc_pre_bf16_ctx ctx = {
+        {NULL, 0, n, C, L, ldp, phi, bias, alpha, (variant & ~MHC_HC_ROWS) == MHC_HC_DEEPSEEK_V4,
+         variant == MHC_HC_DEEPSEEK_V4, iterations, norm_eps, hc_eps, NULL, h_pre, h_post,
+         h_res, ws, table_for(isa), NULL, 0, NULL, 0, NULL, NULL},
+        x, x_tstride, h_in};
+    return mhc_run_chunks(hc_pre_bf16_chunk, &ctx, tokens, 1,
+                          threads_for(n_threads, work, MHC_HC_PAR_WORK), NULL);
+}
