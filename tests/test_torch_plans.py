@@ -295,6 +295,8 @@ def test_no_grad_calls_still_refuse_bad_arguments():
             mt.mhc_pre(x, phi, bias, [1.0, 1.0, 1.0])
         with pytest.raises(TypeError, match="x"):
             mt.mhc_pre(x.numpy(), phi, bias, alpha)
+        with pytest.raises(TypeError, match="torch.Tensor"):
+            mt.mhc_pre(x.numpy(), phi.numpy(), bias.numpy(), alpha.numpy())
         with pytest.raises(mx.ShapeError, match="h_res"):
             mt.mhc_post(x, x[:, 0], alpha.new_ones(2, 4), alpha.new_ones(2, 3, 3))
         with pytest.raises(TypeError, match="h_post"):

@@ -237,8 +237,8 @@ def _planned(record, arrays, options):
     fresh results), or None -- the caller then takes its usual path, whose checks
     raise the errors. The options are validated by the record (remembered while the
     same objects are passed, as a module's attributes and the defaults are)."""
-    if torch.compiler.is_compiling():
-        return None
+    if not isinstance(arrays[0], torch.Tensor) or torch.compiler.is_compiling():
+        return None   # (NumPy arrays would find the NumPy plans: the usual path refuses them)
     if torch.is_grad_enabled():
         try:
             if any(t.requires_grad for t in arrays):
