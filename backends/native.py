@@ -708,9 +708,9 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
     """The plans of the mHC records for CPU torch tensors (decode: one call per token
     and layer from ``mhc_array.torch`` under ``no_grad``), or None: the C kernels on
     the tensors' own memory (``data_ptr``), no DLPack round trip. bfloat16 streams
-    are read as they are by the bfloat16 entries of the pre and post steps
-    (``mhc_hc_pre_bf16``, ``mhc_hc_post_bf16``); the fused boundary's, and float16
-    streams, are computed in float32 (one copy of the streams, and h_in / x_next
+    are read as they are by the bfloat16 entries of the pre and post steps and the
+    fused boundary (``mhc_hc_pre_bf16``, ``mhc_hc_post_bf16``, ``mhc_hc_post_pre_bf16``);
+    float16 streams are computed in float32 (one copy of the streams, and h_in / x_next
     converted back, as the general path does); the parameters and coefficients must
     be tensors of the computing dtype, the parameters contiguous (their checks
     remembered per Parameter object, data pointer, version and shape).
@@ -857,16 +857,17 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
             coef.append(h)
         return n, C, batch, coef[0], coef[1], copied
 
-    def post_operands(x, f_out, h_post, h_res):
-        """x and f_out in the computing dtype and the checked post step, or None."""
-        xc, copied = streams(x)
+    def post_operands(x, f_out, h_post, h_res, bf16_ok=False):
+        """x and f_out in the computing dtype (``bf16_ok``: bfloat16 ones as they are)
+        and the checked post step, or None."""
+        xc, copied = streams(x, bf16_ok)
         if xc is None:
             return None
         checked = post_checked(x, f_out, h_post, h_res)
         if checked is None:
             return None
         n, C, batch, hp, hr, extra = checked
-        fc, more = streams(f_out.unsqueeze(-2))
+        fc, more = streams(f_out.unsqueeze(-2), bf16_ok)
         if fc is None:
             return None
         return xc, fc, copied + more + extra, n, C, batch, hp, hr
@@ -912,8 +913,16 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
             res = res.to(x.dtype)
         return res, copied
 
+    post_pre_bf16 = lib.mhc_hc_post_pre_bf16
+
+    def bf16_out(shape):
+        return from_numpy(np_empty(shape, np_u16)).view(bf16)
+
     def run_post_pre(arrays, options, state):
-        ops = post_operands(*arrays[:4])
+        x, f_out = arrays[0], arrays[1]
+        both = (bf16_streams and isinstance(x, Tensor) and x.dtype is bf16
+                and isinstance(f_out, Tensor) and f_out.dtype is bf16)
+        ops = post_operands(*arrays[:4], both)
         if ops is None:
             return None
         xc, fc, copied, n, C, batch, hp, hr = ops
@@ -922,17 +931,21 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
         if prm is None:
             return None
         tokens = math.prod(batch)
-        nxt = empty(batch + (n, C), dtype=tdt)
-        h_in, h_pre, h_post = empty(batch + (C,), dtype=tdt), empty(batch + (n,), dtype=tdt), \
-            empty(batch + (n,), dtype=tdt)
+        if xc.dtype is bf16:   # mhc_hc_post_pre_bf16: x_next and h_in written in bfloat16
+            kernel, nxt, h_in = post_pre_bf16, bf16_out(batch + (n, C)), bf16_out(batch + (C,))
+            px, pf, pn, ph = (cast(u16, t.data_ptr()) for t in (xc, fc, nxt, h_in))
+        else:
+            kernel, nxt, h_in = (kernels.hc_post_pre, empty(batch + (n, C), dtype=tdt),
+                                 empty(batch + (C,), dtype=tdt))
+            px, pf, pn, ph = p(xc), p(fc), p(nxt), p(h_in)
+        h_pre, h_post = empty(batch + (n,), dtype=tdt), empty(batch + (n,), dtype=tdt)
         h_res = empty(batch + (n, n), dtype=tdt)
-        if tokens and kernels.hc_post_pre(
-                p(xc), n * C, p(fc), C, p(hp), p(hr), p(nxt), n * C, tokens, n,
+        if tokens and kernel(
+                px, n * C, pf, C, p(hp), p(hr), pn, n * C, tokens, n,
                 C, prm[0], prm[1], prm[2], prm[3], _VARIANT[options["variant"]] | rows_flag,
-                options["iterations"], options["norm_eps"], options["hc_eps"], p(h_in),
+                options["iterations"], options["norm_eps"], options["hc_eps"], ph,
                 p(h_pre), p(h_post), p(h_res), _workspace(state), code, threads):
             return None
-        x = arrays[0]
         if nxt.dtype is not x.dtype:
             nxt, h_in = nxt.to(x.dtype), h_in.to(x.dtype)
         return (nxt, h_in, h_pre, h_post, h_res), copied

@@ -304,3 +304,27 @@ def test_no_grad_calls_still_refuse_bad_arguments():
         with pytest.raises(mx.ShapeError, match="phi"):
             mt.mhc_post_pre(x, x[:, 0], alpha.new_ones(2, 4), alpha.new_ones(2, 4, 4),
                             phi[:-1], bias, alpha)
+
+
+@pytest.mark.parametrize("variant", ["paper", "deepseek-v4"])
+def test_post_pre_on_bfloat16_streams_copies_nothing(variant):
+    """bfloat16 streams and f_out go to mhc_hc_post_pre_bf16 as they are: a zero-copy
+    call whose x_next and h_in are the float32 path's rounded once, the coefficients
+    the same bit for bit."""
+    n, C = 4, 72
+    params = _params(variant, n, C)
+    x = torch.randn(2, 3, n, C).to(torch.bfloat16)
+    f_out = torch.randn(2, 3, C).to(torch.bfloat16)
+    post, h_res = torch.rand(2, 3, n) * 2, torch.rand(2, 3, n, n)
+    mx.reset_stats()
+    with torch.no_grad():
+        got = mt.mhc_post_pre(x, f_out, post, h_res, *params, variant=variant)
+    s = _native_calls("mhc_post_pre")
+    assert s["calls"] == 1 and s["zero_copy_calls"] == 1
+    assert got[0].dtype == torch.bfloat16 and got[1].dtype == torch.bfloat16
+    with torch.no_grad():
+        want = mt.mhc_post_pre(x.float(), f_out.float(), post, h_res, *params, variant=variant)
+    for g, w in zip(got[:2], want[:2]):
+        assert torch.equal(g.view(torch.int16), w.to(torch.bfloat16).view(torch.int16))
+    for g, w in zip(got[2:], want[2:]):
+        assert torch.equal(g, w)
