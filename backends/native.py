@@ -19,6 +19,7 @@ import math
 import os
 import threading
 import types
+import weakref
 
 import numpy as np
 
@@ -706,10 +707,13 @@ def _mhc_plan(kernel, kernels, dt, code, threads):
 def torch_plan(kernel, dtypes, ndims, call, rows=False):
     """The plans of the mHC records for CPU torch tensors (decode: one call per token
     and layer from ``mhc_array.torch`` under ``no_grad``), or None: the C kernels on
-    the tensors' own memory (``data_ptr``), no DLPack round trip. Streams of a
-    narrower float dtype (bfloat16, float16) are computed in float32 (one copy of the
-    streams, and h_in / x_next converted back, as the general path does); the
-    parameters and coefficients must be contiguous tensors of the computing dtype.
+    the tensors' own memory (``data_ptr``), no DLPack round trip. bfloat16 streams
+    are read as they are by the bfloat16 entries of the pre and post steps and the
+    fused boundary (``mhc_hc_pre_bf16``, ``mhc_hc_post_bf16``, ``mhc_hc_post_pre_bf16``);
+    float16 streams are computed in float32 (one copy of the streams, and h_in / x_next
+    converted back, as the general path does); the parameters and coefficients must
+    be tensors of the computing dtype, the parameters contiguous (their checks
+    remembered per Parameter object, data pointer, version and shape).
     Returns ``run(arrays, options, state) -> (result, bytes copied) or None`` (None:
     declined, the general path serves the call). ``rows``: DeepSeek-V4's projection
     given in the paper's rows layout ``(n*C, K)`` (a module's prepared copy of ``fn``,
@@ -735,21 +739,24 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
 
     Tensor = torch.Tensor
     bf16, u16 = torch.bfloat16, ffi.typeof("uint16_t *")
+    grad_enabled = torch.is_grad_enabled
 
     def usable(t):
-        """A CPU tensor of the computing dtype without gradients (any layout)."""
-        return (isinstance(t, Tensor) and t.dtype is tdt and t.device.type == "cpu"
-                and not t.requires_grad)
+        """A CPU tensor of the computing dtype (any layout) that needs no gradient
+        here: none requires one, or torch records none (``no_grad``)."""
+        return (isinstance(t, Tensor) and t.dtype is tdt and t.is_cpu
+                and not (t.requires_grad and grad_enabled()))
 
     def ready(*ts):
         return all(usable(t) and t.is_contiguous() for t in ts)
 
-    def streams(x):
-        """x in the computing dtype, contiguous, on the CPU (a copy counted), or None."""
-        if (not isinstance(x, Tensor) or x.device.type != "cpu" or x.requires_grad
+    def streams(x, bf16_ok=False):
+        """x in the computing dtype, contiguous, on the CPU (a copy counted), or None;
+        ``bf16_ok``: contiguous bfloat16 streams as they are (a kernel reads them)."""
+        if (not isinstance(x, Tensor) or not x.is_cpu or (x.requires_grad and grad_enabled())
                 or x.ndim < 2 or not 1 <= x.shape[-2] <= MAX_STREAMS):
             return None, 0
-        if x.dtype is tdt and x.is_contiguous():
+        if (x.dtype is tdt or bf16_ok and x.dtype is bf16) and x.is_contiguous():
             return x, 0
         if not x.dtype.is_floating_point or x.dtype is torch.float64 and tdt is torch.float32:
             return None, 0
@@ -758,32 +765,73 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
     def p(t):
         return cast(ptr_type, t.data_ptr())
 
+    # The parameters' checks and C pointers, remembered per (phi, bias, alpha) -- a
+    # module's Parameters, the same objects at every decode call -- while each is
+    # the same live object (weak references: nothing is kept alive) with the same
+    # data pointer, version and shape; a changed or new parameter is checked again.
+    # Whether one requires a gradient is asked at every call (grad mode may change).
+    params_seen = {}
+    ref = weakref.ref
+
+    def signature(phi, bias, alpha):
+        return (phi.data_ptr(), phi._version, phi.shape, bias.data_ptr(), bias._version,
+                bias.shape, alpha.data_ptr(), alpha._version, alpha.shape)
+
     def pre_params(n, C, phi, bias, alpha, v4):
-        K = (2 + n) * n
-        if rows and not v4:
-            return False
-        return (ready(phi, bias, alpha) and bias.shape == (K,) and alpha.shape == (3,)
-                and phi.shape == ((K, n * C) if v4 and not rows else (n * C, K)))
+        """(phi, its row stride, bias, alpha) as C pointers, or None (declined)."""
+        try:
+            key = (id(phi), id(bias), id(alpha), n, C, v4)
+            seen = params_seen.get(key)
+            if seen is not None:
+                refs, sig, ptrs = seen
+                if (refs[0]() is phi and refs[1]() is bias and refs[2]() is alpha
+                        and sig == signature(phi, bias, alpha)):
+                    if grad_enabled() and (phi.requires_grad or bias.requires_grad
+                                           or alpha.requires_grad):
+                        return None
+                    return ptrs
+            K = (2 + n) * n
+            if rows and not v4:
+                return None
+            if not (ready(phi, bias, alpha) and bias.shape == (K,) and alpha.shape == (3,)
+                    and phi.shape == ((K, n * C) if v4 and not rows else (n * C, K))):
+                return None
+            ptrs = (p(phi), phi.shape[1], p(bias), p(alpha))
+            if len(params_seen) >= 1024:
+                params_seen.clear()
+            params_seen[key] = ((ref(phi), ref(bias), ref(alpha)),
+                                signature(phi, bias, alpha), ptrs)
+            return ptrs
+        except (AttributeError, TypeError):   # not tensors: the general path names them
+            return None
 
     rows_flag = lib.MHC_HC_ROWS if rows else 0
 
+    pre_bf16, np_u16 = lib.mhc_hc_pre_bf16, np.dtype(np.uint16)
+    bf16_streams = tdt is torch.float32
+
     def run_pre(arrays, options, state):
         x, phi, bias, alpha = arrays
-        xc, copied = streams(x)
+        xc, copied = streams(x, bf16_streams)
         if xc is None:
             return None
         n, C = x.shape[-2], x.shape[-1]
-        v4 = options["variant"] != "paper"
-        if not C or not pre_params(n, C, phi, bias, alpha, v4):
+        prm = pre_params(n, C, phi, bias, alpha, options["variant"] != "paper") if C else None
+        if prm is None:
             return None
         batch = x.shape[:-2]
         tokens = math.prod(batch)
-        h_in, h_pre, h_post = np_out(batch + (C,)), np_out(batch + (n,)), np_out(batch + (n,))
-        h_res = np_out(batch + (n, n))
-        if tokens and kernels.hc_pre(
-                p(xc), n * C, tokens, n, C, p(phi), phi.shape[1], p(bias), p(alpha),
+        if xc.dtype is bf16:   # read as they are, h_in written in bfloat16 (mhc_hc_pre_bf16)
+            kernel, h_in = pre_bf16, from_numpy(np_empty(batch + (C,), np_u16)).view(bf16)
+            px, ph = cast(u16, xc.data_ptr()), cast(u16, h_in.data_ptr())
+        else:
+            kernel, h_in = kernels.hc_pre, np_out(batch + (C,))
+            px, ph = p(xc), p(h_in)
+        h_pre, h_post, h_res = np_out(batch + (n,)), np_out(batch + (n,)), np_out(batch + (n, n))
+        if tokens and kernel(
+                px, n * C, tokens, n, C, prm[0], prm[1], prm[2], prm[3],
                 _VARIANT[options["variant"]] | rows_flag, options["iterations"],
-                options["norm_eps"], options["hc_eps"], p(h_in), p(h_pre), p(h_post), p(h_res),
+                options["norm_eps"], options["hc_eps"], ph, p(h_pre), p(h_post), p(h_res),
                 _workspace(state), code, threads):
             return None
         if h_in.dtype is not x.dtype:
@@ -797,29 +845,29 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
         copied), or None."""
         n, C = x.shape[-2], x.shape[-1]
         batch = x.shape[:-2]
-        if (not isinstance(f_out, Tensor) or f_out.shape != batch + (C,)
-                or h_post.shape != batch + (n,) or h_res.shape != batch + (n, n) or not C):
+        if (not isinstance(f_out, Tensor) or not usable(h_post) or not usable(h_res)
+                or f_out.shape != batch + (C,) or h_post.shape != batch + (n,)
+                or h_res.shape != batch + (n, n) or not C):
             return None
         coef, copied = [], 0
         for h in (h_post, h_res):
-            if not usable(h):
-                return None
             if not h.is_contiguous():
                 h = h.contiguous()
                 copied += h.numel() * h.element_size()
             coef.append(h)
         return n, C, batch, coef[0], coef[1], copied
 
-    def post_operands(x, f_out, h_post, h_res):
-        """x and f_out in the computing dtype and the checked post step, or None."""
-        xc, copied = streams(x)
+    def post_operands(x, f_out, h_post, h_res, bf16_ok=False):
+        """x and f_out in the computing dtype (``bf16_ok``: bfloat16 ones as they are)
+        and the checked post step, or None."""
+        xc, copied = streams(x, bf16_ok)
         if xc is None:
             return None
         checked = post_checked(x, f_out, h_post, h_res)
         if checked is None:
             return None
         n, C, batch, hp, hr, extra = checked
-        fc, more = streams(f_out.unsqueeze(-2))
+        fc, more = streams(f_out.unsqueeze(-2), bf16_ok)
         if fc is None:
             return None
         return xc, fc, copied + more + extra, n, C, batch, hp, hr
@@ -827,9 +875,9 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
     def post_bf16(x, f_out, h_post, h_res):
         """bfloat16 streams and f_out: mhc_hc_post_bf16 reads and writes them as they
         are (no float32 copies), or None."""
-        if not (x.device.type == "cpu" and not x.requires_grad and x.ndim >= 2
+        if not (x.is_cpu and not (x.requires_grad and grad_enabled()) and x.ndim >= 2
                 and 1 <= x.shape[-2] <= MAX_STREAMS and x.is_contiguous()
-                and f_out.device.type == "cpu" and not f_out.requires_grad
+                and f_out.is_cpu and not (f_out.requires_grad and grad_enabled())
                 and f_out.is_contiguous()):
             return None
         checked = post_checked(x, f_out, h_post, h_res)
@@ -865,28 +913,39 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
             res = res.to(x.dtype)
         return res, copied
 
+    post_pre_bf16 = lib.mhc_hc_post_pre_bf16
+
+    def bf16_out(shape):
+        return from_numpy(np_empty(shape, np_u16)).view(bf16)
+
     def run_post_pre(arrays, options, state):
-        ops = post_operands(*arrays[:4])
+        x, f_out = arrays[0], arrays[1]
+        both = (bf16_streams and isinstance(x, Tensor) and x.dtype is bf16
+                and isinstance(f_out, Tensor) and f_out.dtype is bf16)
+        ops = post_operands(*arrays[:4], both)
         if ops is None:
             return None
         xc, fc, copied, n, C, batch, hp, hr = ops
         phi, bias, alpha = arrays[4:]
-        v4 = options["variant"] != "paper"
-        if not pre_params(n, C, phi, bias, alpha, v4):
+        prm = pre_params(n, C, phi, bias, alpha, options["variant"] != "paper")
+        if prm is None:
             return None
         tokens = math.prod(batch)
-        nxt = empty(batch + (n, C), dtype=tdt)
-        h_in, h_pre, h_post = empty(batch + (C,), dtype=tdt), empty(batch + (n,), dtype=tdt), \
-            empty(batch + (n,), dtype=tdt)
+        if xc.dtype is bf16:   # mhc_hc_post_pre_bf16: x_next and h_in written in bfloat16
+            kernel, nxt, h_in = post_pre_bf16, bf16_out(batch + (n, C)), bf16_out(batch + (C,))
+            px, pf, pn, ph = (cast(u16, t.data_ptr()) for t in (xc, fc, nxt, h_in))
+        else:
+            kernel, nxt, h_in = (kernels.hc_post_pre, empty(batch + (n, C), dtype=tdt),
+                                 empty(batch + (C,), dtype=tdt))
+            px, pf, pn, ph = p(xc), p(fc), p(nxt), p(h_in)
+        h_pre, h_post = empty(batch + (n,), dtype=tdt), empty(batch + (n,), dtype=tdt)
         h_res = empty(batch + (n, n), dtype=tdt)
-        if tokens and kernels.hc_post_pre(
-                p(xc), n * C, p(fc), C, p(hp), p(hr), p(nxt), n * C, tokens, n,
-                C, p(phi), phi.shape[1], p(bias), p(alpha),
-                _VARIANT[options["variant"]] | rows_flag,
-                options["iterations"], options["norm_eps"], options["hc_eps"], p(h_in),
+        if tokens and kernel(
+                px, n * C, pf, C, p(hp), p(hr), pn, n * C, tokens, n,
+                C, prm[0], prm[1], prm[2], prm[3], _VARIANT[options["variant"]] | rows_flag,
+                options["iterations"], options["norm_eps"], options["hc_eps"], ph,
                 p(h_pre), p(h_post), p(h_res), _workspace(state), code, threads):
             return None
-        x = arrays[0]
         if nxt.dtype is not x.dtype:
             nxt, h_in = nxt.to(x.dtype), h_in.to(x.dtype)
         return (nxt, h_in, h_pre, h_post, h_res), copied

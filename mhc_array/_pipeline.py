@@ -227,35 +227,46 @@ class Op:
 
     def __call__(self, arrays, options=(), out=None, state=None):
         """One call: ``arrays`` and ``options`` are tuples in the record's order."""
-        k = self.plan_arrays
-        if k and out is None:  # a cached plan, when one serves these arrays
-            # The last plan and options used, when the keying arrays' type, dtype and
-            # ndim, the configuration and the option objects are the very same
-            # (written out inline: this is the latency of every small call); else
-            # _plan and _validated look them up.
-            x, y, last = arrays[0], arrays[k - 1], self._last_plan
-            o = _overrides_get()  # _config.current(), inline: None means the defaults
-            cfg = _config._default if o is None else _current()
-            if (x.__class__ is last.x_type and x.dtype is last.x_dtype
-                    and x.ndim == last.x_ndim and cfg is last.config
-                    and y.__class__ is last.y_type and y.dtype is last.y_dtype
-                    and y.ndim == last.y_ndim):
-                plan = last.plan
-            else:
-                plan = self._plan(arrays)
-            if plan:
-                last = self._last_options
-                opts = (last[1] if all(map(_is, options, last[0]))
-                        else self._validated(options))
-                t0 = _perf()
-                res = plan[0](arrays, opts, state)
-                if res is not None:
-                    seconds = plan[1]
-                    seconds.append(_perf() - t0)
-                    if len(seconds) > 4096:
-                        _stats.fold()
-                    return res
+        if self.plan_arrays and out is None:  # a cached plan, when one serves these arrays
+            res = self.planned(arrays, options, state)
+            if res is not None:
+                return res
         return run(self, arrays, options, out, state)
+
+    def planned(self, arrays, options=(), state=None):
+        """The call served by the cached plan for these arrays, or None where no plan
+        serves it (none for these arrays, or the plan declines): the caller then takes
+        the general path, which checks everything and raises the errors. The frontends'
+        eager decode path (``mhc_array.torch`` without gradients) calls this first."""
+        k = self.plan_arrays
+        if not k:
+            return None
+        # The last plan and options used, when the keying arrays' type, dtype and ndim,
+        # the configuration and the option objects are the very same (written out
+        # inline: this is the latency of every small call); else _plan and _validated
+        # look them up.
+        x, y, last = arrays[0], arrays[k - 1], self._last_plan
+        o = _overrides_get()  # _config.current(), inline: None means the defaults
+        cfg = _config._default if o is None else _current()
+        if (x.__class__ is last.x_type and x.dtype is last.x_dtype
+                and x.ndim == last.x_ndim and cfg is last.config
+                and y.__class__ is last.y_type and y.dtype is last.y_dtype
+                and y.ndim == last.y_ndim):
+            plan = last.plan
+        else:
+            plan = self._plan(arrays)
+        if not plan:
+            return None
+        last = self._last_options
+        opts = last[1] if all(map(_is, options, last[0])) else self._validated(options)
+        t0 = _perf()
+        res = plan[0](arrays, opts, state)
+        if res is not None:
+            seconds = plan[1]
+            seconds.append(_perf() - t0)
+            if len(seconds) > 4096:
+                _stats.fold()
+        return res
 
     def _plan(self, arrays):
         """The cached plan for these arrays under the configuration in force, looked

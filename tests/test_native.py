@@ -644,6 +644,147 @@ def test_hc_post_bf16_is_the_float_kernel_rounded_once(isa, C):
                                rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "sse", "portable"])
+@pytest.mark.parametrize("variant", ["paper", "deepseek-v4", "rows"])
+@pytest.mark.parametrize("C,T", [(37, 5), (64, 3), (100, 40)])
+def test_hc_pre_bf16_is_the_float_kernel_on_widened_streams(isa, variant, C, T):
+    """mhc_hc_pre_bf16 (bfloat16 streams read as they are, a sub-block at a time)
+    gives mhc_hc_pre_f32's coefficients on the streams widened to float32 bit for
+    bit, and its h_in rounded to bfloat16 by torch (nearest even); x untouched;
+    strided tokens; T = 40 at C = 100 spans several sub-blocks (with a workspace
+    and without); near the float64 equations."""
+    if not cpu_supports(isa):
+        pytest.skip(f"this CPU lacks {isa}")
+    torch = pytest.importorskip("torch")
+    ffi, lib = native.ffi, native.lib
+    g = torch.Generator().manual_seed(C + T)
+    n = 4
+    K = (2 + n) * n
+    L = n * C
+    xs = torch.randn(T, L + 8, generator=g).to(torch.bfloat16)    # token stride L + 8
+    x = xs[:, :L]
+    if variant == "paper":
+        phi, flag = torch.randn(L, K, generator=g) * 0.05, lib.MHC_HC_PAPER
+    elif variant == "deepseek-v4":
+        phi, flag = torch.randn(K, L, generator=g) * 0.05, lib.MHC_HC_DEEPSEEK_V4
+    else:
+        phi, flag = (torch.randn(L, K, generator=g) * 0.05,
+                     lib.MHC_HC_DEEPSEEK_V4 | lib.MHC_HC_ROWS)
+    bias = torch.randn(K, generator=g) * 0.3
+    alpha = torch.tensor([0.7, 0.4, 0.9])
+    U = lambda t: ffi.cast("uint16_t *", t.data_ptr())    # noqa: E731
+    F = lambda t: ffi.cast("float *", t.data_ptr())       # noqa: E731
+    code = native.ISA_CODES[isa]
+    before = xs.clone()
+    xf = x.float().contiguous()
+    want = [torch.empty(T, C), torch.empty(T, n), torch.empty(T, n), torch.empty(T, n, n)]
+    assert lib.mhc_hc_pre_f32(F(xf), L, T, n, C, F(phi), phi.shape[1], F(bias), F(alpha),
+                              flag, 20, 1e-6, 1e-6, *[F(w) for w in want], ffi.NULL, code,
+                              1) == lib.MHC_OK
+    for threads in (1, 2):
+        got = [torch.empty(T, C, dtype=torch.bfloat16), torch.empty(T, n), torch.empty(T, n),
+               torch.empty(T, n, n)]
+        ws = lib.mhc_hc_ws_create() if threads == 2 else ffi.NULL
+        assert lib.mhc_hc_pre_bf16(U(xs), L + 8, T, n, C, F(phi), phi.shape[1], F(bias),
+                                   F(alpha), flag, 20, 1e-6, 1e-6, U(got[0]),
+                                   *[F(w) for w in got[1:]], ws, code, threads) == lib.MHC_OK
+        if ws != ffi.NULL:
+            lib.mhc_hc_ws_destroy(ws)
+        assert torch.equal(got[0].view(torch.int16),
+                           want[0].to(torch.bfloat16).view(torch.int16)), threads
+        for a, b in zip(got[1:], want[1:]):
+            assert torch.equal(a, b), threads
+    assert torch.equal(xs.view(torch.int16), before.view(torch.int16))
+    v = "paper" if variant == "paper" else "deepseek-v4"
+    fn = phi.T if variant == "rows" else phi
+    ref64 = ref.mhc_pre(x.reshape(T, n, C).double().numpy(), fn.double().numpy(),
+                        bias.double().numpy(), alpha.double().numpy(), variant=v)
+    np.testing.assert_allclose(got[0].double().numpy(), ref64[0], rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(got[3].double().numpy(), ref64[3], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "sse", "portable"])
+@pytest.mark.parametrize("variant", ["paper", "deepseek-v4", "rows"])
+@pytest.mark.parametrize("C,T,f_tstride,inplace", [(37, 5, 37, False), (64, 3, 0, True),
+                                                   (100, 40, 104, True)])
+def test_hc_post_pre_bf16_is_the_float_kernel_on_widened_streams(isa, variant, C, T,
+                                                                  f_tstride, inplace):
+    """mhc_hc_post_pre_bf16 gives mhc_hc_post_pre_f32's results on x and f widened
+    to float32: the coefficients bit for bit, x_next and h_in rounded to bfloat16 by
+    torch; one f for every token (stride 0), x_next written over x, the new
+    coefficients over the old ones, several sub-blocks."""
+    if not cpu_supports(isa):
+        pytest.skip(f"this CPU lacks {isa}")
+    torch = pytest.importorskip("torch")
+    ffi, lib = native.ffi, native.lib
+    g = torch.Generator().manual_seed(C + T)
+    n = 4
+    K, L = (2 + n) * n, n * C
+    x = torch.randn(T, L, generator=g).to(torch.bfloat16)
+    f = torch.randn(max(T * f_tstride, C), generator=g).to(torch.bfloat16)
+    hp, hr = torch.rand(T, n, generator=g) * 2, torch.rand(T, n, n, generator=g)
+    if variant == "paper":
+        phi, flag = torch.randn(L, K, generator=g) * 0.05, lib.MHC_HC_PAPER
+    elif variant == "deepseek-v4":
+        phi, flag = torch.randn(K, L, generator=g) * 0.05, lib.MHC_HC_DEEPSEEK_V4
+    else:
+        phi, flag = (torch.randn(L, K, generator=g) * 0.05,
+                     lib.MHC_HC_DEEPSEEK_V4 | lib.MHC_HC_ROWS)
+    bias, alpha = torch.randn(K, generator=g) * 0.3, torch.tensor([0.7, 0.4, 0.9])
+    U = lambda t: ffi.cast("uint16_t *", t.data_ptr())    # noqa: E731
+    F = lambda t: ffi.cast("float *", t.data_ptr())       # noqa: E731
+    code = native.ISA_CODES[isa]
+    want = [torch.empty(T, L), torch.empty(T, C), torch.empty(T, n), torch.empty(T, n),
+            torch.empty(T, n, n)]
+    assert lib.mhc_hc_post_pre_f32(
+        F(x.float()), L, F(f.float()), f_tstride, F(hp), F(hr), F(want[0]), L, T, n, C,
+        F(phi), phi.shape[1], F(bias), F(alpha), flag, 20, 1e-6, 1e-6,
+        *[F(w) for w in want[1:]], ffi.NULL, code, 1) == lib.MHC_OK
+    xin = x.clone()
+    out = xin if inplace else torch.empty(T, L, dtype=torch.bfloat16)
+    h_in = torch.empty(T, C, dtype=torch.bfloat16)
+    coef = [torch.empty(T, n), hp.clone() if inplace else torch.empty(T, n),
+            hr.clone() if inplace else torch.empty(T, n, n)]
+    php, phr = (coef[1], coef[2]) if inplace else (hp, hr)
+    ws = lib.mhc_hc_ws_create()
+    assert lib.mhc_hc_post_pre_bf16(
+        U(xin), L, U(f), f_tstride, F(php), F(phr), U(out), L, T, n, C, F(phi), phi.shape[1],
+        F(bias), F(alpha), flag, 20, 1e-6, 1e-6, U(h_in), *[F(w) for w in coef], ws, code,
+        1) == lib.MHC_OK
+    lib.mhc_hc_ws_destroy(ws)
+    if not inplace:
+        assert torch.equal(xin.view(torch.int16), x.view(torch.int16))
+    for got, w in ((out, want[0]), (h_in, want[1])):
+        assert torch.equal(got.view(torch.int16), w.to(torch.bfloat16).view(torch.int16))
+    for got, w in zip(coef, want[2:]):
+        assert torch.equal(got, w)
+
+
+def test_hc_pre_bf16_refuses_bad_arguments():
+    if not native_available():
+        pytest.skip("the native backend is not built")
+    ffi, lib = native.ffi, native.lib
+    n, C = 1, 4
+    K = (2 + n) * n
+    buf = np.zeros(64, np.uint16)
+    fl = np.ones(64, np.float32)
+    u = ffi.cast("uint16_t *", buf.ctypes.data)
+    odd = ffi.cast("uint16_t *", buf.ctypes.data + 1)
+    fp = ffi.cast("float *", fl.ctypes.data)
+
+    def call(x, h_in, n=n, ts=n * C, ldp=K):
+        return lib.mhc_hc_pre_bf16(x, ts, 2, n, C, fp, ldp, fp, fp, lib.MHC_HC_PAPER, 3, 1e-6,
+                                   0.0, h_in, fp + 16, fp + 20, fp + 24, ffi.NULL, -1, 1)
+    assert call(ffi.NULL, u + 32) == lib.MHC_ERR_NULL_POINTER
+    assert call(u, ffi.NULL) == lib.MHC_ERR_NULL_POINTER
+    assert call(odd, u + 32) == lib.MHC_ERR_MISALIGNED
+    assert call(u, odd + 32) == lib.MHC_ERR_MISALIGNED
+    assert call(u, u + 32, n=0) == lib.MHC_ERR_INVALID_DIMENSION
+    assert call(u, u + 32, ts=n * C - 1) == lib.MHC_ERR_INVALID_DIMENSION
+    assert call(u, u + 32, ldp=K - 1) == lib.MHC_ERR_INVALID_DIMENSION
+    assert call(u, u + 32) == lib.MHC_OK
+
+
 def test_hc_post_bf16_refuses_bad_arguments():
     if not native_available():
         pytest.skip("the native backend is not built")
@@ -660,6 +801,35 @@ def test_hc_post_bf16_refuses_bad_arguments():
     # out overlapping x without being x
     assert lib.mhc_hc_post_bf16(*args(u, u + 40, u + 2)) == lib.MHC_ERR_INVALID_DIMENSION
     assert lib.mhc_hc_post_bf16(*args(u, u + 40, u + 16)) == lib.MHC_OK
+
+
+def test_hc_post_pre_bf16_refuses_bad_arguments():
+    if not native_available():
+        pytest.skip("the native backend is not built")
+    ffi, lib = native.ffi, native.lib
+    n, C = 1, 4
+    K = (2 + n) * n
+    buf = np.zeros(128, np.uint16)
+    fl = np.ones(64, np.float32)
+    u = ffi.cast("uint16_t *", buf.ctypes.data)
+    odd = ffi.cast("uint16_t *", buf.ctypes.data + 1)
+    fp = ffi.cast("float *", fl.ctypes.data)
+
+    def call(x, out, h_in, n=n, ldp=K, h_post2=fp + 32):
+        return lib.mhc_hc_post_pre_bf16(x, n * C, u + 16, C, fp + 16, fp + 24, out, n * C, 2,
+                                        n, C, fp, ldp, fp, fp, lib.MHC_HC_PAPER, 3, 1e-6, 0.0,
+                                        h_in, fp + 40, h_post2, fp + 48, ffi.NULL, -1, 1)
+    assert call(ffi.NULL, u + 32, u + 48) == lib.MHC_ERR_NULL_POINTER
+    assert call(u, u + 32, ffi.NULL) == lib.MHC_ERR_NULL_POINTER
+    assert call(odd, u + 32, u + 48) == lib.MHC_ERR_MISALIGNED
+    assert call(u, u + 32, odd + 48) == lib.MHC_ERR_MISALIGNED
+    assert call(u, u + 32, u + 48, n=0) == lib.MHC_ERR_INVALID_DIMENSION
+    assert call(u, u + 32, u + 48, ldp=K - 1) == lib.MHC_ERR_INVALID_DIMENSION
+    assert call(u, u + 2, u + 48) == lib.MHC_ERR_INVALID_DIMENSION      # out overlaps x
+    assert call(u, u + 32, u + 36) == lib.MHC_ERR_INVALID_DIMENSION     # h_in overlaps out
+    assert call(u, u + 32, u + 48, h_post2=fp + 17) == lib.MHC_ERR_INVALID_DIMENSION
+    assert call(u, u + 32, u + 48) == lib.MHC_OK
+    assert call(u, u, u + 48) == lib.MHC_OK                             # in place
 
 
 def test_hc_post_bf16_rounds_ties_to_even():

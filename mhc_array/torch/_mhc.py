@@ -229,6 +229,25 @@ def _inference(*tensors):
         return False
     return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
 
+
+def _planned(record, arrays, options):
+    """The decode path: an eager call without gradients served by the record's cached
+    plan (``_pipeline.Op.planned``; for CPU tensors the native torch plan, which
+    checks the arrays' types, dtypes, shapes, layouts and device itself and allocates
+    fresh results), or None -- the caller then takes its usual path, whose checks
+    raise the errors. The options are validated by the record (remembered while the
+    same objects are passed, as a module's attributes and the defaults are)."""
+    if not isinstance(arrays[0], torch.Tensor) or torch.compiler.is_compiling():
+        return None   # (NumPy arrays would find the NumPy plans: the usual path refuses them)
+    if torch.is_grad_enabled():
+        try:
+            if any(t.requires_grad for t in arrays):
+                return None
+        except AttributeError:   # not a tensor: the usual path names it
+            return None
+    return record.planned(arrays, options)
+
+
 def mhc_pre(x, phi, bias, alpha, *, iterations=20, norm_eps=NORM_EPS, variant="paper",
             hc_eps=HC_EPS):
     """``mhc_array.mhc_pre`` for torch tensors, differentiable w.r.t. ``x`` and the
@@ -247,6 +266,9 @@ def mhc_pre(x, phi, bias, alpha, *, iterations=20, norm_eps=NORM_EPS, variant="p
     >>> x.grad.shape
     torch.Size([8, 4, 16])
     """
+    res = _planned(MHC_PRE, (x, phi, bias, alpha), (iterations, norm_eps, variant, hc_eps))
+    if res is not None:
+        return res
     opts = validated(MHC_PRE, (iterations, norm_eps, variant, hc_eps))
     names = ("x", "phi", "bias", "alpha") if opts["variant"] == "paper" else \
         ("x", "fn", "base", "scale")
@@ -269,6 +291,9 @@ def mhc_post(x, f_out, h_post, h_res):
     >>> bool(torch.allclose(out, x + f.unsqueeze(-2)))
     True
     """
+    res = _planned(MHC_POST, (x, f_out, h_post, h_res), ())
+    if res is not None:
+        return res
     check_points(x=x, f_out=f_out, h_post=h_post, h_res=h_res)
     if _inference(x, f_out, h_post, h_res):
         return _mhc_post_impl(x, f_out, h_post, h_res)
@@ -292,6 +317,10 @@ def mhc_post_pre(x, f_out, h_post, h_res, phi, bias, alpha, *, iterations=20,
     >>> x.grad.shape, b.phi.grad.shape
     (torch.Size([8, 4, 16]), torch.Size([64, 24]))
     """
+    res = _planned(MHC_POST_PRE, (x, f_out, h_post, h_res, phi, bias, alpha),
+                   (iterations, norm_eps, variant, hc_eps))
+    if res is not None:
+        return res
     opts = validated(MHC_POST_PRE, (iterations, norm_eps, variant, hc_eps))
     params = ("phi", "bias", "alpha") if opts["variant"] == "paper" else ("fn", "base", "scale")
     check_points(**dict(zip(("x", "f_out", "h_post", "h_res") + params,

@@ -355,6 +355,21 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
                                   (float *)hin.data, (float *)hpre.data, (float *)hpost.data,
                                   (float *)hres.data, ws, isa, nth);
     check_status(st);
+    if (!f64) {   /* the same step on bfloat16 streams (x and h_in bfloat16) */
+        arr_t xb = arr_new(s, extent(tokens, xt, n * C), 2, mis == 1, 0);
+        arr_t hb = arr_new(s, tokens * C, 2, mis == 3, 0);
+        const int stb = mhc_hc_pre_bf16((const uint16_t *)xb.data, xt, tokens, n, C,
+                                        (const float *)phi.data, Kp, (const float *)b.data,
+                                        (const float *)al.data, variant, iters, 1e-6, 1e-6,
+                                        (uint16_t *)hb.data, (float *)hpre.data,
+                                        (float *)hpost.data, (float *)hres.data, ws, isa, nth);
+        check_status(stb);
+        if (stb == MHC_ERR_DOMAIN)
+            FAIL("mhc_hc_pre_bf16 returned a domain error");
+        arr_same(&xb, "x (bf16 step)");
+        arr_free(&xb);
+        arr_free(&hb);
+    }
     {   /* the fused boundary: the post step of x (in place or into another array) with
          * the coefficients just computed (or garbage), then the pre step */
         const int64_t ft = pick(s, 0, 1) ? 0 : C + pick(s, 0, 2);
@@ -385,6 +400,26 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
         for (int i = 0; i < 4; i++)
             if (!(same_coef && i >= 2))
                 arr_free(&h2[i]);
+        if (!f64) {   /* the same boundary on bfloat16 streams (x, f, x_next, h_in) */
+            arr_t xb = arr_new(s, extent(tokens, xt, n * C), 2, 0, 0);
+            arr_t fb = arr_new(s, extent(tokens, ft, C), 2, mis == 4, 0);
+            arr_t ob = inplace ? xb : arr_new(s, extent(tokens, ot, n * C), 2, mis == 3, 0);
+            arr_t hb = arr_new(s, tokens * C, 2, 0, 0);
+            arr_t c2[3] = {arr_new(s, tokens * n, es, 0, 0),
+                           same_coef ? hpost : arr_new(s, tokens * n, es, 0, 0),
+                           same_coef ? hres : arr_new(s, tokens * n * n, es, 0, 0)};
+            const int st3 = mhc_hc_post_pre_bf16(
+                (const uint16_t *)xb.data, xt, (const uint16_t *)fb.data, ft,
+                (const float *)hpost.data, (const float *)hres.data, (uint16_t *)ob.data, ot,
+                tokens, n, C, (const float *)phi.data, Kp, (const float *)b.data,
+                (const float *)al.data, variant, iters, 1e-6, 1e-6, (uint16_t *)hb.data,
+                (float *)c2[0].data, (float *)c2[1].data, (float *)c2[2].data, ws, isa, nth);
+            post_done(st3, "mhc_hc_post_pre_bf16", inplace, &xb, &fb, &ob);
+            arr_free(&hb);
+            for (int i = 0; i < 3; i++)
+                if (!(same_coef && i >= 1))
+                    arr_free(&c2[i]);
+        }
     }
     mhc_hc_ws_destroy(ws);
     /* the backward of the same call, each upstream gradient present or NULL */

@@ -226,6 +226,16 @@ int mhc_hc_post_bf16(const uint16_t *x, int64_t x_tstride, const uint16_t *f,
                      int64_t f_tstride, const float *h_post, const float *h_res, uint16_t *out,
                      int64_t out_tstride, int64_t tokens, int64_t n, int64_t C, int isa,
                      int n_threads);
+/* mhc_hc_pre on bfloat16 streams (x and h_in: the bfloat16 bits as uint16_t), float32
+ * parameters and coefficients: the values of mhc_hc_pre_f32 on x widened to float32
+ * (exact), h_in rounded once to bfloat16 (to nearest even). x is widened a sub-block
+ * of tokens at a time into a scratch in the cache (no float32 copy of x). Checks and
+ * strides as mhc_hc_pre; h_in is contiguous (tokens, C). */
+int mhc_hc_pre_bf16(const uint16_t *x, int64_t x_tstride, int64_t tokens, int64_t n, int64_t C,
+                    const float *phi, int64_t ldp, const float *bias, const float *alpha,
+                    int variant, int64_t iterations, double norm_eps, double hc_eps,
+                    uint16_t *h_in, float *h_pre, float *h_post, float *h_res, mhc_hc_ws *ws,
+                    int isa, int n_threads);
 int mhc_hc_post_f64(const double *x, int64_t x_tstride, const double *f, int64_t f_tstride,
                     const double *h_post, const double *h_res, double *out, int64_t out_tstride,
                     int64_t tokens, int64_t n, int64_t C, int isa, int n_threads);
@@ -254,6 +264,18 @@ int mhc_hc_post_pre_f64(const double *x, int64_t x_tstride, const double *f,
                         const double *alpha, int variant, int64_t iterations, double norm_eps,
                         double hc_eps, double *h_in, double *h_pre2, double *h_post2,
                         double *h_res2, mhc_hc_ws *ws, int isa, int n_threads);
+/* mhc_hc_post_pre on bfloat16 streams (x, f, out and h_in: the bfloat16 bits as
+ * uint16_t), float32 coefficients and parameters: the values of mhc_hc_post_pre_f32
+ * on x and f widened to float32 (the pre step sees x_next before its rounding), x_next
+ * and h_in rounded once to bfloat16 (to nearest even); widened a sub-block of tokens at
+ * a time in the cache. Checks, strides and the aliasing allowed as mhc_hc_post_pre. */
+int mhc_hc_post_pre_bf16(const uint16_t *x, int64_t x_tstride, const uint16_t *f,
+                         int64_t f_tstride, const float *h_post, const float *h_res,
+                         uint16_t *out, int64_t out_tstride, int64_t tokens, int64_t n, int64_t C,
+                         const float *phi, int64_t ldp, const float *bias, const float *alpha,
+                         int variant, int64_t iterations, double norm_eps, double hc_eps,
+                         uint16_t *h_in, float *h_pre2, float *h_post2, float *h_res2,
+                         mhc_hc_ws *ws, int isa, int n_threads);
 
 /* mhc_hc_pre_backward: the gradients of mhc_hc_pre (same x, phi, ldp, bias, alpha,
  * variant, iterations, norm_eps, hc_eps) given the upstream gradients g_in
