@@ -607,37 +607,47 @@ def test_v4_projection_in_rows_layout(dtype):
 def test_hc_post_bf16_is_the_float_kernel_rounded_once(isa, C):
     """mhc_hc_post_bf16 (bfloat16 streams read and written as they are) equals
     mhc_hc_post_f32 on the streams widened to float32, rounded to bfloat16 by torch
-    (an independent conversion: nearest even, NaN kept), bit for bit; in place too;
-    and near the float64 equations."""
+    (an independent conversion: nearest even, NaN kept, subnormals rounded -- the
+    AVX-512 BF16 instruction flushes them, so its kernel must not), bit for bit; in
+    place too; h_res read through its transpose's strides (V4's comb in place); and
+    near the float64 equations."""
     if not cpu_supports(isa):
         pytest.skip(f"this CPU lacks {isa}")
     torch = pytest.importorskip("torch")
     ffi, lib = native.ffi, native.lib
     g = torch.Generator().manual_seed(C)
-    T, n = 6, 4
+    T, n = 7, 4
     x = torch.randn(T, n, C, generator=g).to(torch.bfloat16)
     f = torch.randn(T, C, generator=g).to(torch.bfloat16)
     x[0, 0, 0], x[1, 1, 3], f[2, 5] = float("nan"), float("inf"), 3e38
+    x[6], f[6] = x[6] * 1e-38, f[6] * 1e-38          # sums in the subnormal range
     p, r = torch.rand(T, n, generator=g) * 2, torch.rand(T, n, n, generator=g)
     U = lambda t: ffi.cast("uint16_t *", t.data_ptr())    # noqa: E731
     F = lambda t: ffi.cast("float *", t.data_ptr())       # noqa: E731
     code = native.ISA_CODES[isa]
     out = torch.empty(T, n, C, dtype=torch.bfloat16)
     x_before = x.clone()
-    assert lib.mhc_hc_post_bf16(U(x), n * C, U(f), C, F(p), F(r), U(out), n * C, T, n, C,
-                                code, 1) == lib.MHC_OK
+    assert lib.mhc_hc_post_bf16(U(x), n * C, U(f), C, F(p), n, F(r), n * n, n, 1, U(out), n * C,
+                                T, n, C, code, 1) == lib.MHC_OK
     assert torch.equal(x.view(torch.int16), x_before.view(torch.int16))
     xf, ff, o32 = x.float(), f.float(), torch.empty(T, n, C)
     assert lib.mhc_hc_post_f32(F(xf), n * C, F(ff), C, F(p), F(r), F(o32), n * C, T, n, C,
                                code, 1) == lib.MHC_OK
     want = o32.to(torch.bfloat16)
-    same = (out.view(torch.int16) == want.view(torch.int16)) | (out.isnan() & want.isnan())
-    assert bool(same.all())
+    assert bool((want[6].float().abs() < 1.1754944e-38).any() & (want[6] != 0).any())
+
+    def same(got):
+        return bool(((got.view(torch.int16) == want.view(torch.int16))
+                     | (got.isnan() & want.isnan())).all())
+    assert same(out)
     inplace = x.clone()
-    assert lib.mhc_hc_post_bf16(U(inplace), n * C, U(f), C, F(p), F(r), U(inplace), n * C, T, n,
-                                C, code, 1) == lib.MHC_OK
-    assert bool(((inplace.view(torch.int16) == want.view(torch.int16))
-                 | (inplace.isnan() & want.isnan())).all())
+    assert lib.mhc_hc_post_bf16(U(inplace), n * C, U(f), C, F(p), n, F(r), n * n, n, 1,
+                                U(inplace), n * C, T, n, C, code, 1) == lib.MHC_OK
+    assert same(inplace)
+    comb = r.transpose(-1, -2).contiguous()          # h_res = comb^T, read in place
+    assert lib.mhc_hc_post_bf16(U(x), n * C, U(f), C, F(p), n, F(comb), n * n, 1, n, U(out),
+                                n * C, T, n, C, code, 1) == lib.MHC_OK
+    assert same(out)
     fine = torch.isfinite(want.float())
     ref64 = ref.mhc_post(*(t.double().numpy() for t in (x, f, p, r)))
     np.testing.assert_allclose(out.float().numpy()[fine.numpy()], ref64[fine.numpy()],
@@ -794,8 +804,12 @@ def test_hc_post_bf16_refuses_bad_arguments():
     u = ffi.cast("uint16_t *", buf.ctypes.data)
     odd = ffi.cast("uint16_t *", buf.ctypes.data + 1)
     fp = ffi.cast("float *", fl.ctypes.data)
-    args = lambda x, f, o, n=1, C=4, ts=4: (x, ts, f, C, fp, fp, o, ts, 2, n, C, -1, 1)  # noqa
+    def args(x, f, o, n=1, C=4, ts=4, rs=(1, 1, 1)):
+        return (x, ts, f, C, fp, 1, fp, *rs, o, ts, 2, n, C, -1, 1)
     assert lib.mhc_hc_post_bf16(*args(ffi.NULL, u, u)) == lib.MHC_ERR_NULL_POINTER
+    for rs in ((-1, 1, 1), (1, -1, 1), (1, 1, -1), (2**63 - 1, 1, 1)):  # negative, overflow
+        assert lib.mhc_hc_post_bf16(*args(u, u + 40, u + 16, rs=rs)) == \
+            lib.MHC_ERR_INVALID_DIMENSION, rs
     assert lib.mhc_hc_post_bf16(*args(odd, u, u + 32)) == lib.MHC_ERR_MISALIGNED
     assert lib.mhc_hc_post_bf16(*args(u, u + 40, u, n=0)) == lib.MHC_ERR_INVALID_DIMENSION
     # out overlapping x without being x
@@ -848,7 +862,7 @@ def test_hc_post_bf16_rounds_ties_to_even():
     for isa in ("avx512", "avx2", "sse", "portable"):
         if not cpu_supports(isa):
             continue
-        assert lib.mhc_hc_post_bf16(U(x), C, U(f), C, F, F, U(out), C, 1, 1, C,
+        assert lib.mhc_hc_post_bf16(U(x), C, U(f), C, F, 1, F, 1, 1, 1, U(out), C, 1, 1, C,
                                     native.ISA_CODES[isa], 1) == lib.MHC_OK
         want = np.where(np.arange(C) % 2 == 0, 0x3F80, 0x3F82)
         np.testing.assert_array_equal(out, want, err_msg=isa)

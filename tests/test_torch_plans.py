@@ -143,22 +143,36 @@ def test_forced_backends_and_levels_are_honoured():
         np.testing.assert_allclose(out[0].double().numpy(), want[0], rtol=1e-5, atol=1e-5)
 
 
-def test_post_with_comb_transposed_is_served_and_right():
-    """The fused layer forward passes V4's comb transposed (a view): the plan copies
-    the small coefficient tensor (counted) instead of declining the call."""
+@pytest.mark.parametrize("layout", ["transposed", "broadcast", "batch-transposed", "gapped"])
+def test_post_with_coefficients_in_other_layouts_is_served_and_right(layout):
+    """The fused layer forward passes V4's comb transposed (a view): the bfloat16
+    kernel reads the coefficients through their strides (no copy), as it reads a
+    broadcast; a batch whose tokens are not one stride apart takes the general path.
+    Each bit for bit the float32 kernel's values on contiguous copies, rounded."""
     n, C = 4, 40
-    x = torch.randn(3, n, C).to(torch.bfloat16)
-    f_out = torch.randn(3, C).to(torch.bfloat16)
-    post, comb = torch.rand(3, n) * 2, torch.rand(3, n, n)
-    h_res = comb.transpose(-1, -2)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, n, C, generator=g).to(torch.bfloat16)
+    f_out = torch.randn(2, 3, C, generator=g).to(torch.bfloat16)
+    post, comb = torch.rand(2, 3, n, generator=g) * 2, torch.rand(2, 3, n, n, generator=g)
+    h_res = {"transposed": comb.transpose(-1, -2),
+             "broadcast": comb[:1, :1].transpose(-1, -2).expand(2, 3, n, n),
+             "batch-transposed": comb.transpose(0, 1).transpose(-1, -2).contiguous()
+             .transpose(0, 1),
+             "gapped": torch.rand(2, 5, n, n, generator=g)[:, :3]}[layout]
     assert not h_res.is_contiguous()
     mx.reset_stats()
     with torch.no_grad():
         got = mt.mhc_post(x, f_out, post, h_res)
-    want = ref.mhc_post(*_np64(x, f_out, post, h_res))
-    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-2, atol=1e-2)
+        want = mt.mhc_post(x.float(), f_out.float(), post, h_res.contiguous())
+    assert torch.equal(got.view(torch.int16), want.to(torch.bfloat16).view(torch.int16))
+    np.testing.assert_allclose(got.double().numpy(), ref.mhc_post(*_np64(x, f_out, post, h_res)),
+                               rtol=1e-2, atol=1e-2)
     s = _native_calls("mhc_post")
-    assert s["calls"] == 1 and s["copies"] == 1
+    assert s["calls"] == 2
+    if layout in ("transposed", "broadcast"):
+        assert s["zero_copy_calls"] == 2     # the bfloat16 kernel through the strides
+    else:
+        assert s["zero_copy_calls"] == 1     # copied to float32 on the general path
 
 
 def test_v4_module_projects_from_its_prepared_rows_from_16_tokens():

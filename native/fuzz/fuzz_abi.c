@@ -293,9 +293,12 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
             arr_t xb = arr_new(s, extent(tokens, xt, n * C), 2, mis == 1, 0);
             arr_t fb = arr_new(s, extent(tokens, ft, C), 2, mis == 2, 0);
             arr_t ob = inplace ? xb : arr_new(s, extent(tokens, ot, n * C), 2, mis == 3, 0);
+            /* h_res read as stored (strides n, 1) or as its transpose (1, n) */
+            const int tr = pick(s, 0, 1);
             int stb = mhc_hc_post_bf16((const uint16_t *)xb.data, xt, (const uint16_t *)fb.data,
-                                       ft, (const float *)hp.data, (const float *)hr.data,
-                                       (uint16_t *)ob.data, ot, tokens, n, C, isa, nth);
+                                       ft, (const float *)hp.data, n, (const float *)hr.data,
+                                       n * n, tr ? 1 : n, tr ? n : 1, (uint16_t *)ob.data, ot,
+                                       tokens, n, C, isa, nth);
             arr_same(&hp, "h_post (bf16 step)");
             post_done(stb, "mhc_hc_post_bf16", inplace, &xb, &fb, &ob);
         }
@@ -648,12 +651,15 @@ static void fuzz_bad_args(src_t *s, int isa)
         FAIL("negative n accepted by hc_post (status %d)", st);
     {
         uint16_t h1 = 0x3F80;   /* 1.0 */
-        st = mhc_hc_post_bf16(&h1, 1, NULL, 0, &one, &one, &h1, 1, 1, 1, 1, isa, 1);
+        st = mhc_hc_post_bf16(&h1, 1, NULL, 0, &one, 1, &one, 1, 1, 1, &h1, 1, 1, 1, 1, isa, 1);
         if (st != MHC_ERR_NULL_POINTER)
             FAIL("NULL f accepted by hc_post_bf16 (status %d)", st);
-        st = mhc_hc_post_bf16(&h1, 1, &h1, 0, &one, &one, &h1, 1, 1, neg, 1, isa, 1);
+        st = mhc_hc_post_bf16(&h1, 1, &h1, 0, &one, 1, &one, 1, 1, 1, &h1, 1, 1, neg, 1, isa, 1);
         if (st != MHC_ERR_INVALID_DIMENSION)
             FAIL("negative n accepted by hc_post_bf16 (status %d)", st);
+        st = mhc_hc_post_bf16(&h1, 1, &h1, 0, &one, 1, &one, 1, neg, 1, &h1, 1, 1, 1, 1, isa, 1);
+        if (st != MHC_ERR_INVALID_DIMENSION)
+            FAIL("negative h_res stride accepted by hc_post_bf16 (status %d)", st);
     }
     st = mhc_hc_pre_f32(&one, 1, 1, 1, 1, NULL, 3, &one, &one, 0, 1, 1e-6, 1e-6, &one, &one,
                         &one, &one, NULL, isa, 1);

@@ -65,6 +65,7 @@ typedef enum {
 #define MHC_CPU_AVX512VL  (1u << 8)
 #define MHC_CPU_OS_AVX    (1u << 9)   /* XGETBV: OS saves YMM state */
 #define MHC_CPU_OS_AVX512 (1u << 10)  /* XGETBV: OS saves ZMM/opmask state */
+#define MHC_CPU_AVX512BF16 (1u << 11) /* VCVTNEPS2BF16: float to bfloat16 in one instruction */
 
 uint32_t mhc_cpu_feature_bits(void);  /* detected once, then constant */
 int mhc_best_isa(void);               /* best mhc_isa usable here */
@@ -221,11 +222,16 @@ int mhc_hc_post_f32(const float *x, int64_t x_tstride, const float *f, int64_t f
                     int64_t tokens, int64_t n, int64_t C, int isa, int n_threads);
 /* mhc_hc_post on bfloat16 streams (x, f_out, out: the bfloat16 bits as uint16_t),
  * float32 coefficients; each sum computed in float32 as mhc_hc_post_f32 does and
- * rounded once to bfloat16 (to nearest even). Checks and strides as mhc_hc_post. */
+ * rounded once to bfloat16 (to nearest even). Checks and strides of x, f and out as
+ * mhc_hc_post. The coefficients in any layout of non-negative strides (elements):
+ * h_post[t, i] at h_post[t p_tstride + i], h_res[t, i, j] at
+ * h_res[t r_tstride + i r_istride + j r_jstride] -- DeepSeek-V4's comb, whose
+ * transpose is h_res, read in place (r_istride 1, r_jstride n). */
 int mhc_hc_post_bf16(const uint16_t *x, int64_t x_tstride, const uint16_t *f,
-                     int64_t f_tstride, const float *h_post, const float *h_res, uint16_t *out,
-                     int64_t out_tstride, int64_t tokens, int64_t n, int64_t C, int isa,
-                     int n_threads);
+                     int64_t f_tstride, const float *h_post, int64_t p_tstride,
+                     const float *h_res, int64_t r_tstride, int64_t r_istride,
+                     int64_t r_jstride, uint16_t *out, int64_t out_tstride, int64_t tokens,
+                     int64_t n, int64_t C, int isa, int n_threads);
 /* mhc_hc_pre on bfloat16 streams (x and h_in: the bfloat16 bits as uint16_t), float32
  * parameters and coefficients: the values of mhc_hc_pre_f32 on x widened to float32
  * (exact), h_in rounded once to bfloat16 (to nearest even). x is widened a sub-block

@@ -43,6 +43,10 @@ static uint32_t detect(void)
         if (b & (1u << 17)) f |= MHC_CPU_AVX512DQ;
         if (b & (1u << 30)) f |= MHC_CPU_AVX512BW;
         if (b & (1u << 31)) f |= MHC_CPU_AVX512VL;
+        if (a >= 1) {                           /* leaf 7 has sub-leaf 1 */
+            __cpuid_count(7, 1, a, b, c, d);
+            if (a & (1u << 5)) f |= MHC_CPU_AVX512BF16;
+        }
     }
     return f;
 }

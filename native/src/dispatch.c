@@ -116,7 +116,8 @@ static int64_t manifold_cost(int manifold)
 
 typedef struct {
     const uint16_t *x; int64_t x_tstride; const uint16_t *f; int64_t f_tstride;
-    const float *h_post, *h_res; uint16_t *out; int64_t out_tstride, n, C;
+    const float *h_post; int64_t p_tstride; const float *h_res; int64_t r_tstride, r_istride,
+    r_jstride; uint16_t *out; int64_t out_tstride, n, C;
     const mhc_kernel_table *kt;
 } hc_post_bf16_ctx;
 
@@ -125,15 +126,18 @@ static int hc_post_bf16_chunk(const void *vctx, int64_t lo, int64_t hi, int64_t 
     const hc_post_bf16_ctx *c = vctx;
     (void)err;
     c->kt->hc_post_bf16_f32(c->x + lo * c->x_tstride, c->x_tstride, c->f + lo * c->f_tstride,
-                            c->f_tstride, c->h_post + lo * c->n, c->h_res + lo * c->n * c->n,
-                            c->out + lo * c->out_tstride, c->out_tstride, hi - lo, c->n, c->C);
+                            c->f_tstride, c->h_post + lo * c->p_tstride, c->p_tstride,
+                            c->h_res + lo * c->r_tstride, c->r_tstride, c->r_istride,
+                            c->r_jstride, c->out + lo * c->out_tstride, c->out_tstride, hi - lo,
+                            c->n, c->C);
     return MHC_OK;
 }
 
 int mhc_hc_post_bf16(const uint16_t *x, int64_t x_tstride, const uint16_t *f,
-                     int64_t f_tstride, const float *h_post, const float *h_res, uint16_t *out,
-                     int64_t out_tstride, int64_t tokens, int64_t n, int64_t C, int isa,
-                     int n_threads)
+                     int64_t f_tstride, const float *h_post, int64_t p_tstride,
+                     const float *h_res, int64_t r_tstride, int64_t r_istride,
+                     int64_t r_jstride, uint16_t *out, int64_t out_tstride, int64_t tokens,
+                     int64_t n, int64_t C, int isa, int n_threads)
 {
     int64_t L, ext, work;
     if (!x || !f || !h_post || !h_res || !out)
@@ -141,7 +145,8 @@ int mhc_hc_post_bf16(const uint16_t *x, int64_t x_tstride, const uint16_t *f,
     if (((uintptr_t)x | (uintptr_t)f | (uintptr_t)out) % sizeof(uint16_t) ||
         ((uintptr_t)h_post | (uintptr_t)h_res) % sizeof(float))
         return MHC_ERR_MISALIGNED;
-    if (tokens < 0 || n < 1 || n > MHC_HC_MAX_STREAMS || C < 1 || n_threads < 0 || f_tstride < 0)
+    if (tokens < 0 || n < 1 || n > MHC_HC_MAX_STREAMS || C < 1 || n_threads < 0 || f_tstride < 0 ||
+        p_tstride < 0 || r_tstride < 0 || r_istride < 0 || r_jstride < 0)
         return MHC_ERR_INVALID_DIMENSION;
     if (__builtin_mul_overflow(n, C, &L))
         return MHC_ERR_INVALID_DIMENSION;
@@ -154,8 +159,15 @@ int mhc_hc_post_bf16(const uint16_t *x, int64_t x_tstride, const uint16_t *f,
     if (!add_extent(&ext, tokens, out_tstride))
         return MHC_ERR_INVALID_DIMENSION;
     ext = C;
-    if ((f_tstride && f_tstride < C) || !add_extent(&ext, tokens, f_tstride) ||
-        __builtin_mul_overflow(tokens, n * n, &ext))
+    if ((f_tstride && f_tstride < C) || !add_extent(&ext, tokens, f_tstride))
+        return MHC_ERR_INVALID_DIMENSION;
+    /* the coefficients' extents (n <= MHC_HC_MAX_STREAMS: the in-matrix ones fit) */
+    ext = n;
+    if (!add_extent(&ext, tokens, p_tstride))
+        return MHC_ERR_INVALID_DIMENSION;
+    ext = 1;
+    if (!add_extent(&ext, n, r_istride) || !add_extent(&ext, n, r_jstride) ||
+        !add_extent(&ext, tokens, r_tstride))
         return MHC_ERR_INVALID_DIMENSION;
     /* out is x itself (same strides) or apart from it, as for mhc_hc_post */
     if (out != x && (const uint16_t *)out < x + (tokens - 1) * x_tstride + L &&
@@ -164,8 +176,9 @@ int mhc_hc_post_bf16(const uint16_t *x, int64_t x_tstride, const uint16_t *f,
     if (out == x && out_tstride != x_tstride)
         return MHC_ERR_INVALID_DIMENSION;
     work = sat_mul(sat_mul(tokens, L), n + 1);
-    const hc_post_bf16_ctx ctx = {x, x_tstride, f, f_tstride, h_post, h_res, out, out_tstride,
-                                  n, C, table_for(isa)};
+    const hc_post_bf16_ctx ctx = {x, x_tstride, f, f_tstride, h_post, p_tstride, h_res,
+                                  r_tstride, r_istride, r_jstride, out, out_tstride, n, C,
+                                  table_for(isa)};
     return mhc_run_chunks(hc_post_bf16_chunk, &ctx, tokens, 1,
                           threads_for(n_threads, work, MHC_DIST_PAR_WORK), NULL);
 }

@@ -126,8 +126,9 @@ typedef struct {
     X(isa, ot_w1_f64, void, (const mhc_ot_args *, int64_t, int64_t, double *))            \
     /* hc_post on bfloat16 streams (uint16_t bits), float coefficients (mhc_t.inc) */      \
     X(isa, hc_post_bf16_f32, void,                                                         \
-      (const uint16_t *, int64_t, const uint16_t *, int64_t, const float *, const float *, \
-       uint16_t *, int64_t, int64_t, int64_t, int64_t))                                    \
+      (const uint16_t *, int64_t, const uint16_t *, int64_t, const float *, int64_t,       \
+       const float *, int64_t, int64_t, int64_t, uint16_t *, int64_t, int64_t, int64_t,    \
+       int64_t))                                                                           \
     /* rows of bfloat16 widened to float / float rounded to bfloat16 (src, its row         \
      * stride, dst, its row stride, rows, length): the pre step on bfloat16 streams */     \
     X(isa, bf16_widen_f32, void, (const uint16_t *, int64_t, float *, int64_t, int64_t,    \
