@@ -435,6 +435,14 @@ def ot_exact(xp, cost, mu, mv, rptr, cptr, *, metric, call):
     return _transport.ot_exact(xp, cost, mu, mv, rptr, cptr, metric=metric, call=call)
 
 
+def ot_exact_table(xp, table, X, Y, mu, mv, rptr, cptr, *, metric, call):
+    """``ot_exact`` with the costs read from a table of distances (N, N): each
+    problem's costs gathered, then a linear program."""
+    from . import _transport
+    return _transport.ot_exact_table(xp, table, X, Y, mu, mv, rptr, cptr, metric=metric,
+                                     call=call)
+
+
 def unit_w1(xp, indptr, indices, U, V, *, alpha, call):
     """Exact W1(m_u, m_v) of the edges (U, V) of a unit-length CSR graph -> w (E,):
     breadth-first distances (SciPy) between the supports, each edge a linear program."""

@@ -1066,6 +1066,22 @@ def ot_exact(xp, cost, mu, mv, rptr, cptr, *, metric, call):
     return w
 
 
+def ot_exact_table(xp, table, X, Y, mu, mv, rptr, cptr, *, metric, call):
+    """Exact W1 of a ragged batch of transport problems whose costs are read from one
+    table of distances (N, N) by ``mhc_ot_exact_table_f64`` (each problem's costs
+    gathered into a thread's buffer, no cost array) -> w (g,)."""
+    g = rptr.shape[0] - 1
+    w = np.empty(g)
+    err = ffi.new("int64_t *")
+    p = [ffi.from_buffer("int64_t[]", a) for a in (X, Y, rptr, cptr)]
+    status = lib.mhc_ot_exact_table_f64(
+        ffi.from_buffer("double[]", table), table.shape[0], p[0], p[1],
+        ffi.from_buffer("double[]", mu), ffi.from_buffer("double[]", mv), p[2], p[3], g,
+        int(metric), ffi.from_buffer("double[]", w), call.threads, err)
+    _check_transport(status, err[0])
+    return w
+
+
 def unit_w1(xp, indptr, indices, U, V, *, alpha, call):
     """Exact W1(m_u, m_v) of the edges (U, V) of a unit-length CSR graph by
     ``mhc_unit_w1_f64`` (shared mass cancelled, costs 1..3 from adjacency and common

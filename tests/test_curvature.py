@@ -184,7 +184,7 @@ def test_other_manifolds_run():
 
 # ---------------------------------------------------------------- kernels and backends
 
-KERNELS = ("graph_costs", "point_costs", "ot_w1", "ot_exact", "unit_w1")
+KERNELS = ("graph_costs", "point_costs", "ot_w1", "ot_exact", "ot_exact_table", "unit_w1")
 
 
 def _curvature_calls():
@@ -206,14 +206,16 @@ def test_stats_count_the_curvature_kernels_per_backend():
         mx.ollivier_ricci_curvature(None, graph=cycle(8), **kw)         # graph costs, W1
         mx.ollivier_ricci_curvature(None, graph=cycle(8), alpha=0.0, **kw)  # + d(u, v)
     assert _curvature_calls() == {"graph_costs": {ran: 3}, "point_costs": {ran: 1},
-                                  "ot_w1": {ran: 3}, "ot_exact": {}, "unit_w1": {}}
+                                  "ot_w1": {ran: 3}, "ot_exact": {}, "ot_exact_table": {},
+                                  "unit_w1": {}}
     mx.reset_stats()
     with mx.use_backend("auto"):                           # exact: the default
-        mx.ollivier_ricci_curvature(pts, k=4)                   # point costs, exact W1
+        mx.ollivier_ricci_curvature(pts, k=4)                   # the points' table, exact W1
         mx.ollivier_ricci_curvature(None, graph=cycle(8))       # unit lengths: one call
-        mx.ollivier_ricci_curvature(None, graph=GRAPHS["weighted"])  # graph costs, exact
+        mx.ollivier_ricci_curvature(None, graph=GRAPHS["weighted"])  # the graph's table
     assert _curvature_calls() == {"graph_costs": {ran: 1}, "point_costs": {ran: 1},
-                                  "ot_w1": {}, "ot_exact": {ran: 2}, "unit_w1": {ran: 1}}
+                                  "ot_w1": {}, "ot_exact": {}, "ot_exact_table": {ran: 2},
+                                  "unit_w1": {ran: 1}}
     mx.reset_stats()
     with mx.use_backend("array_api"):
         mx.ollivier_ricci_curvature(pts, k=4, method="sinkhorn")
@@ -236,7 +238,7 @@ def test_use_backend_chooses_the_kernels(backend):
     with mx.use_backend(backend):
         edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, method="sinkhorn", reg=1e-3)
     assert _curvature_calls() == {"graph_costs": {ran: 1}, "point_costs": {}, "ot_w1": {ran: 1},
-                                  "ot_exact": {}, "unit_w1": {}}
+                                  "ot_exact": {}, "ot_exact_table": {}, "unit_w1": {}}
     assert max_error(edges, kappa, ref) < 1e-2
 
 

@@ -275,3 +275,109 @@ def test_unit_w1_abi_refuses_bad_arguments():
     assert call(edges=0) == lib.MHC_OK
     assert call() == lib.MHC_OK
     np.testing.assert_allclose(w, 1.0)       # a 6-cycle is flat: W1 = d(u, v)
+
+
+@pytest.mark.parametrize("elements", ["table, one chunk", "table, chunks", "searches"])
+@pytest.mark.parametrize("name", ["weighted2", "knn", "disconnected", "tree_big"])
+def test_both_exact_paths_match_linear_programming(name, elements, monkeypatch, backend):
+    """The two exact pipelines of _ricci: one table of all distances (graphs of N^2 <=
+    CHUNK_ELEMENTS), its supports in one chunk or several; and per chunk of edges the
+    searches and a cost array (larger graphs; forced here by a small budget)."""
+    from mhc_array.curvature import _ricci
+    A = MORE[name]
+    n = A.shape[0]
+    budget = {"table, one chunk": _ricci.CHUNK_ELEMENTS, "table, chunks": n * n,
+              "searches": n * n - 1}[elements]
+    monkeypatch.setattr(_ricci, "CHUNK_ELEMENTS", budget)
+    for alpha in (0.0, 0.5):
+        edges, kappa = mx.ollivier_ricci_curvature(None, graph=A, alpha=alpha)
+        assert max_error(edges, kappa, lp_kappa(A, alpha)) < EXACT
+    pts = np.random.default_rng(5).standard_normal((n, 3))
+    edges, kappa = mx.ollivier_ricci_curvature(pts, k=3)
+    want = emd_kappa(knn_adjacency(pts, 3), 0.5, D=cdist(pts, pts))
+    assert max_error(edges, kappa, want) < EXACT
+
+
+def _table_problems(rng, count, npts):
+    """Random transport problems on npts points: rows and columns drawn from the
+    points (repeats allowed), masses with zeros; the table a metric (Euclidean)."""
+    pts = rng.standard_normal((npts, 3))
+    table = cdist(pts, pts)
+    X, Y, mu, mv, rp, cp = [], [], [], [], [0], [0]
+    for _ in range(count):
+        n, m = rng.integers(1, 9, 2)
+        X.append(rng.integers(0, npts, n))
+        Y.append(rng.integers(0, npts, m))
+        a, b = rng.random(n), rng.random(m)
+        a[rng.random(n) < 0.2] = 0
+        a = a / a.sum() if a.sum() else np.full(n, 1 / n)
+        mu.append(a)
+        mv.append(b / b.sum())
+        rp.append(rp[-1] + n)
+        cp.append(cp[-1] + m)
+    cat = np.concatenate
+    return table, cat(X), cat(Y), cat(mu), cat(mv), np.array(rp), np.array(cp)
+
+
+def test_ot_exact_table_matches_emd(backend):
+    """Costs read from a table: W1 against ot.emd2 on the gathered costs, with and
+    without the metric cancellation; the inputs untouched."""
+    from mhc_array.curvature._kernels import OT_EXACT_TABLE
+    args = _table_problems(np.random.default_rng(1), 200, 25)
+    table, X, Y, mu, mv, rp, cp = args
+    want = [ot.emd2(mu[rp[e]:rp[e + 1]], mv[cp[e]:cp[e + 1]],
+                    table[np.ix_(X[rp[e]:rp[e + 1]], Y[cp[e]:cp[e + 1]])])
+            for e in range(len(rp) - 1)]
+    copies = [a.copy() for a in args]
+    for metric in (False, True):
+        np.testing.assert_allclose(OT_EXACT_TABLE(args, (metric,)), want, rtol=0, atol=1e-12)
+    for a, c in zip(args, copies):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_ot_exact_table_refuses_bad_input(backend):
+    from mhc_array.curvature._kernels import OT_EXACT_TABLE
+    table, X, Y, mu, mv, rp, cp = _table_problems(np.random.default_rng(2), 3, 6)
+    with pytest.raises(mx.ShapeError, match="square"):
+        OT_EXACT_TABLE((table[:, :5], X, Y, mu, mv, rp, cp), (True,))
+    with pytest.raises(mx.ShapeError, match=r"\[0, 6\)"):
+        OT_EXACT_TABLE((table, np.r_[X[:-1], 6], Y, mu, mv, rp, cp), (True,))
+    with pytest.raises(mx.ShapeError, match="offset tables"):
+        OT_EXACT_TABLE((table, X, Y, mu, mv[:-1], rp, cp), (True,))
+    bad = table.copy()
+    bad[X[0], :] = np.inf
+    with pytest.raises(mx.DomainError, match="transport problem 0"):
+        OT_EXACT_TABLE((bad, X, Y, mu, mv, rp, cp), (True,))
+    with pytest.raises(mx.DomainError, match="equal totals"):
+        OT_EXACT_TABLE((table, X, Y, 2 * mu, mv, rp, cp), (True,))
+
+
+@pytest.mark.skipif(not native_available(), reason="native backend unavailable")
+def test_ot_exact_table_abi_refuses_bad_arguments():
+    ffi, lib = _native()
+    table = np.array([[0.0, 1], [1, 0]])
+    mu, mv, w = np.full(2, 0.5), np.full(2, 0.5), np.full(1, 42.0)
+    d = lambda a: ffi.from_buffer("double[]", a)  # noqa: E731
+    i64 = lambda a: ffi.from_buffer("int64_t[]", np.asarray(a, np.int64))  # noqa: E731
+    err = ffi.new("int64_t *")
+    good = dict(table=d(table), nt=2, X=i64([0, 0]), Y=i64([1, 1]), mu=d(mu), mv=d(mv),
+                rptr=i64([0, 2]), cptr=i64([0, 2]), batch=1, metric=1, w=d(w), n_threads=1,
+                err_index=err)
+
+    def call(**over):
+        return lib.mhc_ot_exact_table_f64(*dict(good, **over).values())
+    assert call(batch=-1) == lib.MHC_ERR_INVALID_DIMENSION
+    assert call(nt=-1) == lib.MHC_ERR_INVALID_DIMENSION
+    assert call(nt=1 << 32) == lib.MHC_ERR_INVALID_DIMENSION          # nt * nt overflows
+    assert call(metric=2) == lib.MHC_ERR_INVALID_DIMENSION
+    assert call(X=i64([0, 2])) == lib.MHC_ERR_INVALID_DIMENSION
+    assert call(Y=i64([-1, 1])) == lib.MHC_ERR_INVALID_DIMENSION
+    assert call(cptr=i64([1, 2])) == lib.MHC_ERR_INVALID_DIMENSION
+    for name in ("table", "X", "Y", "mu", "mv", "rptr", "cptr", "w"):
+        assert call(**{name: ffi.NULL}) == lib.MHC_ERR_NULL_POINTER, name
+    assert call(mu=d(np.array([0.5, 0.6]))) == lib.MHC_ERR_DOMAIN and err[0] == 0
+    np.testing.assert_array_equal(w, 42.0)
+    assert call(table=d(np.array([[0.0, np.nan], [1, 0]]))) == lib.MHC_ERR_DOMAIN
+    assert call(batch=0) == lib.MHC_OK
+    assert call() == lib.MHC_OK and w[0] == 1.0
+    assert call(Y=i64([0, 1])) == lib.MHC_OK and w[0] == 0.5        # half stays at 0

@@ -133,6 +133,26 @@ def _exact_shapes(xp, call, names, arrays, opts, cdt):
     return _ot_shapes(xp, call, names, arrays, opts, cdt)[0], {}
 
 
+def _table_shapes(xp, call, names, arrays, opts, cdt):
+    table = np.ascontiguousarray(arrays[0], dtype=np.float64)
+    if table is not arrays[0]:
+        call.copied(table.nbytes)
+    if table.ndim != 2 or table.shape[0] != table.shape[1]:
+        raise ShapeError(f"table must be a square (N, N) array; got shape {table.shape}")
+    X, Y = (_flat(call, name, a, np.int64) for name, a in zip(names[1:3], arrays[1:3]))
+    mu, mv = (_flat(call, name, a, np.float64) for name, a in zip(names[3:5], arrays[3:5]))
+    rptr, cptr = (_flat(call, name, a, np.int64) for name, a in zip(names[5:], arrays[5:]))
+    _offsets("rptr", rptr)
+    _offsets("cptr", cptr)
+    if (cptr.shape != rptr.shape or mu.size != rptr[-1] or mv.size != cptr[-1]
+            or X.shape != mu.shape or Y.shape != mv.shape):
+        raise ShapeError(f"ot_exact_table: offset tables {rptr.shape}, {cptr.shape} do not "
+                         f"match masses ({mu.size}, {mv.size}) and points ({X.size}, "
+                         f"{Y.size})")
+    _vertices(names[1:3], (X, Y), table.shape[0])
+    return [table, X, Y, mu, mv, rptr, cptr], {}
+
+
 def _unit_shapes(xp, call, names, arrays, opts, cdt):
     indptr, indices, U, V = (_flat(call, name, a, np.int64) for name, a in zip(names, arrays))
     _offsets("indptr", indptr)
@@ -150,6 +170,16 @@ def _unit_shapes(xp, call, names, arrays, opts, cdt):
 OT_EXACT = Op("ot_exact", kernel="ot_exact",
               arrays=_ragged("cost", "mu", "mv", "rptr", "cptr"),
               options=(("metric", _options.flag),), shapes=_exact_shapes, **_KERNELS)
+
+#: OT_EXACT with the costs read from one table (N, N) of distances between N points
+#: (or vertices): problem e's rows are the points X[rptr[e]:rptr[e + 1]] with the
+#: masses mu[...], its columns Y[cptr[e]:...] with mv[...], its costs
+#: table[X[.], Y[.]]. No cost array: the native kernel gathers each problem's costs
+#: into a thread's buffer.
+OT_EXACT_TABLE = Op("ot_exact_table", kernel="ot_exact_table",
+                    arrays=(Arg("table", ("N", "N"), checked=False),
+                            *_ragged("X", "Y", "mu", "mv", "rptr", "cptr")),
+                    options=(("metric", _options.flag),), shapes=_table_shapes, **_KERNELS)
 
 #: Exact W1(m_u, m_v) of every edge (U[e], V[e]) of a graph whose edges all have
 #: length 1, in CSR form (both directions stored) -> w (E,): kappa = 1 - w. The

@@ -611,6 +611,44 @@ static void fuzz_curvature(src_t *s, int isa, int nth, int mis, int graph)
             if (((double *)out.data)[k] < 0)
                 FAIL("point_costs gave a negative Euclidean distance");
     arr_same(&pts, "points");
+    /* the same supports as transport problems with costs from an n x n table:
+     * masses from the input, most problems scaled to equal totals */
+    {
+        arr_t tab = arr_new(s, n * n, 8, mis == 1, 1);
+        arr_t ma = arr_new(s, xptr[edges], 8, mis == 2, 1), mb = arr_new(s, yptr[edges], 8, 0, 1);
+        for (int64_t e = 0; e < edges && mis != 2 && pick(s, 0, 3) != 0; e++) {
+            double *r = (double *)ma.data + xptr[e], *c = (double *)mb.data + yptr[e], sr = 0,
+                   sc = 0;
+            for (int64_t i = 0; i < xptr[e + 1] - xptr[e]; i++)
+                sr += r[i];
+            for (int64_t j = 0; j < yptr[e + 1] - yptr[e]; j++)
+                sc += c[j];
+            if (sr > 0 && sc > 0 && isfinite(sr) && isfinite(sc))
+                for (int64_t j = 0; j < yptr[e + 1] - yptr[e]; j++)
+                    c[j] *= sr / sc;
+            memcpy(mb.copy + yptr[e] * 8, c, (size_t)(yptr[e + 1] - yptr[e]) * 8);
+        }
+        double *wt = malloc((size_t)(edges + 1) * 8);
+        int64_t err4 = -7;
+        const int stt = mhc_ot_exact_table_f64((const double *)tab.data, n, X, Y,
+                                               (const double *)ma.data, (const double *)mb.data,
+                                               xptr, yptr, edges, (int)pick(s, 0, 1), wt, nth,
+                                               &err4);
+        check_status(stt);
+        if ((stt == MHC_ERR_DOMAIN || stt == MHC_ERR_COMPUTATION) && (err4 < 0 || err4 >= edges))
+            FAIL("ot_exact_table error index %lld outside the batch", (long long)err4);
+        if (stt == MHC_OK)
+            for (int64_t e = 0; e < edges; e++)
+                if (!isfinite(wt[e]))   /* the table's entries may be negative: any sign */
+                    FAIL("ot_exact_table gave W1 %g for problem %lld", wt[e], (long long)e);
+        arr_same(&tab, "table");
+        arr_same(&ma, "mu");
+        arr_same(&mb, "mv");
+        arr_free(&tab);
+        arr_free(&ma);
+        arr_free(&mb);
+        free(wt);
+    }
     arr_free(&pts);
     arr_free(&wts);
     arr_free(&out);

@@ -393,6 +393,20 @@ int mhc_ot_exact_f64(const double *cost, const double *mu, const double *mv, con
                      const int64_t *cptr, int64_t batch, int metric, double *w, int n_threads,
                      int64_t *err_index);
 
+/* mhc_ot_exact_table_f64: mhc_ot_exact_f64 with every problem's costs read from
+ * one table (nt x nt, row-major: the distances between nt points or vertices):
+ * problem b's rows are the points X[rptr[b] .. rptr[b+1]) with masses mu[...],
+ * its columns Y[cptr[b] .. cptr[b+1]) with masses mv[...], its cost (i, j) =
+ * table[X[.] nt + Y[.]] (indices in [0, nt), else MHC_ERR_INVALID_DIMENSION).
+ * Masses checked first (as mhc_ot_exact_f64: MHC_ERR_DOMAIN, nothing written); a
+ * needed cost (both masses > 0) that is not finite is MHC_ERR_DOMAIN with
+ * err_index = the problem (w may be partly written). No cost matrix is stored:
+ * each thread gathers its problem's into its own buffer. */
+int mhc_ot_exact_table_f64(const double *table, int64_t nt, const int64_t *X, const int64_t *Y,
+                           const double *mu, const double *mv, const int64_t *rptr,
+                           const int64_t *cptr, int64_t batch, int metric, double *w,
+                           int n_threads, int64_t *err_index);
+
 /* mhc_unit_w1_f64: exact W1(m_u, m_v) of Ollivier-Ricci curvature for the edges
  * (U[e], V[e]), e < edges, of a graph whose every edge has length 1, in CSR form
  * with both directions stored (as in mhc_graph_costs_f64, no weights; indices in

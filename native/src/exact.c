@@ -130,8 +130,6 @@ static double ns_solve(int n, int m, const double *c, const double *a, const dou
     double *pot = w->d, *flow = pot + V, *ra = flow + V, *cb = ra + V, *ef = cb + V;
     double cmax = 0;
     *ok = 0;
-    for (int64_t k = 0; k < E; k++)
-        cmax = fabs(c[k]) > cmax ? fabs(c[k]) : cmax;
     memcpy(ra, a, (size_t)n * sizeof(double));
     memcpy(cb, b, (size_t)m * sizeof(double));
     /* the start: cells (ei, ej) carrying ef. Columns in order of regret (their
@@ -142,16 +140,22 @@ static double ns_solve(int n, int m, const double *c, const double *a, const dou
     {
         double *pen = pot, *reg = flow;     /* scratch until the tree is built */
         int *cord = pos, nra = n;           /* the column order; rows with supply left */
+        double *c1 = ef;                    /* each column's cheapest cost (scratch) */
         for (int i = 0; i < n; i++)
             pen[i] = 0;
-        for (int j = 0; j < m; j++) {
-            double b1 = INFINITY, b2 = INFINITY;
-            for (int i = 0; i < n; i++) {
-                const double x = c[(size_t)i * m + j];
-                b2 = x < b2 ? (x < b1 ? b1 : x) : b2;
-                b1 = x < b1 ? x : b1;
+        for (int j = 0; j < m; j++)
+            c1[j] = reg[j] = INFINITY;
+        for (int i = 0; i < n; i++) {       /* row by row (contiguous), with max|c| */
+            const double *cr = c + (size_t)i * m;
+            for (int j = 0; j < m; j++) {
+                const double x = cr[j], ax = fabs(x);
+                cmax = ax > cmax ? ax : cmax;
+                reg[j] = x < reg[j] ? (x < c1[j] ? c1[j] : x) : reg[j];
+                c1[j] = x < c1[j] ? x : c1[j];
             }
-            reg[j] = n > 1 ? b2 - b1 : 0;
+        }
+        for (int j = 0; j < m; j++) {
+            reg[j] = n > 1 ? reg[j] - c1[j] : 0;
             cord[j] = j;
         }
         /* Shell sort (Knuth's gaps: no recursion, no memory), largest regret first */
@@ -538,6 +542,10 @@ typedef struct {
     const int64_t *rptr, *cptr, *coff;
     double *w;
     int metric;
+    /* mhc_ot_exact_table_f64: costs table[X[r] nt + Y[c]] (cost, coff unused) */
+    const double *table;
+    const int64_t *X, *Y;
+    int64_t nt;
 } ex_ctx;
 
 static int ex_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
@@ -547,17 +555,17 @@ static int ex_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
     double *buf = NULL;
     size_t bufcap = 0;
     int st = MHC_OK;
-    (void)err;
     for (int64_t b = lo; b < hi; b++) {
         const int64_t n = s->rptr[b + 1] - s->rptr[b], m = s->cptr[b + 1] - s->cptr[b];
         if (n == 0 || m == 0) {   /* no mass on one side, so none on the other: W1 = 0 */
             s->w[b] = 0;          /* (and no pointer arithmetic on possibly NULL arrays) */
             continue;
         }
-        const double *C = s->cost + s->coff[b], *mu = s->mu + s->rptr[b], *mv = s->mv + s->cptr[b];
+        const double *mu = s->mu + s->rptr[b], *mv = s->mv + s->cptr[b];
         /* buf: the masses left (n + m), the kept rows' and columns' indices (n + m),
-         * then the kept problem's costs (n * m) */
-        const size_t need = (size_t)(3 * (n + m) + n * m);
+         * then the kept problem's costs (n * m), then (from a table) the problem's
+         * costs gathered (n * m) */
+        const size_t need = (size_t)(3 * (n + m) + (s->table ? 2 : 1) * n * m);
         if (need > bufcap) {
             double *p = mhc_realloc(buf, need * sizeof(double));
             if (!p) {
@@ -569,6 +577,27 @@ static int ex_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
         }
         double *ra = buf, *cb = buf + n, *cc = buf + 3 * (n + m);
         int64_t *ri = (int64_t *)(void *)(buf + n + m), *ci = ri + n;
+        const double *C = s->cost ? s->cost + s->coff[b] : NULL;
+        if (s->table) {         /* gathered: rows of the table, one per source */
+            double *g = cc + n * m;
+            const int64_t *x = s->X + s->rptr[b], *y = s->Y + s->cptr[b];
+            int fin = 1;
+            for (int64_t i = 0; i < n; i++) {
+                const double *row = s->table + x[i] * s->nt;
+                double *gi = g + i * m;
+                for (int64_t j = 0; j < m; j++)
+                    gi[j] = row[y[j]];
+                if (mu[i] > 0)  /* a cost needed (both masses > 0) must be finite */
+                    for (int64_t j = 0; j < m; j++)
+                        fin &= !(mv[j] > 0) || isfinite(gi[j]);
+            }
+            if (!fin) {
+                *err = b;
+                st = MHC_ERR_DOMAIN;
+                break;
+            }
+            C = g;
+        }
         double total = 0;
         for (int64_t i = 0; i < n; i++) {
             ra[i] = mu[i];
@@ -618,6 +647,22 @@ static int ex_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
     return st;
 }
 
+/* masses r (n) and q (m): finite, >= 0, equal totals within 1e-6 relative */
+static int masses_ok(const double *r, int64_t n, const double *q, int64_t m)
+{
+    double sr = 0, sc = 0;
+    int ok = 1;
+    for (int64_t i = 0; i < n && ok; i++) {
+        ok = r[i] >= 0 && !isinf(r[i]);
+        sr += r[i];
+    }
+    for (int64_t j = 0; j < m && ok; j++) {
+        ok = q[j] >= 0 && !isinf(q[j]);
+        sc += q[j];
+    }
+    return ok && fabs(sr - sc) <= 1e-6 * (sr > sc ? sr : sc) && isfinite(sr);
+}
+
 static int offsets_ok(const int64_t *ptr, int64_t count)
 {
     if (ptr[0] != 0)
@@ -626,6 +671,24 @@ static int offsets_ok(const int64_t *ptr, int64_t count)
         if (ptr[b + 1] < ptr[b])
             return 0;
     return 1;
+}
+
+/* The problems of ctx on the threads; W1 beyond the double range is
+ * MHC_ERR_COMPUTATION (err_index = the problem). */
+static int ex_run(const ex_ctx *ctx, int64_t batch, int64_t total, int n_threads,
+                  int64_t *err_index)
+{
+    const int nth = threads_for(n_threads, sat_mul(total, 64), 1 << 16);
+    const int st = mhc_run_chunks(ex_chunk, ctx, batch, 1, nth, err_index);
+    if (st != MHC_OK)
+        return st;
+    for (int64_t b = 0; b < batch; b++)     /* masses x costs beyond double range */
+        if (!isfinite(ctx->w[b])) {
+            if (err_index)
+                *err_index = b;
+            return MHC_ERR_COMPUTATION;
+        }
+    return MHC_OK;
 }
 
 int mhc_ot_exact_f64(const double *cost, const double *mu, const double *mv, const int64_t *rptr,
@@ -665,18 +728,8 @@ int mhc_ot_exact_f64(const double *cost, const double *mu, const double *mv, con
     for (int64_t b = 0; b < batch; b++) {  /* the domain, before any write */
         const int64_t n = rptr[b + 1] - rptr[b], m = cptr[b + 1] - cptr[b];
         const double *C = cost + coff[b], *r = mu + rptr[b], *q = mv + cptr[b];
-        double sr = 0, sc = 0;
-        int ok = 1;
+        int ok = masses_ok(r, n, q, m);
         coff[b + 1] = coff[b] + n * m;
-        for (int64_t i = 0; i < n && ok; i++) {
-            ok = r[i] >= 0 && !isinf(r[i]);
-            sr += r[i];
-        }
-        for (int64_t j = 0; j < m && ok; j++) {
-            ok = q[j] >= 0 && !isinf(q[j]);
-            sc += q[j];
-        }
-        ok = ok && fabs(sr - sc) <= 1e-6 * (sr > sc ? sr : sc) && isfinite(sr);
         for (int64_t i = 0; i < n && ok; i++)
             if (r[i] > 0)
                 for (int64_t j = 0; j < m && ok; j++)
@@ -688,19 +741,57 @@ int mhc_ot_exact_f64(const double *cost, const double *mu, const double *mv, con
             return MHC_ERR_DOMAIN;
         }
     }
-    const ex_ctx ctx = {cost, mu, mv, rptr, cptr, coff, w, metric};
-    const int nth = threads_for(n_threads, sat_mul(total, 64), 1 << 16);
-    int st = mhc_run_chunks(ex_chunk, &ctx, batch, 1, nth, err_index);
+    const ex_ctx ctx = {cost, mu, mv, rptr, cptr, coff, w, metric, NULL, NULL, NULL, 0};
+    const int st = ex_run(&ctx, batch, total, n_threads, err_index);
     mhc_free(coff);
-    if (st != MHC_OK)
-        return st;
-    for (int64_t b = 0; b < batch; b++)     /* masses x costs beyond double range */
-        if (!isfinite(w[b])) {
+    return st;
+}
+
+int mhc_ot_exact_table_f64(const double *table, int64_t nt, const int64_t *X, const int64_t *Y,
+                           const double *mu, const double *mv, const int64_t *rptr,
+                           const int64_t *cptr, int64_t batch, int metric, double *w,
+                           int n_threads, int64_t *err_index)
+{
+    int64_t total = 0, tt;
+    if (err_index)
+        *err_index = -1;
+    if (!rptr || !cptr || !w)
+        return MHC_ERR_NULL_POINTER;
+    if (MIS(table, double) || MIS(mu, double) || MIS(mv, double) || MIS(w, double) ||
+        MIS(X, int64_t) || MIS(Y, int64_t) || MIS(rptr, int64_t) || MIS(cptr, int64_t))
+        return MHC_ERR_MISALIGNED;
+    if (batch < 0 || nt < 0 || n_threads < 0 || (metric != 0 && metric != 1) ||
+        __builtin_mul_overflow(nt, nt, &tt))
+        return MHC_ERR_INVALID_DIMENSION;
+    if (!offsets_ok(rptr, batch) || !offsets_ok(cptr, batch))
+        return MHC_ERR_INVALID_DIMENSION;
+    if (batch == 0)
+        return MHC_OK;
+    if ((rptr[batch] > 0 && (!mu || !X)) || (cptr[batch] > 0 && (!mv || !Y)) ||
+        (tt > 0 && !table))
+        return MHC_ERR_NULL_POINTER;
+    for (int64_t k = 0; k < rptr[batch]; k++)   /* rows and columns of the table */
+        if (X[k] < 0 || X[k] >= nt)
+            return MHC_ERR_INVALID_DIMENSION;
+    for (int64_t k = 0; k < cptr[batch]; k++)
+        if (Y[k] < 0 || Y[k] >= nt)
+            return MHC_ERR_INVALID_DIMENSION;
+    for (int64_t b = 0; b < batch; b++) {
+        int64_t nm;
+        const int64_t n = rptr[b + 1] - rptr[b], m = cptr[b + 1] - cptr[b];
+        if (__builtin_mul_overflow(n, m, &nm) || __builtin_add_overflow(total, nm, &total) ||
+            n + m > (1 << 20) || nm > (int64_t)(SIZE_MAX / (4 * sizeof(double))))
+            return n + m > (1 << 20) ? MHC_ERR_OUT_OF_MEMORY : MHC_ERR_INVALID_DIMENSION;
+        if (!masses_ok(mu + rptr[b], n, mv + cptr[b], m)) {
             if (err_index)
                 *err_index = b;
-            return MHC_ERR_COMPUTATION;
+            return MHC_ERR_DOMAIN;
         }
-    return MHC_OK;
+    }
+    /* the costs are checked as they are gathered (a needed one not finite:
+     * MHC_ERR_DOMAIN, w partly written) */
+    const ex_ctx ctx = {NULL, mu, mv, rptr, cptr, NULL, w, metric, table, X, Y, nt};
+    return ex_run(&ctx, batch, total, n_threads, err_index);
 }
 
 /* ---- mhc_unit_w1_f64: unit-length graphs, fused ------------------------------ */

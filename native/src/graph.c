@@ -9,8 +9,10 @@
  * settled, and fills those slots' cost rows: breadth-first when every edge has
  * the same length; Dial's buckets of width just below the shortest length when
  * the longest is at most BUCKET_SPAN times it (a bucket's vertices are then all
- * final when it is reached: no heap, no order inside a bucket); else a binary
- * heap of (distance, vertex) entries, stale ones skipped (no decrease-key). The
+ * final when it is reached: no heap, no order inside a bucket; a stack of
+ * entries each, a shorter path pushes a new entry and the stale one is skipped);
+ * else a binary heap of (distance, vertex) entries, stale ones skipped likewise
+ * (no decrease-key). The
  * arcs' lengths and heads side by side (one load per relaxation).
  * Threads split the distinct sources; each slot row is written by one search.
  */
@@ -54,6 +56,11 @@ typedef struct {
     int64_t v;
 } hent;
 
+/* an entry of Dial's buckets (a stack per bucket), in the heap's room */
+struct bent {
+    int64_t v, next;
+};
+
 static inline void heap_push(hent *h, int64_t *len, double key, int64_t v)
 {
     int64_t k = (*len)++;
@@ -89,8 +96,8 @@ static inline hent heap_pop(hent *h, int64_t *len)
 }
 
 /* Sources [lo, hi) of the context; workspace: dist, and the stamps seen, done and
- * want, the breadth-first queue or the buckets' next links, their prev links (n
- * each); the heap (heap_len entries); the buckets' heads (nbuckets). */
+ * want, the breadth-first queue (n each); the heap or the buckets' entries
+ * (heap_len); the buckets' heads (nbuckets). */
 static int graph_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
 {
     const graph_ctx *g = ctx;
@@ -103,7 +110,7 @@ static int graph_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
     int64_t *seen = (int64_t *)(dist + n), *done = seen + n, *want = done + n;
     int64_t *queue = want + n;
     hent *heap = (hent *)(void *)(queue + n);
-    int64_t *prev = (int64_t *)(void *)(heap + g->heap_len), *head = prev + n, *next = queue;
+    int64_t *head = (int64_t *)(void *)(heap + g->heap_len);
     for (int64_t v = 0; v < n; v++)
         seen[v] = done[v] = want[v] = -1;
     for (int64_t s = lo; s < hi; s++) {
@@ -145,25 +152,29 @@ static int graph_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
              * shortest-path predecessor lies in an earlier bucket, so a bucket's
              * vertices are all final when it is reached, in any order; and a
              * relaxation never lands in the bucket being emptied. Buckets are
-             * doubly linked lists over the vertices, in a cycle of nbuckets
-             * (more than the longest length spans). */
-            const double delta = g->delta;
-            const int64_t B = g->nbuckets;
-            int64_t items = 1, cur = 0;
+             * stacks of entries (vertex, next) in a cycle of nbuckets (more than
+             * the longest length spans); a shorter path pushes a new entry and the
+             * old one is skipped when popped (v settled): no unlinking. At most
+             * one entry per relaxed arc, plus the source (the heap's room). */
+            struct bent *pool = (struct bent *)(void *)heap;   /* the heap's room */
+            const double inv = 1 / g->delta;
+            const int64_t B = g->nbuckets;      /* a power of two */
+            int64_t live = 1, top = 1, cur = 0;
             for (int64_t b = 0; b < B; b++)
                 head[b] = -1;
             seen[x] = s;
             dist[x] = 0;
-            head[0] = x;
-            next[x] = prev[x] = -1;
-            while (items > 0 && missing > 0) {
-                while (head[cur % B] < 0)
+            pool[0].v = x;
+            pool[0].next = -1;
+            head[0] = 0;
+            while (live > 0 && missing > 0) {
+                while (head[cur & (B - 1)] < 0)
                     cur++;
-                const int64_t v = head[cur % B];
-                head[cur % B] = next[v];
-                if (next[v] >= 0)
-                    prev[next[v]] = -1;
-                items--;
+                const int64_t k = head[cur & (B - 1)], v = pool[k].v;
+                head[cur & (B - 1)] = pool[k].next;
+                live--;
+                if (done[v] == s)
+                    continue;       /* reached shorter since: settled already */
                 const double dv = dist[v];
                 done[v] = s;
                 if (want[v] == s)
@@ -172,25 +183,15 @@ static int graph_chunk(const void *ctx, int64_t lo, int64_t hi, int64_t *err)
                 for (; arc < end; arc++) {
                     const int64_t w = arc->head;
                     const double nd = dv + arc->len;
-                    if (seen[w] != s) {
+                    if (seen[w] != s || (nd < dist[w] && done[w] != s)) {
                         seen[w] = s;
-                        items++;
-                    } else if (nd < dist[w] && done[w] != s) {   /* out of its bucket */
-                        if (prev[w] >= 0)
-                            next[prev[w]] = next[w];
-                        else
-                            head[(int64_t)(dist[w] / delta) % B] = next[w];
-                        if (next[w] >= 0)
-                            prev[next[w]] = prev[w];
-                    } else
-                        continue;
-                    dist[w] = nd;
-                    const int64_t b = (int64_t)(nd / delta) % B;
-                    prev[w] = -1;
-                    next[w] = head[b];
-                    if (head[b] >= 0)
-                        prev[head[b]] = w;
-                    head[b] = w;
+                        dist[w] = nd;
+                        const int64_t b = (int64_t)(nd * inv) & (B - 1);
+                        pool[top].v = w;
+                        pool[top].next = head[b];
+                        head[b] = top++;
+                        live++;
+                    }
                 }
             }
             goto fill;
@@ -294,8 +295,8 @@ int mhc_graph_costs_f64(const int64_t *indptr, const int64_t *indices, const dou
         return MHC_OK;
     if (!out)
         return MHC_ERR_NULL_POINTER;
-    /* per-thread workspace: dist, seen, done, want, queue (or the buckets' next),
-     * prev (n each), the heap (nnz + 1 entries of 16 bytes, without buckets), the
+    /* per-thread workspace: dist, seen, done, want, queue (n each), the heap or
+     * the buckets' entries (nnz + 1 of 16 bytes, unless breadth-first), the
      * buckets' heads; the arcs (nnz of 16 bytes); the slot tables: 3 * ea + 3 *
      * (n + 1) int64 */
     if ((uint64_t)n > SIZE_MAX / 48 - 2 || (uint64_t)nnz > SIZE_MAX / 64 - 1 ||
@@ -310,17 +311,20 @@ int mhc_graph_costs_f64(const int64_t *indptr, const int64_t *indices, const dou
     }
     /* buckets when the lengths are within a factor BUCKET_SPAN of each other (at
      * most that many empty buckets passed per vertex settled) and a distance in
-     * bucket widths (below BUCKET_SPAN n) stays below 2^30: its rounding (< 2^-22 of
-     * a width) then cannot undo the margin of 1e-6 of a width between delta and the
-     * shortest length, so a relaxed vertex always lands in a later bucket */
+     * bucket widths (below BUCKET_SPAN n) stays below 2^30: its rounding (the product
+     * by the rounded inverse of delta: < 2^-21 of a width) then cannot undo the
+     * margin of 1e-6 (> 2^-20) of a width between delta and the shortest length, so a
+     * relaxed vertex always lands in a later bucket. The buckets' cycle: a power of
+     * two (an index by a mask) */
     double delta = 0;
     int64_t nbuckets = 0;
     if (unit == 0 && nnz > 0 && wmax <= BUCKET_SPAN * wmin && n < ((int64_t)1 << 24)) {
         delta = wmin * (1 - 1e-6);
-        nbuckets = (int64_t)(wmax / delta) + 2;
+        for (nbuckets = 1; nbuckets < (int64_t)(wmax / delta) + 2; nbuckets *= 2)
+            ;
     }
-    size_t ws_bytes, heap_len = unit == 0 && delta == 0 ? (size_t)nnz + 1 : 0;
-    if (__builtin_add_overflow((size_t)n * 48, heap_len * sizeof(hent), &ws_bytes) ||
+    size_t ws_bytes, heap_len = unit == 0 ? (size_t)nnz + 1 : 0;
+    if (__builtin_add_overflow((size_t)n * 40, heap_len * sizeof(hent), &ws_bytes) ||
         __builtin_add_overflow(ws_bytes, (size_t)nbuckets * sizeof(int64_t), &ws_bytes))
         return MHC_ERR_OUT_OF_MEMORY;
     /* slots grouped by source: counting sort */
