@@ -13,6 +13,8 @@ from ._kernels import GRAPH_COSTS, OT_EXACT, OT_EXACT_TABLE, OT_W1, POINT_COSTS,
 #: at most this many edges, and this many cost entries, per chunk of edges
 EDGE_CHUNK = 1 << 20
 CHUNK_ELEMENTS = 1 << 24
+#: blocks of rows of the points' table of distances (threads split them)
+TABLE_BLOCKS = 16
 #: a transport problem is solved when its marginals are this close (L1, the total
 #: mass is 1) to their targets (the rounded plan's cost then moves by at most this
 #: times the largest cost: measured 5e-4 of W1 for unit lengths)
@@ -100,7 +102,11 @@ def _kappa_table(graph, u, v, lengths, alpha, metric, size):
     every, one = np.arange(n, dtype=np.int64), np.array([0, n], dtype=np.int64)
     if metric is not None:
         points, manifold, curvature = metric
-        table = POINT_COSTS((points, every, one, every, one), (manifold, curvature))
+        # TABLE_BLOCKS blocks of rows, each against every point (the kernel's threads
+        # split blocks): row-major, the blocks one after the other = the table
+        ends = np.linspace(0, n, min(TABLE_BLOCKS, n) + 1).astype(np.int64)
+        table = POINT_COSTS((points, every, ends, np.tile(every, len(ends) - 1),
+                             np.arange(len(ends), dtype=np.int64) * n), (manifold, curvature))
         duv = lengths                               # the edge's length: that distance
     else:
         table = GRAPH_COSTS((*graph, every, one, every, one), ())
