@@ -375,9 +375,8 @@ def ot_exact(xp, cost, mu, mv, rptr, cptr, *, metric, call):
 
 def ot_exact_table(xp, table, X, Y, mu, mv, rptr, cptr, *, metric, call):
     """Exact W1 of each problem, costs from a table (see array_api.ot_exact_table)."""
-    rows, cols = np.diff(rptr), np.diff(cptr)
     cost = np.concatenate([table[np.ix_(X[rptr[e]:rptr[e + 1]], Y[cptr[e]:cptr[e + 1]])].ravel()
-                           for e in range(rows.shape[0])] + [np.empty(0)])
+                           for e in range(rptr.shape[0] - 1)] + [np.empty(0)])
     return ot_exact(xp, cost, mu, mv, rptr, cptr, metric=metric, call=call)
 
 
