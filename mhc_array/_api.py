@@ -140,7 +140,7 @@ def sinkhorn_knopp(x, /, *, iterations=20, tau=0.0, logits=False, order="rows-fi
     >>> P.sum(axis=0), P.sum(axis=1)
     (array([1., 1.]), array([1., 1.]))
     >>> H = mx.sinkhorn_knopp(np.zeros((8, 4, 4), np.float32), logits=True)  # a batch
-    >>> H.shape, H.dtype, float(H[0, 0, 0])
+    >>> H.shape, H.dtype, round(float(H[0, 0, 0]), 6)  # within 2 ulp: see docs/reliability.md
     ((8, 4, 4), dtype('float32'), 0.25)
     """
     return SINKHORN((x, row_sums, col_sums), (iterations, tau, logits, order), out=out)
