@@ -645,3 +645,20 @@ def test_spherical_vectors_of_very_different_norms(backend, dtype):
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(mx.spherical_distance(x, c), want, **tol)
     np.testing.assert_allclose(mx.spherical_distance(c, x), want, **tol)
+
+
+@pytest.mark.parametrize("d", [5, 40, 300])
+@pytest.mark.parametrize("scale", [6.2e-39, 1e-20, 1e-16])
+def test_spherical_float32_tiny_vectors(backend, d, scale):
+    """Spherical distances of float32 vectors whose norms are below 1e-15 (found by property
+    testing: the float lanes' products of such values underflow while the tail's are exact
+    in double, and x = c of five values 6.2e-39 gave 1.107 instead of 0)."""
+    x = np.full((3, d), scale, np.float32)
+    x[1, 0] *= 2
+    x[2, ::2] *= -1
+    c = np.full(d, scale, np.float32)
+    want = ref.spherical(x.astype(np.float64), c.astype(np.float64)[None, :])
+    np.testing.assert_allclose(mx.spherical_distance(x, c), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mx.spherical_distance(x, np.tile(c, (3, 1))), want,
+                               rtol=1e-5, atol=1e-6)
+    assert mx.spherical_distance(x, c)[0] == 0
