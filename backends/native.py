@@ -131,7 +131,9 @@ def describe():
     rules = lib.mhc_auto_rules()   # what each rule of `auto` is (native/src/dispatch.c)
     auto = [text for bit, text in (
         (lib.MHC_RULE_SK_LARGE_AVX2, "Sinkhorn of large matrices at avx2 (AVX-512 runs on "
-                                     "256-bit units here, and AVX2's kernel is faster)"),)
+                                     "256-bit units here, and AVX2's kernel is faster)"),
+        (lib.MHC_RULE_HC_ROWS_AVX2, "mHC projection with phi in rows, float32, at avx2 "
+                                    "(AVX2's tile is faster on these 256-bit units)"))
         if rules & bit]
     return {"isa_best": BEST_ISA, "build": ffi.string(lib.mhc_build_info()).decode(),
             "cpu_features": features, "auto_rules": auto}

@@ -558,6 +558,34 @@ def test_auto_rules_follow_the_cpu():
     np.testing.assert_array_equal(got, want)
 
 
+def test_auto_rule_of_the_rows_projection():
+    """On AVX-512 CPUs with 256-bit units `auto` projects float32 streams onto phi's
+    rows (the paper's layout) with AVX2's kernel and onto V4's fn with AVX-512's:
+    h_pre and h_post (scalar code after the projection) equal those levels' bit for
+    bit, on several tile shapes (8, 4 and 1 token); elsewhere the rule is off."""
+    if not native_available():
+        pytest.skip("the native backend is not built")
+    zen4 = _amd_family_19h()
+    if zen4 is None:
+        pytest.skip("no /proc/cpuinfo vendor and family to check against")
+    half = bool(zen4 and cpu_supports("avx512"))
+    assert bool(native.lib.mhc_auto_rules() & native.lib.MHC_RULE_HC_ROWS_AVX2) == half
+    rng = np.random.default_rng(5)
+    n, C, T, K = 4, 200, 13, 24
+    x = rng.standard_normal((T, n, C)).astype(np.float32)
+    w = (rng.standard_normal((n * C, K)) * 0.05).astype(np.float32)
+    bias = (rng.standard_normal(K) * 0.3).astype(np.float32)
+    alpha = np.array([0.7, 0.4, 0.9], np.float32)
+    for variant, phi in (("paper", w), ("deepseek-v4", np.ascontiguousarray(w.T))):
+        with mx.use_isa("auto"):
+            got = mx.mhc_pre(x, phi, bias, alpha, variant=variant)
+        level = ("avx2" if variant == "paper" else "avx512") if half else mx.config()["isa_best"]
+        with mx.use_isa(level):
+            want = mx.mhc_pre(x, phi, bias, alpha, variant=variant)
+        np.testing.assert_array_equal(got[1], want[1])   # h_pre
+        np.testing.assert_array_equal(got[2], want[2])   # h_post
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_v4_projection_in_rows_layout(dtype):
     """MHC_HC_ROWS: DeepSeek-V4's connection with its projection given as (n*C, K)

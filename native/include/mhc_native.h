@@ -74,6 +74,7 @@ int mhc_resolve_isa(int requested);   /* min(requested, best); <0 -> best */
  * this CPU takes a kernel family from a narrower level that is measured faster on
  * it; mhc_auto_rules() says which rules apply (0: none). */
 #define MHC_RULE_SK_LARGE_AVX2 1   /* Sinkhorn of large matrices: AVX2's kernels */
+#define MHC_RULE_HC_ROWS_AVX2 2    /* mHC projection, phi in rows (float32): AVX2's */
 int mhc_auto_rules(void);
 /* 1 when this CPU runs AVX-512 on 256-bit units (AMD family 19h, Zen 4) */
 int mhc_avx512_half_width(void);

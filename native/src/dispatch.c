@@ -41,10 +41,24 @@ static const mhc_kernel_table g_tables[4] = {
  * recorded in docs/performance.md). On AVX-512 executed on 256-bit units (AMD
  * Zen 4) the large-matrix Sinkhorn, a stream over the matrices with a few FMAs per
  * element, ran 15-24 % slower at AVX-512 than at AVX2 (8 x 512 x 1024, 10
- * iterations: 6.6-7.2 ms against 5.6-6.1 ms): it runs AVX2's there. */
+ * iterations: 6.6-7.2 ms against 5.6-6.1 ms): it runs AVX2's there. So does the
+ * float32 mHC projection with phi in rows (the paper's layout): AVX2's tile of 4
+ * tokens x 3 vectors took 0.91-0.98x the time of AVX-512's 8 tokens x 1.5 vectors
+ * there (1 to 512 tokens of 16,384 values, both in one process); V4's fn layout
+ * (trans) keeps AVX-512's, 0.80x AVX2's time on the same CPU. */
 static mhc_kernel_table g_auto;
 static int g_auto_rules;
 static pthread_once_t g_auto_once = PTHREAD_ONCE_INIT;
+
+#if MHC_X86
+static void hc_proj_f32_half_width(const float *v, int64_t vs, int64_t tb, int64_t L,
+                                   const float *w, int64_t ldw, int64_t K, int trans,
+                                   float *acc, double *ss, double *dd)
+{
+    g_tables[trans ? MHC_ISA_AVX512 : MHC_ISA_AVX2].hc_proj_f32(v, vs, tb, L, w, ldw, K, trans,
+                                                                acc, ss, dd);
+}
+#endif
 
 static void init_auto(void)
 {
@@ -54,6 +68,8 @@ static void init_auto(void)
         g_auto.sk_large_f32 = g_tables[MHC_ISA_AVX2].sk_large_f32;
         g_auto.sk_large_f64 = g_tables[MHC_ISA_AVX2].sk_large_f64;
         g_auto_rules |= MHC_RULE_SK_LARGE_AVX2;
+        g_auto.hc_proj_f32 = hc_proj_f32_half_width;
+        g_auto_rules |= MHC_RULE_HC_ROWS_AVX2;
     }
 #endif
 }
