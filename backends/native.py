@@ -17,6 +17,7 @@ declarations are generated from ``native/include/mhc_native.h``.
 
 import math
 import os
+import sys
 import threading
 import types
 import weakref
@@ -80,6 +81,56 @@ else:
 
 _warned_isa = set()
 _warn_lock = threading.Lock()
+
+
+class _OutputPool:
+    """Large outputs on buffers reused once every array viewing them is gone.
+
+    An output of ``MIN_BYTES`` or more lies beyond glibc's largest mmap threshold:
+    each ``np.empty`` of it is a fresh mapping whose pages the kernel faults and
+    zeroes inside the call (a 64 MB ``h_in``: 10.1 ms to allocate and fill against
+    3.0 ms to fill a reused buffer, on an AMD EPYC). The pool keeps the last
+    ``MAX_BUFFERS`` such buffers (at most ``MAX_BYTES`` in all) and hands one out
+    again only when its reference count says that nothing else holds it -- no array,
+    view, tensor or DLPack capsule of an earlier result -- so a result is never
+    shared; the caller sees an ordinary array. Oldest first out of the pool."""
+
+    MIN_BYTES = 32 << 20
+    MAX_BUFFERS = 4
+    MAX_BYTES = 512 << 20
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._bufs = []       # uint8 arrays, oldest first
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < self.MIN_BYTES or nbytes > self.MAX_BYTES:
+            return np.empty(shape, dtype)
+        getrefcount = sys.getrefcount
+        with self._lock:
+            bufs = self._bufs
+            for i in range(len(bufs)):
+                # referenced by the list and by getrefcount's argument alone: free
+                if bufs[i].nbytes == nbytes and getrefcount(bufs[i]) == 2:
+                    buf = bufs.pop(i)
+                    break
+            else:
+                buf = np.empty(nbytes, np.uint8)
+            bufs.append(buf)
+            while len(bufs) > self.MAX_BUFFERS or sum(b.nbytes for b in bufs) > self.MAX_BYTES:
+                bufs.pop(0)
+            return buf.view(dtype).reshape(shape)
+
+    def clear(self):
+        """Forget every pooled buffer (those still in use live on with their arrays)."""
+        with self._lock:
+            self._bufs.clear()
+
+
+_outputs = _OutputPool()
+_empty = _outputs.empty
 
 
 def cannot_serve(x, library, kernel):
@@ -271,7 +322,7 @@ def sinkhorn(xp, x, row_sums, col_sums, *, iterations, tau, logits, order, out, 
     src, x_bstride, x_rstride = _layout(a, 2, call)
     dst = _writable_out(out, a)
     if dst is None:
-        dst = np.empty(shape, a.dtype)
+        dst = _empty(shape, a.dtype)
     _, out_bstride, out_rstride = _layout(dst, 2, call)
     targets, keep = _targets(row_sums, col_sums, batch, ctype, call)
     err = ffi.new("int64_t *", -1)
@@ -307,7 +358,7 @@ def sinkhorn_backward(xp, x, row_sums, col_sums, grad, *, iterations, tau, logit
     n, m = shape[-2], shape[-1]
     batch = shape[:-2]
     count = math.prod(batch)
-    res = np.empty(shape, a.dtype)
+    res = _empty(shape, a.dtype)
     if count == 0 or n == 0 or m == 0:
         return _back(xp, x, res)
     ctype, kernel = _KERNELS[a.dtype].ctype, _KERNELS[a.dtype].sinkhorn_backward
@@ -352,7 +403,7 @@ def distance(xp, x, c, *, manifold, curvature, on_domain_error, call):
 def pairwise(xp, x, y, *, manifold, curvature, on_domain_error, call):
     a, b = _to_numpy(x), _to_numpy(y)
     (N, d), M = a.shape, b.shape[0]
-    res = np.empty((N, M), a.dtype)
+    res = _empty((N, M), a.dtype)
     if N and M:
         ctype, kernel = _KERNELS[a.dtype].ctype, _KERNELS[a.dtype].pairwise
         pa, a_rstride, _ = _layout(a, 1, call)
@@ -422,7 +473,7 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
     b = np.require(_to_numpy(bias), dt, ["C", "A"])   # contiguous and aligned (C refuses
     al = np.require(_to_numpy(alpha), dt, ["C", "A"])  # misaligned)
     xt, tokens = _tokens(a, (n, C), call)
-    h_in = np.empty(batch + (C,), dt)
+    h_in = _empty(batch + (C,), dt)
     h_pre = np.empty(batch + (n,), dt)
     h_post = np.empty(batch + (n,), dt)
     h_res = np.empty(batch + (n, n), dt)
@@ -455,7 +506,7 @@ def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, ite
     xt, tokens = _tokens(a, (n, C), call)
     grads = [None if g is None else _tokens(_to_numpy(g), inner, call)[0]
              for g, inner in ((g_in, (C,)), (g_pre, (n,)), (g_post, (n,)), (g_res, (n, n)))]
-    g_x = np.empty(a.shape, dt)
+    g_x = _empty(a.shape, dt)
     gz, y, gp = (np.empty(batch + (K,), dt) for _ in range(3))
     ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_pre_backward
     if tokens:
@@ -502,7 +553,7 @@ def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):
     res = _post_out(out, xt, dt)   # written directly when it is x itself or apart from it
     direct = res is not None
     if res is None:
-        res = np.empty(a.shape, dt)
+        res = _empty(a.shape, dt)
     ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_post
     if tokens:
         p = [ffi.from_buffer(ctype[0], v) for v in (xt, f, hp, hr, res)]
@@ -538,8 +589,8 @@ def mhc_post_pre(xp, x, f_out, h_post, h_res, phi, bias, alpha, *, iterations, n
     b = np.require(_to_numpy(bias), dt, ["C", "A"])
     al = np.require(_to_numpy(alpha), dt, ["C", "A"])
     direct = _post_out(out, xt, dt)
-    nxt = direct if direct is not None else np.empty(a.shape, dt)
-    h_in = np.empty(batch + (C,), dt)
+    nxt = direct if direct is not None else _empty(a.shape, dt)
+    h_in = _empty(batch + (C,), dt)
     h_pre, h_post2 = np.empty(batch + (n,), dt), np.empty(batch + (n,), dt)
     h_res2 = np.empty(batch + (n, n), dt)
     ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_post_pre
@@ -564,8 +615,8 @@ def mhc_post_backward(xp, x, f_out, h_post, h_res, grad, *, call):
     dt = a.dtype
     xt, tokens, f, f_tstride, hp, hr = _post_operands(a, f_out, h_post, h_res, call)
     gt, _ = _tokens(_to_numpy(grad), (n, C), call)
-    g_x = np.empty(a.shape, dt)
-    g_f = np.empty(batch + (C,), dt)
+    g_x = _empty(a.shape, dt)
+    g_f = _empty(batch + (C,), dt)
     g_post = np.empty(batch + (n,), dt)
     g_res = np.empty(batch + (n, n), dt)
     ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_post_backward
@@ -589,7 +640,7 @@ def plan(kernel, dtypes, ndims, call):
     code, threads = resolve_isa(call.isa), call.threads
     kernels = _KERNELS[dtypes[0]]
     array_type, dt = kernels.ctype[0], dtypes[0]
-    from_buffer, empty, null = ffi.from_buffer, np.empty, ffi.NULL
+    from_buffer, empty, null = ffi.from_buffer, _empty, ffi.NULL
     if kernel == "sinkhorn":
         sinkhorn_kernel = kernels.sinkhorn
         logits_flag = lib.MHC_SK_LOGITS
@@ -652,7 +703,7 @@ def _mhc_plan(kernel, kernels, dt, code, threads):
     """The plans of mhc_pre and mhc_post (decode: one call per token and layer): every
     array a C-contiguous NumPy array of the one dtype, the shapes the record would
     accept (anything else: declined, the general path checks and reports it)."""
-    array_type, from_buffer, empty, null = kernels.ctype[0], ffi.from_buffer, np.empty, ffi.NULL
+    array_type, from_buffer, empty, null = kernels.ctype[0], ffi.from_buffer, _empty, ffi.NULL
     nd = np.ndarray
 
     def contiguous(*arrays):
@@ -729,15 +780,25 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
     kernels = _KERNELS[cdt]
     tdt = torch.float64 if cdt == np.float64 else torch.float32
     ptr_type, cast, empty, empty_like = kernels.ctype[1], ffi.cast, torch.empty, torch.empty_like
-    from_numpy, np_empty = torch.from_numpy, np.empty
+    from_numpy = torch.from_numpy
     code, threads = resolve_isa(call.isa), call.threads
 
     def np_out(shape):
-        """The pre step's outputs on NumPy's allocator, whose freed blocks are reused
-        (glibc raises its mmap threshold): torch's fresh mapping of h_in faults its
-        pages inside the threaded kernel at every call (T = 256, hidden 4096, two
-        threads: 6.0 ms with torch.empty, 3.2 ms with this; one thread unchanged)."""
-        return from_numpy(np_empty(shape, cdt))
+        """The pre step's outputs on NumPy's allocator (and the pool of large
+        outputs), whose freed blocks are reused (glibc raises its mmap threshold):
+        torch's fresh mapping of h_in faults its pages inside the threaded kernel at
+        every call (T = 256, hidden 4096, two threads: 6.0 ms with torch.empty, 3.2 ms
+        with this; one thread unchanged)."""
+        return from_numpy(_empty(shape, cdt))
+
+    pool_min, itemsize = _outputs.MIN_BYTES, cdt.itemsize
+
+    def large(shape):
+        """An output of the computing dtype: torch's allocator, or from the pool of
+        large outputs when it is one (a fresh mapping's pages faulted in the call)."""
+        if math.prod(shape) * itemsize >= pool_min:
+            return from_numpy(_empty(shape, cdt))
+        return empty(shape, dtype=tdt)
 
     Tensor = torch.Tensor
     bf16, u16 = torch.bfloat16, ffi.typeof("uint16_t *")
@@ -824,7 +885,7 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
         batch = x.shape[:-2]
         tokens = math.prod(batch)
         if xc.dtype is bf16:   # read as they are, h_in written in bfloat16 (mhc_hc_pre_bf16)
-            kernel, h_in = pre_bf16, from_numpy(np_empty(batch + (C,), np_u16)).view(bf16)
+            kernel, h_in = pre_bf16, from_numpy(_empty(batch + (C,), np_u16)).view(bf16)
             px, ph = cast(u16, xc.data_ptr()), cast(u16, h_in.data_ptr())
         else:
             kernel, h_in = kernels.hc_pre, np_out(batch + (C,))
@@ -937,7 +998,7 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
         if ops is None:
             return None
         xc, fc, copied, n, C, batch, hp, hr = ops
-        res = empty(batch + (n, C), dtype=tdt)
+        res = large(batch + (n, C))
         tokens = math.prod(batch)
         if tokens and kernels.hc_post(p(xc), n * C, p(fc), C, p(hp), p(hr),
                                       p(res), n * C, tokens, n, C, code, threads):
@@ -949,7 +1010,7 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
     post_pre_bf16 = lib.mhc_hc_post_pre_bf16
 
     def bf16_out(shape):
-        return from_numpy(np_empty(shape, np_u16)).view(bf16)
+        return from_numpy(_empty(shape, np_u16)).view(bf16)
 
     def run_post_pre(arrays, options, state):
         x, f_out = arrays[0], arrays[1]
@@ -968,8 +1029,8 @@ def torch_plan(kernel, dtypes, ndims, call, rows=False):
             kernel, nxt, h_in = post_pre_bf16, bf16_out(batch + (n, C)), bf16_out(batch + (C,))
             px, pf, pn, ph = (cast(u16, t.data_ptr()) for t in (xc, fc, nxt, h_in))
         else:
-            kernel, nxt, h_in = (kernels.hc_post_pre, empty(batch + (n, C), dtype=tdt),
-                                 empty(batch + (C,), dtype=tdt))
+            kernel, nxt, h_in = (kernels.hc_post_pre, large(batch + (n, C)),
+                                 large(batch + (C,)))
             px, pf, pn, ph = p(xc), p(fc), p(nxt), p(h_in)
         h_pre, h_post = empty(batch + (n,), dtype=tdt), empty(batch + (n,), dtype=tdt)
         h_res = empty(batch + (n, n), dtype=tdt)

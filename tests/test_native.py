@@ -894,3 +894,85 @@ def test_hc_post_bf16_rounds_ties_to_even():
                                     native.ISA_CODES[isa], 1) == lib.MHC_OK
         want = np.where(np.arange(C) % 2 == 0, 0x3F80, 0x3F82)
         np.testing.assert_array_equal(out, want, err_msg=isa)
+
+
+@pytest.fixture
+def small_pool(monkeypatch):
+    """The pool of large outputs from 64 KB (its threshold lowered for the test)."""
+    if not native_available():
+        pytest.skip("the native backend is not built")
+    monkeypatch.setattr(native._outputs, "MIN_BYTES", 1 << 16)
+    native._outputs.clear()
+    yield native._outputs
+    native._outputs.clear()
+
+
+def _connection(seed, T=64, n=4, C=512):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, n, C)).astype(np.float32)
+    phi = (rng.standard_normal((n * C, (2 + n) * n)) * 0.05).astype(np.float32)
+    bias = (rng.standard_normal((2 + n) * n) * 0.3).astype(np.float32)
+    return x, phi, bias, np.array([0.7, 0.4, 0.9], np.float32)
+
+
+def _h_in(args):
+    """h_in of mhc_pre in float64 NumPy (the paper's variant, written plainly)."""
+    x, phi, bias, alpha = (a.astype(np.float64) for a in args)
+    T, n, C = x.shape
+    flat = x.reshape(T, n * C)
+    r = 1 / np.sqrt((flat ** 2).mean(axis=1, keepdims=True) + 1e-6)
+    h_pre = 1 / (1 + np.exp(-(alpha[0] * (flat @ phi[:, :n]) * r + bias[:n])))
+    return np.einsum("ti,tic->tc", h_pre, x)
+
+
+def test_output_pool_never_shares_a_held_result(small_pool):
+    """A large output's buffer is handed out again only when nothing holds the earlier
+    result: held results (the array, a view of it, a tensor or a DLPack capsule made
+    from it) keep their values through later calls; a dropped one's buffer is reused."""
+    a, b = _connection(1), _connection(2)
+    first = mx.mhc_pre(*a)[0]
+    want_a, want_b = _h_in(a), _h_in(b)
+    np.testing.assert_allclose(first, want_a, rtol=1e-4, atol=1e-5)
+    # (hold the result, read the holder back as NumPy, or None where it cannot be)
+    holders = [(lambda r: r[::3], lambda k: k), (lambda r: r.reshape(-1), lambda k: k),
+               (memoryview, np.asarray), (lambda r: r.__dlpack__(), None)]
+    try:
+        import torch
+        holders.append((torch.from_numpy, lambda k: k.numpy()))
+    except ImportError:
+        pass
+    for hold, back in holders:
+        res = mx.mhc_pre(*a)[0]
+        addr, values = res.ctypes.data, res.copy()
+        kept = hold(res)
+        del res
+        other = mx.mhc_pre(*b)[0]
+        assert other.ctypes.data != addr
+        np.testing.assert_allclose(other, want_b, rtol=1e-4, atol=1e-5)
+        if back is not None:
+            np.testing.assert_array_equal(back(kept), hold(values) if back is not np.asarray
+                                          else values)
+        del kept, other
+    np.testing.assert_allclose(first, want_a, rtol=1e-4, atol=1e-5)
+    # dropped: the next result of that size lies in a pooled buffer, with its own values
+    res = mx.mhc_pre(*a)[0]
+    del res
+    pooled = {buf.ctypes.data for buf in small_pool._bufs}
+    res = mx.mhc_pre(*b)[0]
+    assert res.ctypes.data in pooled
+    np.testing.assert_allclose(res, want_b, rtol=1e-4, atol=1e-5)
+
+
+def test_output_pool_is_bounded(small_pool):
+    """The pool keeps at most MAX_BUFFERS buffers: results held beyond it are their
+    callers' alone (each still correct), and outputs below MIN_BYTES never enter it."""
+    args = _connection(3)
+    want = _h_in(args)
+    held = [mx.mhc_pre(*args)[0] for _ in range(small_pool.MAX_BUFFERS + 3)]
+    assert len({r.ctypes.data for r in held}) == len(held)
+    assert len(small_pool._bufs) == small_pool.MAX_BUFFERS
+    for r in held:
+        np.testing.assert_allclose(r, want, rtol=1e-4, atol=1e-5)
+    small_pool.clear()
+    mx.mhc_pre(*_connection(4, T=2, C=64))
+    assert small_pool._bufs == []
