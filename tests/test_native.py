@@ -976,3 +976,37 @@ def test_output_pool_is_bounded(small_pool):
     small_pool.clear()
     mx.mhc_pre(*_connection(4, T=2, C=64))
     assert small_pool._bufs == []
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "sse", "portable"])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_hc_pre_large_h_in_streams_past_the_cache(isa, offset):
+    """h_in over 32 MB is written with streaming stores after a peel to the vector
+    boundary: h_in starting 0, 1 or 3 floats past an aligned address, against the
+    float64 equations (one stream: h_in = h_pre * x)."""
+    if not native_available():
+        pytest.skip("the native backend is not built")
+    if not cpu_supports(isa):
+        pytest.skip(f"this CPU lacks {isa}")
+    ffi, lib = native.ffi, native.lib
+    rng = np.random.default_rng(offset)
+    T, n, C = 2100, 1, 4096                                # h_in: 34.4 MB of float32
+    x = rng.standard_normal((T, n, C)).astype(np.float32)
+    phi = (rng.standard_normal((n * C, 3)) * 0.02).astype(np.float32)
+    bias = (rng.standard_normal(3) * 0.3).astype(np.float32)
+    alpha = np.array([0.7, 0.4, 0.9], np.float32)
+    raw = np.full(T * C + 64, np.nan, np.float32)
+    start = (-raw.ctypes.data % 64) // 4 + offset
+    h_in = raw[start:start + T * C].reshape(T, C)
+    rest = [np.empty((T, n), np.float32), np.empty((T, n), np.float32),
+            np.empty((T, n, n), np.float32)]
+    F = lambda a: ffi.cast("float *", a.ctypes.data)      # noqa: E731
+    assert lib.mhc_hc_pre_f32(F(x), n * C, T, n, C, F(phi), 3, F(bias), F(alpha),
+                              lib.MHC_HC_PAPER, 20, 1e-6, 1e-6, F(h_in),
+                              *[F(a) for a in rest], ffi.NULL, native.ISA_CODES[isa],
+                              1) == lib.MHC_OK
+    x64 = x.astype(np.float64).reshape(T, C)
+    r = 1 / np.sqrt((x64 ** 2).mean(axis=1) + 1e-6)
+    h_pre = 1 / (1 + np.exp(-(alpha[0] * (x64 @ phi[:, 0].astype(np.float64)) * r + bias[0])))
+    np.testing.assert_allclose(h_in, h_pre[:, None] * x64, rtol=2e-5, atol=1e-6)
+    assert np.isnan(raw[:start]).all() and np.isnan(raw[start + T * C:]).all()

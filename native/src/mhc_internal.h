@@ -102,7 +102,7 @@ typedef struct {
       (const T *, int64_t, int64_t, int64_t, const T *, int64_t, int64_t, int, T *,        \
        double *, double *))                                                                \
     X(isa, hc_mix_##SFX, void,                                                             \
-      (const T *, int64_t, int64_t, int64_t, int64_t, const T *, T *, int64_t))            \
+      (const T *, int64_t, int64_t, int64_t, int64_t, const T *, T *, int64_t, int))       \
     X(isa, hc_post_##SFX, void,                                                            \
       (const T *, int64_t, const T *, int64_t, const T *, const T *, T *, int64_t,         \
        int64_t, int64_t, int64_t, int))                                                    \
