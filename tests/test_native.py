@@ -980,10 +980,12 @@ def test_output_pool_is_bounded(small_pool):
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "sse", "portable"])
 @pytest.mark.parametrize("offset", [0, 1, 3])
-def test_hc_pre_large_h_in_streams_past_the_cache(isa, offset):
+@pytest.mark.parametrize("fused", [False, True])
+def test_hc_pre_large_h_in_streams_past_the_cache(isa, offset, fused):
     """h_in over 32 MB is written with streaming stores after a peel to the vector
     boundary: h_in starting 0, 1 or 3 floats past an aligned address, against the
-    float64 equations (one stream: h_in = h_pre * x)."""
+    float64 equations (one stream: h_in = h_pre * x), by mhc_hc_pre and by the fused
+    boundary (x_next = h_res x + h_post f, then its h_in)."""
     if not native_available():
         pytest.skip("the native backend is not built")
     if not cpu_supports(isa):
@@ -1001,10 +1003,22 @@ def test_hc_pre_large_h_in_streams_past_the_cache(isa, offset):
     rest = [np.empty((T, n), np.float32), np.empty((T, n), np.float32),
             np.empty((T, n, n), np.float32)]
     F = lambda a: ffi.cast("float *", a.ctypes.data)      # noqa: E731
-    assert lib.mhc_hc_pre_f32(F(x), n * C, T, n, C, F(phi), 3, F(bias), F(alpha),
-                              lib.MHC_HC_PAPER, 20, 1e-6, 1e-6, F(h_in),
-                              *[F(a) for a in rest], ffi.NULL, native.ISA_CODES[isa],
-                              1) == lib.MHC_OK
+    code = native.ISA_CODES[isa]
+    if fused:
+        f = rng.standard_normal((T, C)).astype(np.float32)
+        hp = rng.uniform(0, 2, (T, 1)).astype(np.float32)
+        hr = rng.uniform(0.5, 1, (T, 1, 1)).astype(np.float32)
+        nxt = np.empty_like(x)
+        assert lib.mhc_hc_post_pre_f32(F(x), C, F(f), C, F(hp), F(hr), F(nxt), C, T, n, C,
+                                       F(phi), 3, F(bias), F(alpha), lib.MHC_HC_PAPER, 20,
+                                       1e-6, 1e-6, F(h_in), *[F(a) for a in rest], ffi.NULL,
+                                       code, 1) == lib.MHC_OK
+        x = (hr[:, 0].astype(np.float64) * x[:, 0] + hp.astype(np.float64) * f)[:, None, :]
+        np.testing.assert_allclose(nxt, x, rtol=2e-5, atol=1e-5)
+    else:
+        assert lib.mhc_hc_pre_f32(F(x), n * C, T, n, C, F(phi), 3, F(bias), F(alpha),
+                                  lib.MHC_HC_PAPER, 20, 1e-6, 1e-6, F(h_in),
+                                  *[F(a) for a in rest], ffi.NULL, code, 1) == lib.MHC_OK
     x64 = x.astype(np.float64).reshape(T, C)
     r = 1 / np.sqrt((x64 ** 2).mean(axis=1) + 1e-6)
     h_pre = 1 / (1 + np.exp(-(alpha[0] * (x64 @ phi[:, 0].astype(np.float64)) * r + bias[0])))
