@@ -102,18 +102,22 @@ class _OutputPool:
     def __init__(self):
         self._lock = threading.Lock()
         self._bufs = []       # uint8 arrays, oldest first
+        # the count getrefcount gives for an array held by a list alone, measured the
+        # way take() measures (an interpreter may or may not count its argument)
+        probe = [np.empty(1, np.uint8)]
+        self._FREE_REFS = sys.getrefcount(probe[0])
 
     def take(self, shape, dtype):
         """An array of ``shape`` and ``dtype`` (a NumPy dtype) from the pool."""
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < self.MIN_BYTES or nbytes > self.MAX_BYTES:
             return np.empty(shape, dtype)
-        getrefcount = sys.getrefcount
+        getrefcount, free = sys.getrefcount, self._FREE_REFS
         with self._lock:
             bufs = self._bufs
             for i in range(len(bufs)):
-                # referenced by the list and by getrefcount's argument alone: free
-                if bufs[i].nbytes == nbytes and getrefcount(bufs[i]) == 2:
+                # referenced by the list alone (as counted for a lone probe): free
+                if bufs[i].nbytes == nbytes and getrefcount(bufs[i]) == free:
                     buf = bufs.pop(i)
                     break
             else:
