@@ -21,9 +21,11 @@ import threading
 _done = False
 _lock = threading.Lock()
 
-#: subpackages Dynamo may trace (custom ops with fake kernels); the option validators
-#: (``_options.py``) stay traceable too: ``mhc_array.torch``'s functions call them
-TRACEABLE = ("torch",)
+#: subpackages Dynamo may trace: ``torch`` (custom ops with fake kernels) and ``bench``
+#: (its peers are torch code that ``torch.compile`` must compile to be measured; skipped,
+#: their torch calls ran eagerly and "torch.compile" timed eager torch). The option
+#: validators (``_options.py``) stay traceable too: ``mhc_array.torch``'s functions call them
+TRACEABLE = ("torch", "bench")
 
 
 def _modules():

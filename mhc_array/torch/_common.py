@@ -9,16 +9,29 @@ def fresh(res, *inputs):
     return fresh_all((res,), inputs)[0]
 
 
+def _span(t):
+    """The bytes ``[start, end)`` that tensor ``t`` can reach (empty: None)."""
+    if not t.numel():
+        return None
+    start = t.data_ptr()
+    reach = sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return start, start + (reach + 1) * t.element_size()
+
+
 def fresh_all(results, inputs):
     """Each of ``results`` as a contiguous tensor that shares no memory with
-    ``inputs`` (their storages looked up once: this runs at every decode call)."""
-    taken = {t.untyped_storage().data_ptr() for t in inputs if t is not None}
+    ``inputs``. Compared by the bytes each can reach, not by ``untyped_storage()``:
+    asking a result for its storage leaves a second reference to it, and autograd
+    then sums a gradient into a fresh tensor instead of into this one (one more pass
+    and a fresh allocation of x's size in every backward)."""
+    taken = [s for s in map(_span, (t for t in inputs if t is not None)) if s is not None]
     out = []
     for res in results:
         if not isinstance(res, torch.Tensor):
             res = torch.as_tensor(res)
         res = res.contiguous()
-        if res.untyped_storage().data_ptr() in taken:
+        span = _span(res)
+        if span is not None and any(a < span[1] and span[0] < b for a, b in taken):
             res = res.clone()
         out.append(res)
     return tuple(out)
