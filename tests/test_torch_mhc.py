@@ -289,6 +289,24 @@ def _train(model, steps, data, target, opt=torch.optim.Adam):
     return losses
 
 
+def test_connection_backward_sums_the_streams_gradients_in_place():
+    """x reaches the loss through the pre and the post step; autograd sums its two
+    gradients in place (``add_``) only when nothing else holds the first one: the
+    ops' results must not keep a second reference (a fresh tensor of x's size and one
+    more pass in every backward otherwise)."""
+    from torch.profiler import ProfilerActivity, profile
+    gen = torch.Generator().manual_seed(5)
+    layer = mt.MHCConnection(4, 32, seed=0)
+    x = torch.randn(8, 4, 32, generator=gen).requires_grad_()
+    f = torch.randn(8, 32, generator=gen)
+    y = layer(x, lambda h: h * f)
+    g = torch.randn(8, 4, 32, generator=gen)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        y.backward(g)
+    adds = {e.key: e.count for e in prof.key_averages() if e.key in ("aten::add", "aten::add_")}
+    assert adds == {"aten::add_": 1}
+
+
 def test_toy_model_trains_like_plain_torch():
     torch.manual_seed(0)
     C = 16
