@@ -313,9 +313,10 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
 def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, iterations,
                      norm_eps, variant, hc_eps, call):
     """The gradients of ``mhc_pre`` (None: a zero upstream gradient) as the native
-    kernel returns them: ``(g_x, gz, y, gp)`` -- the streams' gradient; per token the
-    gradient of the pre-activations ``z = a*y + b``, the normalised projection ``y``
-    and the gradient of the raw projection ``p = v . phi`` (``y = r p``)."""
+    kernel returns them: ``(g_x, gz, y, gp, gw)`` -- the streams' gradient; per token
+    the gradient of the pre-activations ``z = a*y + b``, the normalised projection
+    ``y`` and the gradient of the raw projection ``p = v . phi`` (``y = r p``); and the
+    projection's gradient ``sum_t gp_t^T v_t`` as ``(K, n*C)`` rows."""
     n, C = x.shape[-2], x.shape[-1]
     batch = tuple(x.shape[:-2])
     L = n * C
@@ -362,7 +363,9 @@ def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, ite
     g_x = xp.reshape(g_v, x.shape)
     if g_in is not None:
         g_x = g_x + xp.expand_dims(h_pre, axis=-1) * xp.expand_dims(g_in, axis=-2)
-    return g_x, gz, y, gp
+    K = (2 + n) * n
+    gw = xp.matrix_transpose(xp.reshape(gp, (-1, K))) @ xp.reshape(v, (-1, L))
+    return g_x, gz, y, gp, gw
 
 
 def mhc_post(xp, x, f_out, h_post, h_res, *, out, call):

@@ -640,11 +640,11 @@ COEF_BLOCK = 64                 # threads per block of the per-token coefficient
 def _mhc_pre_backward(eng, x, w, b, al, g_in, g_pre, g_post, g_res, *, iterations, norm_eps,
                       variant, hc_eps, call):
     """The gradients of mhc_pre (upstream gradients None: zero) as
-    ``backends/native.py``'s ``mhc_pre_backward``: ``(g_x, gz, y, gp)``, all per
-    token. The forward's projection kernel for the sums (and, with g_in, a warp
-    per stream for x[i] . g_in), the coefficients' gradients by a thread per
-    token, the streams' gradient by a thread per value; in x's dtype, nothing
-    summed over tokens."""
+    ``backends/native.py``'s ``mhc_pre_backward``: ``(g_x, gz, y, gp, gw)``, the
+    first four per token. The forward's projection kernel for the sums (and, with
+    g_in, a warp per stream for x[i] . g_in), the coefficients' gradients by a
+    thread per token, the streams' gradient by a thread per value; in x's dtype;
+    the projection's gradient ``gw = gp^T v`` (K, n*C) by the library's matmul."""
     xp = eng.xp
     n, C = x.shape[-2], x.shape[-1]
     batch = tuple(x.shape[:-2])
@@ -654,7 +654,7 @@ def _mhc_pre_backward(eng, x, w, b, al, g_in, g_pre, g_post, g_res, *, iteration
     g_x = xp.empty(tuple(x.shape), dt)
     gz, y, gp = (xp.empty(batch + (K,), dt) for _ in range(3))
     if not tokens:
-        return g_x, gz, y, gp
+        return g_x, gz, y, gp, xp.zeros((K, n * C), dt)
     sfx = _suffix(dt)
     code = np.int32(_VARIANT[variant])
     xc, wc = _contiguous(eng, x, call), _contiguous(eng, w, call)
@@ -695,7 +695,8 @@ def _mhc_pre_backward(eng, x, w, b, al, g_in, g_pre, g_post, g_res, *, iteration
     eng.launch("mhc_pre_bwd_gx" + sfx, (gx, gy), B,
                [xc, np.int64(tokens), np.int32(n), np.int32(C), wc, code, gi, aux,
                 np.int32(LC), g_x], (LC * KS + 4 * K + 4 + 4 * n) * x.itemsize)
-    return g_x, gz, y, gp
+    gw = xp.matmul(gp.reshape(tokens, K).T, xc.reshape(tokens, n * C))
+    return g_x, gz, y, gp, gw
 
 
 def _mhc_post_backward(eng, x, f, hp, hr, grad, *, call):

@@ -501,9 +501,11 @@ def mhc_pre(xp, x, phi, bias, alpha, *, iterations, norm_eps, variant, hc_eps, c
 def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, iterations,
                      norm_eps, variant, hc_eps, call):
     """The gradients of ``mhc_pre`` (upstream gradients None: zero): ``(g_x, gz, y,
-    gp)`` -- the streams' gradient and, per token ``(..., K)``, the gradient of the
+    gp, gw)`` -- the streams' gradient and, per token ``(..., K)``, the gradient of the
     pre-activations, the normalised projection and the gradient of the raw
-    projection (the frontend reduces them to the parameters' gradients)."""
+    projection (the frontend reduces them to the bias' and alpha's gradients), and
+    the projection's gradient ``sum_t gp_t^T v_t`` as ``(K, n*C)`` rows, summed by the
+    kernel while each block of tokens is in cache."""
     a = _to_numpy(x)
     n, C = a.shape[-2], a.shape[-1]
     batch = a.shape[:-2]
@@ -519,16 +521,17 @@ def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, ite
              for g, inner in ((g_in, (C,)), (g_pre, (n,)), (g_post, (n,)), (g_res, (n, n)))]
     g_x = _empty(a.shape, dt)
     gz, y, gp = (np.empty(batch + (K,), dt) for _ in range(3))
+    gw = np.zeros((K, n * C), dt)
     ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_pre_backward
     if tokens:
-        p = [ffi.from_buffer(ctype[0], v) for v in (xt, b, al, g_x, gz, y, gp)]
+        p = [ffi.from_buffer(ctype[0], v) for v in (xt, b, al, g_x, gz, y, gp, gw)]
         p[1:1] = [_ptr(wp, ctype), _ptr(wt, ctype)]
         g = [ffi.NULL if v is None else ffi.from_buffer(ctype[0], v) for v in grads]
         _check(kernel(p[0], n * C, tokens, n, C, p[1], ldp, p[2], p[3], p[4],
                       _VARIANT[variant], iterations, norm_eps, hc_eps,
-                      g[0], g[1], g[2], g[3], p[5], n * C, p[6], p[7], p[8],
+                      g[0], g[1], g[2], g[3], p[5], n * C, p[6], p[7], p[8], p[9],
                       code, call.threads))
-    return tuple(_back(xp, x, r) for r in (g_x, gz, y, gp))
+    return tuple(_back(xp, x, r) for r in (g_x, gz, y, gp, gw))
 
 
 def _post_operands(a, f_out, h_post, h_res, call):

@@ -114,10 +114,11 @@ def _pre_backward_shapes(xp, call, names, arrays, opts, cdt):
 
 
 # The gradients of mhc_pre (not public: mhc_array.torch's autograd calls it):
-# (g_x, gz, y, gp) -- the streams' gradient, and per token the gradient of the
+# (g_x, gz, y, gp, gw) -- the streams' gradient, per token the gradient of the
 # pre-activations z = a*y + b, the normalised projection y and the gradient of
-# the raw projection p = v . phi, from which the caller sums the parameters'
-# gradients (bias: sum gz; alpha: sum gz*y per group; phi: sum v^T gp).
+# the raw projection p = v . phi, from which the caller sums the bias' and alpha's
+# gradients (bias: sum gz; alpha: sum gz*y per group), and the projection's
+# gradient gw = sum_t gp_t^T v_t as (K, n*C) rows (phi's gradient transposed).
 MHC_PRE_BACKWARD = Op(
     "mhc_pre_backward", kernel="mhc_pre_backward",
     arrays=(*MHC_PRE.arrays, Arg("g_in", ("C",), optional=True, checked=False),

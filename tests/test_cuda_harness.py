@@ -863,7 +863,7 @@ def _pre_bwd(lib, x, w, b, a, gs, **kw):
 @pytest.mark.parametrize("variant", ["paper", "deepseek-v4"])
 @pytest.mark.parametrize("n,C", [(4, 8), (3, 37), (1, 5), (16, 3)])
 def test_mhc_pre_backward(harness, n, C, variant, dtype):
-    """(g_x, gz, y, gp) against the array_api backend in float64; n = 4 takes the
+    """(g_x, gz, y, gp, gw) against the array_api backend in float64; n = 4 takes the
     unrolled path, 1, 3 and 16 the general one; C = 37 is not a multiple of the block."""
     rng = rng_for("cuda-pre-bwd", n, C, variant, dtype)
     x = rng.standard_normal((2, 3, n, C)).astype(dtype)
@@ -908,10 +908,12 @@ def test_mhc_pre_backward_finite_differences(harness, variant):
     w *= 5
     ups = _upstream(rng, (2,), n, C, "float64")
     kw = dict(iterations=iterations, variant=variant)
-    g_x, gz, y, gp = _pre_bwd(harness, x, w, b, a, ups, norm_eps=1e-6, hc_eps=1e-6, **kw)
+    g_x, gz, y, gp, gwk = _pre_bwd(harness, x, w, b, a, ups, norm_eps=1e-6, hc_eps=1e-6,
+                                   **kw)
     num = [_pre_numeric((x, w, b, a), k, ups, **kw) for k in range(4)]
     v = x.reshape(2, n * C)
     gw = v.T @ gp if variant == "paper" else gp.T @ v
+    np.testing.assert_allclose(gwk, gp.T @ v, rtol=1e-12, atol=1e-14)
     ga = np.array([np.sum((gz * y)[:, :n]), np.sum((gz * y)[:, n:2 * n]),
                    np.sum((gz * y)[:, 2 * n:])])
     assert gz.shape == (2, K)
@@ -960,7 +962,9 @@ def test_mhc_pre_backward_many_tokens(harness):
         assert len(ws) == 1 and np.all(ws[0] > 0)
         empty = cb._mhc_pre_backward(engine(harness), x[:0], w, b, a, *(g[:0] for g in gs),
                                      call=Call(), **kw)
-        assert [e.shape for e in empty] == [(0, n, C)] + [(0, (2 + n) * n)] * 3
+        assert [e.shape for e in empty] == [(0, n, C)] + [(0, (2 + n) * n)] * 3 + [
+            ((2 + n) * n, n * C)]
+        assert not empty[4].any()
 
 
 def _post_bwd_reference(x, f, hp, hr, g):

@@ -40,13 +40,15 @@ def _numeric(ups, args, which, iterations, variant, h=1e-6):
     return g
 
 
-def _param_grads(variant, x, gz, y, gp, n):
-    """The parameters' gradients from the record's per-token outputs (as the torch
-    autograd sums them)."""
+def _param_grads(variant, x, gz, y, gp, gw, n):
+    """The parameters' gradients from the record's outputs (as the torch autograd
+    takes them): phi's is the record's gw (K, n*C), transposed for the paper's
+    layout, which must equal sum_t v_t^T gp_t of its per-token gp."""
     K = (2 + n) * n
     v = x.reshape(-1, x.shape[-2] * x.shape[-1])
     gz, y, gp = gz.reshape(-1, K), y.reshape(-1, K), gp.reshape(-1, K)
-    gw = v.T @ gp if variant == "paper" else gp.T @ v
+    np.testing.assert_allclose(gw, gp.T @ v, rtol=1e-12, atol=1e-14 * np.abs(gw).max())
+    gw = gw.T if variant == "paper" else gw
     ga = np.array([np.sum(gz[:, :n] * y[:, :n]), np.sum(gz[:, n:2 * n] * y[:, n:2 * n]),
                    np.sum(gz[:, 2 * n:] * y[:, 2 * n:])])
     return gw, gz.sum(0), ga
@@ -59,9 +61,10 @@ def test_record_matches_finite_differences(backend, variant, n, C, iterations):
     x = rng.standard_normal((2, 3, n, C))
     w, b, a = _params(rng, n, C, variant)
     ups = [rng.standard_normal(s) for s in ((2, 3, C), (2, 3, n), (2, 3, n), (2, 3, n, n))]
-    gx, gz, y, gp = MHC_PRE_BACKWARD((x, w, b, a, *ups), (iterations, 1e-6, variant, 1e-6))
+    gx, gz, y, gp, gw = MHC_PRE_BACKWARD((x, w, b, a, *ups), (iterations, 1e-6, variant, 1e-6))
     assert gx.shape == x.shape and gz.shape == y.shape == gp.shape == (2, 3, (2 + n) * n)
-    got = (gx, *_param_grads(variant, x, gz, y, gp, n))
+    assert gw.shape == ((2 + n) * n, n * C)
+    got = (gx, *_param_grads(variant, x, gz, y, gp, gw, n))
     for which, g in enumerate(got):
         want = _numeric(ups, (x, w, b, a), which, iterations, variant)
         np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-7 * np.abs(want).max(),
@@ -101,9 +104,41 @@ def test_float32_close_to_float64_many_streams(backend, variant):
     opts = (6, 1e-6, variant, 1e-6)
     g64 = MHC_PRE_BACKWARD((x, w, b, a, *ups), opts)
     g32 = MHC_PRE_BACKWARD(tuple(t.astype(np.float32) for t in (x, w, b, a, *ups)), opts)
-    for name, u, v in zip(("g_x", "gz", "y", "gp"), g32, g64):
+    for name, u, v in zip(("g_x", "gz", "y", "gp", "gw"), g32, g64):
         assert u.dtype == np.float32
         np.testing.assert_allclose(u, v, rtol=0, atol=1e-4 * np.abs(v).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("n,C", [(4, 1100), (3, 37), (1, 9)])
+def test_projection_gradient_over_sub_blocks_and_threads(backend, dtype, n, C):
+    """gw, summed over the tokens by the kernel (sub-blocks of a few tokens at C =
+    1100; K = 15 and 3 leave tiles' remainders, C = 37 and 9 vector tails), equals
+    sum_t gp_t^T v_t of the record's own per-token gp in float64, at 1 to 3 threads
+    and with fewer tokens than threads; g_x (tiles of 4, 3, 2 and 1 tokens: 39 = 28 +
+    4 + 4 + 3 at C = 1100) against the float64 record where the dtype is float32."""
+    import mhc_array as mx
+    rng = np.random.default_rng(n * C)
+    K = (2 + n) * n
+    for tokens in (39, 2, 1):
+        x = rng.standard_normal((tokens, n, C))
+        ups = [rng.standard_normal(s) for s in ((tokens, C), (tokens, n), (tokens, n),
+                                                (tokens, n, n))]
+        for variant in VARIANTS:
+            w, b, a = _params(rng, n, C, variant)
+            args = tuple(t.astype(dtype) for t in (x, w, b, a, *ups))
+            for threads in (1, 2, 3):
+                with mx.use_num_threads(threads):
+                    *_, gp, gw = MHC_PRE_BACKWARD(args, (3, 1e-6, variant, 1e-6))
+                assert gw.shape == (K, n * C) and gw.dtype == np.dtype(dtype)
+                want = gp.reshape(-1, K).astype(np.float64).T @ x.reshape(tokens, n * C)
+                tol = 1e-12 if dtype == "float64" else 2e-5
+                np.testing.assert_allclose(gw, want, rtol=0, atol=tol * np.abs(want).max(),
+                                           err_msg=f"{tokens} tokens, {threads} threads")
+            if dtype == "float32":
+                g_x = MHC_PRE_BACKWARD(args, (3, 1e-6, variant, 1e-6))[0]
+                g64 = MHC_PRE_BACKWARD((x, w, b, a, *ups), (3, 1e-6, variant, 1e-6))[0]
+                np.testing.assert_allclose(g_x, g64, rtol=0, atol=1e-4 * np.abs(g64).max())
 
 
 def test_record_checks_shapes():
@@ -158,7 +193,7 @@ def test_post_backward_checks_shapes():
 
 PARAMS = ("x", "x_tstride", "tokens", "n", "C", "phi", "ldp", "phi_t", "bias", "alpha",
           "variant", "iterations", "norm_eps", "hc_eps", "g_in", "g_pre", "g_post", "g_res",
-          "g_x", "gx_tstride", "gz", "y", "gp", "isa", "n_threads")
+          "g_x", "gx_tstride", "gz", "y", "gp", "gw", "isa", "n_threads")
 
 
 def _abi(dtype, tokens=5, n=3, C=8, iterations=4, variant=0):
@@ -176,7 +211,7 @@ def _abi(dtype, tokens=5, n=3, C=8, iterations=4, variant=0):
     gi, gpre, gpost, gres = (rng.standard_normal(s).astype(dtype) for s in
                              ((tokens, C), (tokens, n), (tokens, n), (tokens, n * n)))
     outs = [np.full(s, 42, dtype) for s in ((tokens, L), (tokens, K), (tokens, K),
-                                           (tokens, K))]
+                                           (tokens, K), (K, L))]
     buf = [ffi.from_buffer(f"{ct}[]", v) for v in (x, phi, phit, b, a, gi, gpre, gpost, gres,
                                                    *outs)]
     # the projection in the variant's layout: phi (L, K), or V4's fn (K, L) = phi^T
@@ -185,7 +220,7 @@ def _abi(dtype, tokens=5, n=3, C=8, iterations=4, variant=0):
                 bias=buf[3], alpha=buf[4], variant=variant, iterations=iterations,
                 norm_eps=1e-6, hc_eps=1e-6, g_in=buf[5], g_pre=buf[6], g_post=buf[7],
                 g_res=buf[8], g_x=buf[9], gx_tstride=L, gz=buf[10], y=buf[11], gp=buf[12],
-                isa=-1, n_threads=1)
+                gw=buf[13], isa=-1, n_threads=1)
     fn = getattr(lib, f"mhc_hc_pre_backward_{sfx}")
     return ffi, lib, fn, args, (x, outs, ct)
 
@@ -216,7 +251,7 @@ def test_native_abi_pointers_overlap_and_memory(dtype):
     for name in ("x", "phi", "phi_t", "bias", "alpha", "g_x", "gz", "y", "gp"):
         assert _call(fn, args, **{name: ffi.NULL}) == lib.MHC_ERR_NULL_POINTER
     bad = ffi.cast(f"{ct} *", int(ffi.cast("uintptr_t", args["x"])) + 1)
-    for name in ("x", "phi", "phi_t", "g_in", "g_res", "g_x", "gp"):
+    for name in ("x", "phi", "phi_t", "g_in", "g_res", "g_x", "gp", "gw"):
         assert _call(fn, args, **{name: bad}) == lib.MHC_ERR_MISALIGNED
     assert _call(fn, args, g_x=args["x"]) == lib.MHC_ERR_INVALID_DIMENSION   # overlaps x
     for o in outs:
@@ -244,8 +279,16 @@ def test_native_abi_threads_give_the_same_result(variant):
     for o in outs:
         o[...] = 42
     assert _call(fn, args, n_threads=2) == lib.MHC_OK
-    for o, w in zip(outs, one):
+    for o, w in zip(outs[:4], one):
         np.testing.assert_array_equal(o, w)
+    # gw: a sum per thread's range of tokens, the ranges added in order -- the same
+    # for the same thread count, and the float64 sum to rounding
+    np.testing.assert_allclose(outs[4], one[4], rtol=1e-12, atol=1e-12 * np.abs(one[4]).max())
+    two = outs[4].copy()
+    for _ in range(3):
+        outs[4][...] = 42
+        assert _call(fn, args, n_threads=2) == lib.MHC_OK
+        np.testing.assert_array_equal(outs[4], two)
 
 
 POST_PARAMS = ("x", "x_tstride", "f", "f_tstride", "h_post", "h_res", "g", "g_tstride",

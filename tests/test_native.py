@@ -626,7 +626,7 @@ def test_v4_projection_in_rows_layout(dtype):
     st = getattr(lib, f"mhc_hc_pre_backward_{sfx}")(
         P(x), n * C, T, n, C, P(rows), K + 3, P(np.ascontiguousarray(fn)), P(b), P(a),
         lib.MHC_HC_DEEPSEEK_V4 | lib.MHC_HC_ROWS, 20, 1e-6, 1e-6, *[P(v) for v in g],
-        P(gx), n * C, *[P(v) for v in z], -1, 1)
+        P(gx), n * C, *[P(v) for v in z], ffi.NULL, -1, 1)
     assert st == lib.MHC_ERR_INVALID_DIMENSION
 
 

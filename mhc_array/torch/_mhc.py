@@ -20,9 +20,10 @@ a fused C kernel per block of tokens (the projection recomputed, the Sinkhorn pa
 by the Sinkhorn backward kernel -- for V4 as the composition it is, ``comb =
 SK_rows-first(S1, iterations - 1, tau = hc_eps)`` after ``S = softmax(z) + hc_eps``
 and V4's first column step ``S1``, both undone around it -- then ``g_x`` from
-cache); elsewhere the same math in the array's own namespace. It returns ``g_x``
-and per token ``g_z``, ``y`` and ``g_p``; ``g_W = sum_t v^T g_p`` is a torch
-matmul (BLAS), the bias and alpha gradients are sums. ``mhc_post``'s backward is
+cache, and ``g_W = sum_t v^T g_p`` summed while each block of tokens is in cache);
+elsewhere the same math in the array's own namespace. It returns ``g_x``, per
+token ``g_z``, ``y`` and ``g_p``, and ``g_W`` as ``(K, P)`` rows; the bias and
+alpha gradients are sums. ``mhc_post``'s backward is
 one call of ``MHC_POST_BACKWARD`` (op ``mhc_array::mhc_post_backward``; natively
 one pass over the streams and the upstream gradient), its per-token results summed
 over the axes along which ``f_out``, ``h_post`` or ``h_res`` were broadcast.
@@ -77,7 +78,7 @@ def _mhc_pre_backward_op(x: Tensor, phi: Tensor, bias: Tensor, alpha: Tensor,
                          g_in: Optional[Tensor], g_pre: Optional[Tensor],
                          g_post: Optional[Tensor], g_res: Optional[Tensor], iterations: int,
                          norm_eps: float, variant: str, hc_eps: float
-                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     res = MHC_PRE_BACKWARD(tuple(plain(t) for t in (x, phi, bias, alpha, g_in, g_pre, g_post,
                                                      g_res)),
                            (iterations, norm_eps, variant, hc_eps))
@@ -90,7 +91,8 @@ def _(x, phi, bias, alpha, g_in, g_pre, g_post, g_res, iterations, norm_eps, var
     shape = tuple(x.shape[:-2]) + ((2 + n) * n,)
     cdt = _coeff_dtype(x)
     return (x.new_empty(x.shape), x.new_empty(shape, dtype=cdt), x.new_empty(shape, dtype=cdt),
-            x.new_empty(shape, dtype=cdt))
+            x.new_empty(shape, dtype=cdt), x.new_empty(((2 + n) * n, n * x.shape[-1]),
+                                                       dtype=cdt))
 
 
 def _mhc_pre_backward(ctx, g_hin, g_hpre, g_hpost, g_hres):
@@ -105,13 +107,12 @@ def _pre_grads(x, phi, bias, alpha, options, grads, need):
     iterations, norm_eps, variant, hc_eps = options
     n, C = x.shape[-2], x.shape[-1]
     K = (2 + n) * n
-    g_x, gz, y, gp = _mhc_pre_backward_op(x, phi, bias, alpha, g_hin, g_hpre, g_hpost, g_hres,
-                                          iterations, norm_eps, variant, hc_eps)
-    gz, y, gp = gz.reshape(-1, K), y.reshape(-1, K), gp.reshape(-1, K)
+    g_x, gz, y, _, gw = _mhc_pre_backward_op(x, phi, bias, alpha, g_hin, g_hpre, g_hpost,
+                                             g_hres, iterations, norm_eps, variant, hc_eps)
+    gz, y = gz.reshape(-1, K), y.reshape(-1, K)
     gphi = None
-    if need[1]:
-        v = x.reshape(-1, n * C).to(gp.dtype)
-        gphi = (v.t() @ gp if variant == "paper" else gp.t() @ v).to(phi.dtype)
+    if need[1]:    # gw: (K, n*C), fn's layout; phi's transposed
+        gphi = (gw.t() if variant == "paper" else gw).to(phi.dtype)
     gzy = gz * y
     g_alpha = torch.stack([gzy[:, :n].sum(), gzy[:, n:2 * n].sum(), gzy[:, 2 * n:].sum()])
     return (g_x if need[0] else None, gphi, gz.sum(0).to(bias.dtype), g_alpha.to(alpha.dtype))

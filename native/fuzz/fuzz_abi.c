@@ -427,13 +427,13 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
     mhc_hc_ws_destroy(ws);
     /* the backward of the same call, each upstream gradient present or NULL */
     const int64_t gxt = n * C + pick(s, 0, 3) * (pick(s, 0, 1) != 0);
-    const int have = (int)pick(s, 0, 15);
+    const int have = (int)pick(s, 0, 31);   /* bits: which gradients, and gw */
     arr_t pt = arr_new(s, K * n * C, es, mis == 2, 0);
     arr_t gi = arr_new(s, tokens * C, es, 0, 0), gpr = arr_new(s, tokens * n, es, 0, 0);
     arr_t gpo = arr_new(s, tokens * n, es, 0, 0), grs = arr_new(s, tokens * n * n, es, 0, 0);
     arr_t gx = arr_new(s, extent(tokens, gxt, n * C), es, mis == 3, 0);
     arr_t gz = arr_new(s, tokens * K, es, 0, 0), yy = arr_new(s, tokens * K, es, 0, 0);
-    arr_t gp = arr_new(s, tokens * K, es, 0, 0);
+    arr_t gp = arr_new(s, tokens * K, es, 0, 0), gw = arr_new(s, K * n * C, es, 0, 0);
 #define HC_G(a, bit) ((have >> (bit)) & 1 ? (a).data : NULL)
     st = f64 ? mhc_hc_pre_backward_f64(
                    (const double *)x.data, xt, tokens, n, C, (const double *)phi.data, Kp,
@@ -441,14 +441,14 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
                    variant, iters, 1e-6, 1e-6, (const double *)HC_G(gi, 0),
                    (const double *)HC_G(gpr, 1), (const double *)HC_G(gpo, 2),
                    (const double *)HC_G(grs, 3), (double *)gx.data, gxt, (double *)gz.data,
-                   (double *)yy.data, (double *)gp.data, isa, nth)
+                   (double *)yy.data, (double *)gp.data, (double *)HC_G(gw, 4), isa, nth)
              : mhc_hc_pre_backward_f32(
                    (const float *)x.data, xt, tokens, n, C, (const float *)phi.data, Kp,
                    (const float *)pt.data, (const float *)b.data, (const float *)al.data,
                    variant, iters, 1e-6, 1e-6, (const float *)HC_G(gi, 0),
                    (const float *)HC_G(gpr, 1), (const float *)HC_G(gpo, 2),
                    (const float *)HC_G(grs, 3), (float *)gx.data, gxt, (float *)gz.data,
-                   (float *)yy.data, (float *)gp.data, isa, nth);
+                   (float *)yy.data, (float *)gp.data, (float *)HC_G(gw, 4), isa, nth);
 #undef HC_G
     check_status(st);
     if (st == MHC_ERR_DOMAIN)
@@ -461,7 +461,7 @@ static void fuzz_hc(src_t *s, int f64, int isa, int nth, int mis, int post)
     arr_same(&gi, "g_in");
     arr_same(&grs, "g_res");
     arr_t *all[] = {&x, &phi, &b, &al, &hin, &hpre, &hpost, &hres, &pt, &gi, &gpr, &gpo,
-                    &grs, &gx, &gz, &yy, &gp};
+                    &grs, &gx, &gz, &yy, &gp, &gw};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         arr_free(all[i]);
 }

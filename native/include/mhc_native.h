@@ -293,7 +293,11 @@ int mhc_hc_post_pre_bf16(const uint16_t *x, int64_t x_tstride, const uint16_t *f
  * overlap x) and, contiguous (tokens, K): gz, the gradient of the
  * pre-activations z = a*y + b (so grad bias = sum_t gz, grad alpha[g] = sum_t
  * of gz*y over group g's columns), y = the normalised projection, and gp,
- * the gradient of the raw projection v . phi (so grad phi = sum_t v_t^T gp_t).
+ * the gradient of the raw projection v . phi (so grad phi = sum_t v_t^T gp_t);
+ * gw (NULL: not computed) receives that sum as (K, n*C) rows, contiguous
+ * (DeepSeek-V4's fn layout; phi's gradient transposed), summed while each block
+ * of tokens is in cache, per thread over a fixed range of tokens, the ranges'
+ * sums added in order (the result depends on the thread count, not the schedule).
  * The coefficients are recomputed from x (nothing of the forward is kept); the
  * Sinkhorn part is the exact gradient of the unrolled iterations. */
 int mhc_hc_pre_backward_f32(const float *x, int64_t x_tstride, int64_t tokens, int64_t n,
@@ -302,14 +306,14 @@ int mhc_hc_pre_backward_f32(const float *x, int64_t x_tstride, int64_t tokens, i
                             int64_t iterations, double norm_eps, double hc_eps,
                             const float *g_in, const float *g_pre, const float *g_post,
                             const float *g_res, float *g_x, int64_t gx_tstride, float *gz,
-                            float *y, float *gp, int isa, int n_threads);
+                            float *y, float *gp, float *gw, int isa, int n_threads);
 int mhc_hc_pre_backward_f64(const double *x, int64_t x_tstride, int64_t tokens, int64_t n,
                             int64_t C, const double *phi, int64_t ldp, const double *phi_t,
                             const double *bias, const double *alpha, int variant,
                             int64_t iterations, double norm_eps, double hc_eps,
                             const double *g_in, const double *g_pre, const double *g_post,
                             const double *g_res, double *g_x, int64_t gx_tstride, double *gz,
-                            double *y, double *gp, int isa, int n_threads);
+                            double *y, double *gp, double *gw, int isa, int n_threads);
 
 /* mhc_hc_post_backward: the gradients of mhc_hc_post (same x, f, h_post, h_res,
  * strides) given g, the upstream gradient of out (tokens rows of n*C at g +

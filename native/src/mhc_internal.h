@@ -112,6 +112,8 @@ typedef struct {
     X(isa, hc_gx_##SFX, void,                                                              \
       (const T *, int64_t, int64_t, int64_t, int64_t, const T *, int64_t, const T *,       \
        const T *, const T *, const T *, int64_t, T *, int64_t))                            \
+    X(isa, hc_gw_##SFX, void,                                                              \
+      (const T *, int64_t, int64_t, int64_t, const T *, int64_t, T *, int64_t))            \
     /* the backward of the mHC post step */                                                \
     X(isa, hc_post_bwd_##SFX, void,                                                        \
       (const T *, int64_t, const T *, int64_t, const T *, const T *, const T *, int64_t,   \
