@@ -521,7 +521,7 @@ def mhc_pre_backward(xp, x, phi, bias, alpha, g_in, g_pre, g_post, g_res, *, ite
              for g, inner in ((g_in, (C,)), (g_pre, (n,)), (g_post, (n,)), (g_res, (n, n)))]
     g_x = _empty(a.shape, dt)
     gz, y, gp = (np.empty(batch + (K,), dt) for _ in range(3))
-    gw = np.zeros((K, n * C), dt)
+    gw = (np.empty if tokens else np.zeros)((K, n * C), dt)   # (the kernel zeroes it)
     ctype, kernel = _KERNELS[dt].ctype, _KERNELS[dt].hc_pre_backward
     if tokens:
         p = [ffi.from_buffer(ctype[0], v) for v in (xt, b, al, g_x, gz, y, gp, gw)]
